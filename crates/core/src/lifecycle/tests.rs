@@ -1,0 +1,893 @@
+//! One test per rule of SPEC §3–§8, named after the rule.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::spec::ServerType;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// A lifecycle with a clock that only moves when told to.
+struct H {
+    l: Lifecycle,
+    now: Instant,
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests need an arbitrary base instant; the core itself never reads the clock"
+)]
+fn base_instant() -> Instant {
+    Instant::now()
+}
+
+impl H {
+    fn stdio() -> H {
+        H::with(ServerSpec::stdio("fs", "mcp-fs"))
+    }
+
+    fn remote() -> H {
+        H::with(ServerSpec::remote("api", ServerType::StreamableHttp, "https://api.example/mcp"))
+    }
+
+    fn with(spec: ServerSpec) -> H {
+        H { l: Lifecycle::new(spec, Settings::default(), 1), now: base_instant() }
+    }
+
+    fn ev(&mut self, e: Event) -> Transition {
+        self.l.handle(self.now, e)
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    /// Moves the clock to the next deadline and fires it.
+    fn fire(&mut self) -> Transition {
+        let at = self.l.poll_timeout().expect("a deadline");
+        self.now = self.now.max(at);
+        self.ev(Event::Timeout)
+    }
+
+    /// Starts and returns the attempt's generation.
+    fn start(&mut self) -> Generation {
+        let t = self.ev(Event::StartRequested);
+        connect_gen(&t).expect("a Connect effect")
+    }
+
+    /// Starts and connects; returns the session's generation.
+    fn up(&mut self) -> Generation {
+        let generation = self.start();
+        let _ = self.ev(Event::Connected { generation });
+        generation
+    }
+
+    fn fail(&mut self, generation: Generation, failure: Failure) -> Transition {
+        self.ev(Event::ConnectFailed { generation, failure })
+    }
+}
+
+fn connect_gen(t: &Transition) -> Option<Generation> {
+    t.effects.iter().find_map(|e| match e {
+        Effect::Connect { generation, .. } => Some(*generation),
+        Effect::CancelConnect { .. }
+        | Effect::Disconnect { .. }
+        | Effect::Ping { .. }
+        | Effect::CallAuthHook(_)
+        | Effect::Publish(_)
+        | Effect::Reply(_) => None,
+    })
+}
+
+fn reasons(t: &Transition) -> Vec<Reason> {
+    published(t).into_iter().filter_map(|e| e.reason).collect()
+}
+
+fn published(t: &Transition) -> Vec<LifecycleEvent> {
+    t.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish(ev) => Some(ev.clone()),
+            Effect::Connect { .. }
+            | Effect::CancelConnect { .. }
+            | Effect::Disconnect { .. }
+            | Effect::Ping { .. }
+            | Effect::CallAuthHook(_)
+            | Effect::Reply(_) => None,
+        })
+        .collect()
+}
+
+fn replies(t: &Transition) -> Vec<Reply> {
+    t.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reply(r) => Some(r.clone()),
+            Effect::Connect { .. }
+            | Effect::CancelConnect { .. }
+            | Effect::Disconnect { .. }
+            | Effect::Ping { .. }
+            | Effect::CallAuthHook(_)
+            | Effect::Publish(_) => None,
+        })
+        .collect()
+}
+
+fn has(t: &Transition, effect: &Effect) -> bool {
+    t.effects.contains(effect)
+}
+
+fn transient() -> Failure {
+    Failure::transient("connection refused")
+}
+
+// ----- §3 Start ----------------------------------------------------------------------
+
+#[test]
+fn s3_1_start_when_running_is_refused_and_nothing_changes() {
+    let mut h = H::stdio();
+    h.up();
+    let before = h.l.last_attempt();
+    h.advance(S(5));
+    let t = h.ev(Event::StartRequested);
+    assert_eq!((t.from, t.to), (State::Running, State::Running));
+    assert_eq!(replies(&t), [Reply::Started(Err(StartError::AlreadyRunning { name: "fs".into() }))]);
+    assert_eq!(t.effects.len(), 1, "only the refusal");
+    assert_eq!(h.l.last_attempt(), before, "last_attempt is not updated");
+    let err = StartError::AlreadyRunning { name: "fs".into() };
+    assert_eq!(err.to_string(), "service fs is already running");
+}
+
+#[test]
+fn s3_2_start_while_starting_joins_the_attempt_in_flight() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let t = h.ev(Event::StartRequested);
+    assert!(t.is_noop(), "no second connection: {t:?}");
+    let t = h.ev(Event::Connected { generation });
+    // Both callers are answered by the one outcome.
+    assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
+}
+
+#[test]
+fn s3_3_start_records_the_attempt_goes_starting_and_connects_with_the_timeout() {
+    let mut h = H::remote();
+    let t = h.ev(Event::StartRequested);
+    assert_eq!((t.from, t.to), (State::Unknown, State::Starting));
+    assert_eq!(h.l.health(), Health::Unknown);
+    assert_eq!(h.l.last_attempt(), Some(h.now));
+    assert_eq!(reasons(&t), [Reason::Starting]);
+    assert!(matches!(t.effects.last(), Some(Effect::Connect { timeout, .. }) if *timeout == S(30)));
+    let mut h = H::stdio();
+    let t = h.ev(Event::StartRequested);
+    assert!(matches!(t.effects.last(), Some(Effect::Connect { timeout, .. }) if *timeout == S(10)));
+}
+
+#[test]
+fn s3_4_success_resets_failures_and_retry_and_keeps_last_attempt() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    assert_eq!(h.l.consecutive_failures(), 1);
+    let _ = h.fire(); // the retry
+    let generation = h.l.attempt().unwrap();
+    let attempt_at = h.l.last_attempt();
+    h.advance(S(1));
+    let t = h.ev(Event::Connected { generation });
+    assert_eq!(t.to, State::Connected);
+    assert_eq!(h.l.health(), Health::Healthy);
+    assert_eq!(h.l.consecutive_failures(), 0);
+    assert_eq!(h.l.next_retry_after(), None);
+    assert_eq!(h.l.last_attempt(), attempt_at);
+    assert_eq!(reasons(&t), [Reason::Started, Reason::RecoverySucceeded]);
+
+    let mut h = H::stdio();
+    let generation = h.start();
+    assert_eq!(h.ev(Event::Connected { generation }).to, State::Running);
+}
+
+#[test]
+fn s3_5_a_401_goes_auth_required_calls_the_hook_first_and_clears_the_counters() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    let _ = h.fire();
+    let generation = h.l.attempt().unwrap();
+    let challenge =
+        Challenge::parse(r#"Bearer resource_metadata="https://api.example/.well-known/oauth-protected-resource""#);
+    let t = h.fail(generation, Failure::auth_required(challenge.clone(), "HTTP 401 Unauthorized"));
+    assert_eq!(t.to, State::AuthRequired);
+    assert_eq!(h.l.health(), Health::Unknown);
+    let hook = t.effects.iter().position(|e| *e == Effect::CallAuthHook(challenge.clone())).expect("hook");
+    let publish = t
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::Publish(ev) if ev.state == State::AuthRequired))
+        .expect("publish");
+    assert!(hook < publish, "the hook runs before the state change is published");
+    assert_eq!(reasons(&t), [Reason::AuthRequired, Reason::RecoveryAwaitingAuth]);
+    assert_eq!(h.l.consecutive_failures(), 0);
+    assert_eq!(h.l.next_retry_after(), None);
+    assert_eq!(h.l.poll_timeout(), None, "a 401 is never retried automatically");
+}
+
+#[test]
+fn s3_6_a_transient_failure_counts_and_schedules_a_retry() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let t = h.fail(generation, transient());
+    assert_eq!(t.to, State::Failed);
+    assert_eq!(h.l.health(), Health::Unhealthy);
+    assert_eq!(h.l.consecutive_failures(), 1);
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(30)));
+    assert_eq!(h.l.last_error(), Some("connection refused"));
+    let ev = &published(&t)[0];
+    assert_eq!((ev.reason, ev.error.as_deref()), (Some(Reason::Failed), Some("connection refused")));
+}
+
+#[test]
+fn s3_6_a_remote_server_is_unreachable_at_the_threshold() {
+    let mut h = H::remote();
+    let mut generation = h.start();
+    for n in 1..=3u32 {
+        let t = h.fail(generation, transient());
+        if n < 3 {
+            assert_eq!(t.to, State::Failed);
+            let _ = h.fire();
+            generation = h.l.attempt().unwrap();
+        } else {
+            assert_eq!(t.to, State::Unreachable);
+            assert_eq!(h.l.health(), Health::Unknown);
+            let text = "server unreachable after 3 consecutive failures: connection refused";
+            assert_eq!(h.l.last_error(), Some(text));
+            assert_eq!(published(&t)[0].error.as_deref(), Some(text));
+            assert!(
+                matches!(&replies(&t)[..], [Reply::Started(Err(e))] if e.to_string() == text) || replies(&t).is_empty()
+            );
+        }
+    }
+    assert!(h.l.is_unreachable());
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(120)), "unreachable servers are still retried");
+}
+
+#[test]
+fn s3_6_stdio_failures_are_retried_with_backoff_and_never_unreachable() {
+    let mut h = H::stdio();
+    let mut generation = h.start();
+    for n in 1..=8u32 {
+        let t = h.fail(generation, Failure::transient("process exited during initialize: exit status: 1"));
+        assert_eq!(t.to, State::Failed, "failure {n}");
+        assert_eq!(h.l.consecutive_failures(), n);
+        assert_eq!(h.l.next_retry_after(), Some(h.now + Settings::default().backoff.base(n)));
+        let t = h.fire();
+        assert_eq!(t.to, State::Starting);
+        generation = connect_gen(&t).unwrap();
+    }
+}
+
+#[test]
+fn s3_6_retries_are_due_at_next_retry_after_and_run_as_restarts() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    let due = h.l.next_retry_after().unwrap();
+    h.now = due - MS(1);
+    assert!(h.ev(Event::Timeout).is_noop(), "not before the deadline");
+    h.now = due;
+    let t = h.ev(Event::Timeout);
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
+    assert!(connect_gen(&t).is_some());
+}
+
+#[test]
+fn s3_7_a_permanent_failure_fails_without_counting_or_retry() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    let _ = h.fire();
+    let generation = h.l.attempt().unwrap();
+    let t = h.fail(generation, Failure::permanent("HTTP 404 Not Found"));
+    assert_eq!(t.to, State::Failed);
+    assert_eq!(h.l.health(), Health::Unhealthy);
+    assert_eq!(h.l.consecutive_failures(), 1, "not counted");
+    assert_eq!(h.l.next_retry_after(), None, "no stale retry survives");
+    assert_eq!(h.l.poll_timeout(), None);
+    assert_eq!(h.l.last_failure(), Some(FailureKind::Permanent));
+    let err = StartError::Failed(Failure::permanent("HTTP 404 Not Found"));
+    assert_eq!(err.to_string(), "failed to start MCP server: HTTP 404 Not Found");
+}
+
+#[test]
+fn s3_7_a_permanent_failure_is_retried_after_a_definition_change_or_an_explicit_start() {
+    let mut h = H::stdio();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::permanent("command not found: mcp-fs"));
+    let t = h.ev(Event::StartRequested);
+    assert_eq!(t.to, State::Starting);
+    let generation = connect_gen(&t).unwrap();
+    let _ = h.fail(generation, Failure::permanent("command not found: mcp-fs"));
+    let mut spec = h.l.spec().clone();
+    spec.command = "/usr/bin/mcp-fs".into();
+    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    assert_eq!(t.to, State::Starting);
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
+}
+
+// ----- §4 Failure classes ------------------------------------------------------------
+
+#[test]
+fn s4_a_cancelled_attempt_is_not_a_failure() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let t = h.fail(generation, Failure::cancelled("shutting down"));
+    assert_eq!(t.to, State::Disconnected);
+    assert_eq!(h.l.consecutive_failures(), 0);
+    assert_eq!(h.l.next_retry_after(), None);
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+}
+
+#[test]
+fn s4_retry_after_is_a_floor_for_the_next_retry() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::transient_after("HTTP 503", S(90)));
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(90)));
+    let _ = h.fire();
+    let generation = h.l.attempt().unwrap();
+    let _ = h.fail(generation, Failure::transient_after("HTTP 503", S(5)));
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(60)), "a smaller Retry-After does not shorten the backoff");
+}
+
+#[test]
+fn s4_a_401_from_a_stdio_server_is_permanent() {
+    let mut h = H::stdio();
+    let generation = h.start();
+    let t = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    assert_eq!(t.to, State::Failed);
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::CallAuthHook(_))));
+    assert_eq!(h.l.last_failure(), Some(FailureKind::Permanent));
+}
+
+// ----- §5 Backoff --------------------------------------------------------------------
+
+#[test]
+fn s5_next_retry_after_minus_failure_time_is_the_backoff() {
+    let mut h = H::stdio();
+    let mut generation = h.start();
+    for expected in [30, 60, 120, 240, 480, 960, 1800, 1800] {
+        h.advance(S(3)); // the attempt takes a while; the delay counts from the failure
+        let _ = h.fail(generation, transient());
+        assert_eq!(h.l.next_retry_after().unwrap() - h.now, S(expected));
+        generation = connect_gen(&h.fire()).unwrap();
+    }
+}
+
+#[test]
+fn s5_jitter_is_deterministic_for_a_seed() {
+    let settings = Settings { backoff: Backoff::default().with_jitter(0.5).unwrap(), ..Settings::default() };
+    let run = |seed| {
+        let t0 = base_instant();
+        let mut l = Lifecycle::new(ServerSpec::stdio("s", "x"), settings, seed);
+        let t = l.handle(t0, Event::StartRequested);
+        let generation = connect_gen(&t).unwrap();
+        let _ = l.handle(t0, Event::ConnectFailed { generation, failure: transient() });
+        l.next_retry_after().unwrap() - t0
+    };
+    assert_eq!(run(9), run(9));
+    let d = run(9);
+    assert!(d <= S(30) && d >= S(15), "{d:?}");
+}
+
+// ----- §6 Stop and restart -----------------------------------------------------------
+
+#[test]
+fn s6_stop_from_stopped_or_disconnected_does_nothing_and_publishes_nothing() {
+    for mut h in [H::stdio(), H::remote()] {
+        h.up();
+        let t = h.ev(Event::StopRequested);
+        let generation = h.l.closing().unwrap();
+        assert!(has(&t, &Effect::Disconnect { generation }));
+        let _ = h.ev(Event::Disconnected { generation });
+        let t = h.ev(Event::StopRequested);
+        assert!(published(&t).is_empty());
+        assert_eq!(t.from, t.to);
+        assert_eq!(replies(&t), [Reply::Stopped]);
+    }
+}
+
+#[test]
+fn s6_stop_from_starting_cancels_the_attempt_and_wins() {
+    let mut h = H::stdio();
+    let generation = h.start();
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(t.to, State::Stopped);
+    assert!(has(&t, &Effect::CancelConnect { generation }));
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+    assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled)), Reply::Stopped]);
+    // The late success is closed, not leaked, and does not bring the server up.
+    let t = h.ev(Event::Connected { generation });
+    assert_eq!(t.to, State::Stopped);
+    assert_eq!(t.effects, [Effect::Disconnect { generation }]);
+    // A late failure changes nothing.
+    assert!(h.ev(Event::ConnectFailed { generation, failure: transient() }).is_noop());
+}
+
+#[test]
+fn s6_stop_from_running_goes_through_stopping_closes_and_publishes_stopped() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(t.to, State::Stopping);
+    assert_eq!(h.l.health(), Health::Unknown, "no stopping/healthy pair");
+    assert!(has(&t, &Effect::Disconnect { generation }));
+    assert!(replies(&t).is_empty(), "the stop is answered when the close is done");
+    let t = h.ev(Event::Disconnected { generation });
+    assert_eq!(t.to, State::Disconnected);
+    assert_eq!(h.l.health(), Health::Unknown);
+    assert_eq!(h.l.last_error(), None);
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+    assert_eq!(replies(&t), [Reply::Stopped]);
+    assert!(!h.l.is_client_ready());
+}
+
+#[test]
+fn s6_stop_from_failed_unreachable_auth_required_or_unknown_goes_straight_down() {
+    let mut h = H::remote();
+    let t = h.ev(Event::StopRequested);
+    assert_eq!((t.from, t.to), (State::Unknown, State::Disconnected));
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    let t = h.ev(Event::StopRequested);
+    assert_eq!((t.from, t.to), (State::AuthRequired, State::Disconnected));
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::Disconnect { .. })), "no session to close");
+}
+
+#[test]
+fn s6_a_stop_by_request_clears_the_counters_and_is_never_undone_by_a_retry() {
+    let mut h = H::remote();
+    let mut generation = h.start();
+    for _ in 0..2 {
+        let _ = h.fail(generation, transient());
+        generation = connect_gen(&h.fire()).unwrap();
+    }
+    let _ = h.fail(generation, transient());
+    assert!(h.l.is_unreachable());
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(t.to, State::Disconnected);
+    assert_eq!(h.l.consecutive_failures(), 0);
+    assert_eq!(h.l.next_retry_after(), None);
+    assert_eq!(h.l.poll_timeout(), None, "nothing will restart it");
+    h.advance(S(3600));
+    assert!(h.ev(Event::Timeout).is_noop());
+    // After a manual stop one failure is one failure, not the fourth.
+    let generation = h.start();
+    assert_eq!(h.fail(generation, transient()).to, State::Failed);
+}
+
+#[test]
+fn s6_restart_waits_the_grace_period_only_when_it_stopped_something() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let t = h.ev(Event::RestartRequested);
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted]);
+    assert_eq!(t.to, State::Stopping);
+    let t = h.ev(Event::Disconnected { generation });
+    assert_eq!(t.to, State::Stopped);
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+    assert_eq!(h.l.poll_timeout(), Some(h.now + RESTART_GRACE_PERIOD));
+    h.advance(MS(199));
+    assert!(h.ev(Event::Timeout).is_noop());
+    h.advance(MS(1));
+    let t = h.ev(Event::Timeout);
+    assert_eq!(t.to, State::Starting);
+    let generation = connect_gen(&t).unwrap();
+    let t = h.ev(Event::Connected { generation });
+    assert_eq!(reasons(&t), [Reason::Started, Reason::RecoverySucceeded]);
+    assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
+
+    // Nothing to stop: the start is immediate.
+    let mut h = H::stdio();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::permanent("bad"));
+    let t = h.ev(Event::RestartRequested);
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
+    assert!(connect_gen(&t).is_some());
+}
+
+#[test]
+fn s6_restart_of_a_starting_server_cancels_the_attempt_then_waits_the_grace_period() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let t = h.ev(Event::RestartRequested);
+    assert!(has(&t, &Effect::CancelConnect { generation }));
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Stopped]);
+    assert_eq!(h.l.poll_timeout(), Some(h.now + RESTART_GRACE_PERIOD));
+    let t = h.fire();
+    assert_eq!(t.to, State::Starting);
+}
+
+#[test]
+fn s6_restart_publishes_failed_or_awaiting_auth_outcomes() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::permanent("HTTP 400"));
+    let t = h.ev(Event::RestartRequested);
+    let generation = connect_gen(&t).unwrap();
+    let t = h.fail(generation, transient());
+    assert_eq!(reasons(&t), [Reason::Failed, Reason::RecoveryFailed]);
+    let generation = connect_gen(&h.ev(Event::RestartRequested)).unwrap();
+    let t = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    assert_eq!(reasons(&t), [Reason::AuthRequired, Reason::RecoveryAwaitingAuth]);
+}
+
+#[test]
+fn s6_a_stop_during_the_restart_grace_period_wins() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::RestartRequested);
+    let _ = h.ev(Event::Disconnected { generation });
+    let t = h.ev(Event::StopRequested);
+    assert!(published(&t).is_empty(), "already stopped");
+    assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled)), Reply::Stopped]);
+    assert_eq!(h.l.poll_timeout(), None);
+}
+
+#[test]
+fn s6_a_stop_while_a_restart_is_closing_wins() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::RestartRequested);
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled))]);
+    let t = h.ev(Event::Disconnected { generation });
+    assert_eq!(t.to, State::Stopped);
+    assert_eq!(h.l.poll_timeout(), None);
+    assert_eq!(replies(&t), [Reply::Stopped]);
+}
+
+#[test]
+fn s6_a_start_while_stopping_starts_after_the_close() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::StopRequested);
+    let t = h.ev(Event::StartRequested);
+    assert!(t.is_noop());
+    let t = h.ev(Event::Disconnected { generation });
+    assert_eq!(replies(&t), [Reply::Stopped]);
+    let t = h.fire();
+    assert_eq!(reasons(&t), [Reason::Starting], "a plain start, not a recovery");
+}
+
+// ----- §7 Health ---------------------------------------------------------------------
+
+#[test]
+fn s7_a_successful_ping_makes_the_server_healthy_and_resets_the_gate() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let _ = h.ev(Event::HealthCheckRequested);
+    let _ = h.ev(Event::PingFailed { generation, failure: Failure::transient("timeout") });
+    assert_eq!(h.l.health(), Health::Unhealthy);
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t = h.ev(Event::PingSucceeded { generation });
+    assert_eq!(h.l.health(), Health::Healthy);
+    assert_eq!(published(&t).len(), 1, "the health change is published");
+    assert_eq!(published(&t)[0].reason, None);
+    assert_eq!(replies(&t), [Reply::HealthChecked { health: Health::Healthy, error: None }]);
+    assert_eq!(h.l.missed_pings(), 0);
+}
+
+#[test]
+fn s7_health_check_failed_is_published_once_per_unhealthy_episode() {
+    let settings = Settings { unhealthy_threshold: 100, ..Settings::default() };
+    let mut h = H::stdio();
+    h.l = Lifecycle::new(h.l.spec().clone(), settings, 1);
+    let generation = h.up();
+    let mut count = 0;
+    let mut run = |h: &mut H, n: usize, fail: bool| {
+        for _ in 0..n {
+            let _ = h.ev(Event::HealthCheckRequested);
+            let t = if fail {
+                h.ev(Event::PingFailed { generation, failure: Failure::transient("timeout") })
+            } else {
+                h.ev(Event::PingSucceeded { generation })
+            };
+            count += reasons(&t).iter().filter(|r| **r == Reason::HealthCheckFailed).count();
+        }
+    };
+    run(&mut h, 10, true);
+    run(&mut h, 1, false);
+    run(&mut h, 5, true);
+    assert_eq!(count, 2);
+}
+
+#[test]
+fn s7_the_failed_ping_error_reads_mcp_ping_failed() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t = h.ev(Event::PingFailed { generation, failure: Failure::transient("request timed out") });
+    let ev = &published(&t)[0];
+    assert_eq!(ev.reason, Some(Reason::HealthCheckFailed));
+    assert_eq!(ev.error.as_deref(), Some("MCP ping failed: request timed out"));
+    assert_eq!(t.to, State::Running, "one missed ping is not a crash");
+}
+
+#[test]
+fn s7_a_health_check_without_a_session_answers_client_not_available() {
+    let mut h = H::stdio();
+    let t = h.ev(Event::HealthCheckRequested);
+    assert_eq!(replies(&t), [Reply::HealthChecked { health: Health::Unhealthy, error: Some(NO_CLIENT.into()) }]);
+    assert!(published(&t).is_empty());
+}
+
+#[test]
+fn s7_running_servers_are_probed_every_interval() {
+    let mut h = H::remote();
+    let generation = h.up();
+    assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL));
+    for _ in 0..3 {
+        let t = h.fire();
+        assert_eq!(t.effects, [Effect::Ping { generation, timeout: PING_TIMEOUT }]);
+        assert_eq!(h.l.poll_timeout(), None, "one ping at a time");
+        h.advance(MS(3));
+        let _ = h.ev(Event::PingSucceeded { generation });
+        assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL));
+    }
+}
+
+#[test]
+fn s7_unhealthy_threshold_missed_pings_count_as_a_crash() {
+    let mut h = H::remote();
+    let generation = h.up();
+    for n in 1..=3 {
+        let _ = h.fire();
+        let t = h.ev(Event::PingFailed { generation, failure: Failure::transient("timeout") });
+        if n < 3 {
+            assert_eq!(t.to, State::Connected);
+        } else {
+            assert_eq!(t.to, State::Failed);
+            assert!(has(&t, &Effect::Disconnect { generation }), "the dead session is closed");
+            assert_eq!(h.l.crash_count(), 1);
+            assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD));
+        }
+    }
+    let t = h.fire();
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
+}
+
+#[test]
+fn s7_a_transport_that_dies_while_running_fails_the_server_at_once() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let failure = Failure::transient("process exited with exit status: 3; stderr: panic at main.rs:1");
+    let t = h.ev(Event::TransportClosed { generation, failure });
+    assert_eq!(t.to, State::Failed);
+    assert_eq!(h.l.health(), Health::Unhealthy);
+    assert_eq!(reasons(&t), [Reason::Failed]);
+    assert!(published(&t)[0].error.as_deref().unwrap().contains("exit status: 3"));
+    assert_eq!(h.l.consecutive_failures(), 0, "a crash is not a failed connection attempt");
+}
+
+#[test]
+fn s7_the_first_crash_recovers_after_the_grace_period_later_ones_with_backoff() {
+    let mut h = H::stdio();
+    let mut generation = h.up();
+    for (k, wait) in [(1, RESTART_GRACE_PERIOD), (2, S(30)), (3, S(60)), (4, S(120))] {
+        h.advance(S(1));
+        let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+        assert_eq!(h.l.crash_count(), k);
+        assert_eq!(h.l.next_retry_after(), Some(h.now + wait), "crash {k}");
+        let t = h.fire();
+        generation = connect_gen(&t).unwrap();
+        let _ = h.ev(Event::Connected { generation });
+    }
+}
+
+#[test]
+fn s7_staying_up_for_the_stable_period_clears_the_crash_count() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    let generation = connect_gen(&h.fire()).unwrap();
+    let _ = h.ev(Event::Connected { generation });
+    assert_eq!(h.l.crash_count(), 1);
+    let deadline = h.now + STABLE_PERIOD;
+    while h.now < deadline {
+        let _ = h.fire();
+        if h.l.crash_count() == 0 {
+            break;
+        }
+        let _ = h.ev(Event::PingSucceeded { generation });
+    }
+    assert_eq!(h.l.crash_count(), 0);
+    assert_eq!(h.now, deadline, "cleared exactly at the end of the stable period");
+    let _ = h.ev(Event::PingSucceeded { generation });
+    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD), "treated as a first crash again");
+}
+
+#[test]
+fn s7_the_gate_resets_on_every_successful_start() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t = h.ev(Event::PingFailed { generation, failure: transient() });
+    assert_eq!(reasons(&t), [Reason::HealthCheckFailed]);
+    let _ = h.ev(Event::RestartRequested);
+    let _ = h.ev(Event::Disconnected { generation });
+    let generation = connect_gen(&h.fire()).unwrap();
+    let _ = h.ev(Event::Connected { generation });
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t = h.ev(Event::PingFailed { generation, failure: transient() });
+    assert_eq!(reasons(&t), [Reason::HealthCheckFailed], "a new episode after a start");
+}
+
+#[test]
+fn s7_a_failed_reconnect_after_a_crash_follows_the_start_rules() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    let mut generation = connect_gen(&h.fire()).unwrap();
+    for n in 1..=3 {
+        let t = h.fail(generation, transient());
+        assert_eq!(h.l.consecutive_failures(), n);
+        assert_eq!(reasons(&t), [Reason::Failed, Reason::RecoveryFailed]);
+        if n < 3 {
+            generation = connect_gen(&h.fire()).unwrap();
+        }
+    }
+    assert!(h.l.is_unreachable());
+}
+
+#[test]
+fn s7_a_401_on_a_live_remote_session_goes_auth_required() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t =
+        h.ev(Event::PingFailed { generation, failure: Failure::auth_required(Challenge::parse("Bearer"), "HTTP 401") });
+    assert_eq!(t.to, State::AuthRequired);
+    assert!(has(&t, &Effect::Disconnect { generation }));
+    assert!(t.effects.iter().any(|e| matches!(e, Effect::CallAuthHook(_))));
+    assert_eq!(h.l.poll_timeout(), None);
+}
+
+// ----- §8 Configuration changes ------------------------------------------------------
+
+#[test]
+fn s8_a_change_that_needs_a_restart_restarts_a_running_server() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let mut spec = h.l.spec().clone();
+    spec.args = vec!["--verbose".into()];
+    let t = h.ev(Event::SpecChanged(Box::new(spec.clone())));
+    assert_eq!(h.l.spec(), &spec, "the definition is swapped");
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted]);
+    assert!(has(&t, &Effect::Disconnect { generation }));
+    let _ = h.ev(Event::Disconnected { generation });
+    let t = h.fire();
+    assert_eq!(t.to, State::Starting);
+}
+
+#[test]
+fn s8_a_metadata_change_is_applied_in_place() {
+    let mut h = H::stdio();
+    h.up();
+    let mut spec = h.l.spec().clone();
+    spec.description = "the file system".into();
+    spec.auto_start = false;
+    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    assert!(t.is_noop());
+    assert_eq!(h.l.spec().description, "the file system");
+    assert!(h.l.is_running());
+}
+
+#[test]
+fn s8_a_server_down_by_request_stays_down_unless_auto_start_is_switched_on() {
+    let mut h = H::stdio();
+    let _ = h.ev(Event::StopRequested);
+    let mut spec = h.l.spec().clone();
+    spec.args = vec!["x".into()];
+    assert!(h.ev(Event::SpecChanged(Box::new(spec.clone()))).is_noop());
+    spec.auto_start = true;
+    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    assert_eq!(t.to, State::Starting);
+    assert_eq!(reasons(&t), [Reason::Starting]);
+}
+
+#[test]
+fn s8_a_changed_type_renames_the_down_state() {
+    let mut h = H::stdio();
+    let _ = h.ev(Event::StopRequested);
+    let spec = ServerSpec::remote("fs", ServerType::Sse, "http://127.0.0.1:9/sse");
+    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    assert_eq!((t.from, t.to), (State::Stopped, State::Disconnected));
+}
+
+#[test]
+fn s8_a_failed_or_unreachable_server_is_retried_at_once_on_a_change() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    let mut spec = h.l.spec().clone();
+    spec.url = "https://api2.example/mcp".into();
+    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
+}
+
+#[test]
+fn s8_a_change_during_a_restart_is_used_by_the_coming_start() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::RestartRequested);
+    let mut spec = h.l.spec().clone();
+    spec.command = "other".into();
+    assert!(published(&h.ev(Event::SpecChanged(Box::new(spec)))).is_empty());
+    let _ = h.ev(Event::Disconnected { generation });
+    let t = h.fire();
+    assert!(connect_gen(&t).is_some());
+    assert_eq!(h.l.spec().command, "other");
+}
+
+// ----- generations -------------------------------------------------------------------
+
+#[test]
+fn stale_reports_change_nothing() {
+    let mut h = H::stdio();
+    let old = h.up();
+    let _ = h.ev(Event::TransportClosed { generation: old, failure: transient() });
+    let new = connect_gen(&h.fire()).unwrap();
+    let _ = h.ev(Event::Connected { generation: new });
+    let before = h.l.clone();
+    for e in [
+        Event::TransportClosed { generation: old, failure: transient() },
+        Event::PingFailed { generation: old, failure: transient() },
+        Event::PingSucceeded { generation: old },
+        Event::Disconnected { generation: old },
+        Event::ConnectFailed { generation: old, failure: transient() },
+        Event::Connected { generation: new },
+    ] {
+        assert!(h.ev(e.clone()).is_noop(), "{e:?}");
+    }
+    assert_eq!(h.l.state(), before.state());
+    assert_eq!(h.l.session(), Some(new));
+}
+
+#[test]
+fn an_unrequested_ping_result_is_ignored() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    assert!(h.ev(Event::PingFailed { generation, failure: transient() }).is_noop());
+}
+
+#[test]
+fn every_state_and_health_change_is_published_exactly_once() {
+    let mut h = H::remote();
+    let mut seen = Vec::new();
+    let mut track = |t: &Transition, l: &Lifecycle| {
+        let evs = published(t);
+        let changes = evs.iter().filter(|e| e.previous_state != e.state || e.previous_health != e.health).count();
+        if t.from != t.to {
+            assert!(changes >= 1, "{t:?}");
+        }
+        if let Some(last) = evs.last() {
+            assert_eq!((last.state, last.health), (l.state(), l.health()));
+        }
+        seen.extend(evs);
+    };
+    let generation = h.start();
+    track(&h.fail(generation, transient()), &h.l);
+    let t = h.fire();
+    track(&t, &h.l);
+    let generation = connect_gen(&t).unwrap();
+    track(&h.ev(Event::Connected { generation }), &h.l);
+    track(&h.ev(Event::StopRequested), &h.l);
+    track(&h.ev(Event::Disconnected { generation }), &h.l);
+    for pair in seen.windows(2) {
+        assert_eq!((pair[0].state, pair[0].health), (pair[1].previous_state, pair[1].previous_health), "{pair:?}");
+    }
+}

@@ -1,0 +1,935 @@
+//! The definition of one MCP server ([`ServerSpec`]) and its validation.
+//!
+//! A `ServerSpec` is what a configuration file says about a server: how to reach
+//! it and how to treat it. It carries no runtime state. [`ServerSpec::validate`]
+//! checks every rule of SPEC §1 and returns **all** problems at once, so that a
+//! whole configuration can be reported in one pass. Where the reference
+//! implementation (muster) has a message, the message text is the same.
+//!
+//! Lists and maps have no "nil": a missing list, an explicit `null` and an empty
+//! list all deserialize to the same empty value, so they compare equal.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest accepted server name, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest accepted description, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 500;
+/// Smallest accepted `timeout`, in seconds.
+pub const MIN_TIMEOUT_SECS: u32 = 1;
+/// Largest accepted `timeout`, in seconds.
+pub const MAX_TIMEOUT_SECS: u32 = 300;
+/// Connect-and-initialize timeout of a remote server when `timeout` is unset (`DEFAULT_REMOTE_TIMEOUT`).
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Initialize timeout of a stdio server when `timeout` is unset (`DEFAULT_STDIO_INIT_TIMEOUT`).
+pub const DEFAULT_STDIO_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header names a transport manages itself; configuring them is an error.
+pub const RESERVED_HEADERS: [&str; 3] = ["accept", "mcp-session-id", "last-event-id"];
+
+/// How roster talks to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ServerType {
+    /// A local process spoken to over its stdin and stdout.
+    #[serde(rename = "stdio")]
+    Stdio,
+    /// A remote server over Streamable HTTP (MCP 2025-03-26 and later).
+    #[serde(rename = "streamable-http")]
+    StreamableHttp,
+    /// A remote server over the legacy HTTP+SSE transport (MCP 2024-11-05).
+    #[serde(rename = "sse")]
+    Sse,
+}
+
+impl ServerType {
+    /// Every type, in the order the error messages list them.
+    pub const ALL: [ServerType; 3] = [ServerType::Stdio, ServerType::StreamableHttp, ServerType::Sse];
+
+    /// The wire name: `stdio`, `streamable-http` or `sse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerType::Stdio => "stdio",
+            ServerType::StreamableHttp => "streamable-http",
+            ServerType::Sse => "sse",
+        }
+    }
+
+    /// True for the remote types (`streamable-http`, `sse`).
+    pub fn is_remote(self) -> bool {
+        match self {
+            ServerType::Stdio => false,
+            ServerType::StreamableHttp | ServerType::Sse => true,
+        }
+    }
+
+    /// The connect timeout used when a definition leaves `timeout` unset.
+    pub fn default_timeout(self) -> Duration {
+        if self.is_remote() { DEFAULT_REMOTE_TIMEOUT } else { DEFAULT_STDIO_INIT_TIMEOUT }
+    }
+
+    /// Parses a wire name.
+    ///
+    /// # Errors
+    /// [`UnsupportedType`] for anything but the three wire names; its message is
+    /// the reference's `unsupported MCP server type: <t> (supported: stdio, streamable-http, sse)`.
+    pub fn parse(s: &str) -> Result<ServerType, UnsupportedType> {
+        ServerType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| UnsupportedType(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ServerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ServerType {
+    type Err = UnsupportedType;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ServerType::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ServerType::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A `type` that is none of `stdio`, `streamable-http`, `sse`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported MCP server type: {0} (supported: stdio, streamable-http, sse)")]
+pub struct UnsupportedType(pub String);
+
+/// Remote authentication mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// No authentication (a 401 still moves the server to `auth_required`).
+    #[default]
+    None,
+    /// OAuth 2.1 as the MCP authorization spec describes it.
+    Oauth,
+}
+
+/// Remote authentication settings (`auth`). Only valid for remote types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` or `oauth`.
+    #[serde(rename = "type")]
+    pub kind: AuthType,
+    /// Forward the caller's own token to this server instead of running a flow.
+    #[serde(skip_serializing_if = "is_false")]
+    pub forward_token: bool,
+    /// Audiences a forwarded token must carry.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub required_audiences: Vec<String>,
+    /// Exchange the caller's token for one this server accepts (RFC 8693).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
+    /// The authorization server to log in against, when it is not discovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_server: Option<AuthorizationServer>,
+}
+
+impl AuthConfig {
+    /// A copy without runtime-only data (resolved client credentials), for comparisons.
+    pub fn spec_only(&self) -> AuthConfig {
+        let mut copy = self.clone();
+        if let Some(te) = copy.token_exchange.as_mut() {
+            te.resolved = None;
+        }
+        copy
+    }
+}
+
+/// Token exchange settings.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenExchange {
+    /// Whether the exchange runs.
+    pub enabled: bool,
+    /// Token endpoint of the exchanging authorization server (`https://`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token_endpoint: String,
+    /// Issuer the exchanged token must come from (`https://`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expected_issuer: String,
+    /// Connector id at the exchanging server.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub connector_id: String,
+    /// Space-separated scopes to request.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scopes: String,
+    /// Client credentials resolved at runtime. Never read from or written to a file,
+    /// and ignored when deciding whether a definition changed.
+    #[serde(skip)]
+    pub resolved: Option<ClientCredentials>,
+}
+
+impl fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("enabled", &self.enabled)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("expected_issuer", &self.expected_issuer)
+            .field("connector_id", &self.connector_id)
+            .field("scopes", &self.scopes)
+            .field("resolved", &self.resolved.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Client credentials resolved at runtime for a token exchange.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: String,
+}
+
+/// An explicitly configured authorization server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizationServer {
+    /// Issuer URL (`https://`, no trailing slash, query or fragment).
+    pub issuer: String,
+    /// Scopes to request.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// The definition of one MCP server (SPEC §1).
+///
+/// `Debug` redacts the values of `env` and `headers`: they often hold secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Unique id: `^[A-Za-z0-9][A-Za-z0-9_.-]*$`, at most 64 characters.
+    pub name: String,
+    /// Transport type.
+    #[serde(rename = "type")]
+    pub server_type: ServerType,
+    /// stdio: the program to run (looked up on `PATH`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    /// stdio: its arguments.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// stdio: environment variables set for the process (on top of the inherited ones).
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// stdio: working directory; roster's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// stdio: inherit roster's environment (default true). When false the process
+    /// gets only a small allowlist (`PATH`, `HOME`, locale and temp-dir variables),
+    /// the variables named in `pass_env`, and `env`.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub inherit_env: bool,
+    /// stdio: further variables passed through from roster's environment when `inherit_env` is false.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+    /// remote: the endpoint, `http://` or `https://`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// remote: headers sent on every request.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Start when the supervisor starts or the server is added (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_start: bool,
+    /// Seconds to connect and initialize, 1..=300; unset means the type's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    /// Prefix for the server's tools when aggregated: `^[A-Za-z][A-Za-z0-9_-]*$`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool_prefix: String,
+    /// Human text, at most 500 characters. Metadata only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// remote: authentication settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+impl fmt::Debug for ServerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerSpec")
+            .field("name", &self.name)
+            .field("server_type", &self.server_type)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &RedactedMap(&self.env))
+            .field("cwd", &self.cwd)
+            .field("inherit_env", &self.inherit_env)
+            .field("pass_env", &self.pass_env)
+            .field("url", &self.url)
+            .field("headers", &RedactedMap(&self.headers))
+            .field("auto_start", &self.auto_start)
+            .field("timeout", &self.timeout)
+            .field("tool_prefix", &self.tool_prefix)
+            .field("description", &self.description)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// Shows the keys of a map with every value replaced by `<redacted>`.
+struct RedactedMap<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedMap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, REDACTED))).finish()
+    }
+}
+
+/// What status output and logs show in place of an env or header value.
+pub const REDACTED: &str = "<redacted>";
+
+impl ServerSpec {
+    /// A stdio server running `command` with no arguments; everything else default.
+    pub fn stdio(name: impl Into<String>, command: impl Into<String>) -> ServerSpec {
+        ServerSpec { command: command.into(), ..ServerSpec::empty(name, ServerType::Stdio) }
+    }
+
+    /// A remote server of `server_type` at `url`; everything else default.
+    pub fn remote(name: impl Into<String>, server_type: ServerType, url: impl Into<String>) -> ServerSpec {
+        ServerSpec { url: url.into(), ..ServerSpec::empty(name, server_type) }
+    }
+
+    /// A definition with only a name and a type; every other field at its default.
+    pub fn empty(name: impl Into<String>, server_type: ServerType) -> ServerSpec {
+        ServerSpec {
+            name: name.into(),
+            server_type,
+            command: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            inherit_env: true,
+            pass_env: Vec::new(),
+            url: String::new(),
+            headers: BTreeMap::new(),
+            auto_start: false,
+            timeout: None,
+            tool_prefix: String::new(),
+            description: String::new(),
+            auth: None,
+        }
+    }
+
+    /// True for `streamable-http` and `sse`.
+    pub fn is_remote(&self) -> bool {
+        self.server_type.is_remote()
+    }
+
+    /// The connect-and-initialize timeout: `timeout` seconds, or the type's default.
+    pub fn connect_timeout(&self) -> Duration {
+        match self.timeout {
+            Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
+            Some(_) | None => self.server_type.default_timeout(),
+        }
+    }
+
+    /// Checks every rule of SPEC §1 and returns every violation, in field order.
+    ///
+    /// # Errors
+    /// One [`ValidationError`] per problem; an empty list is never returned.
+    pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        let mut v = Validator { server: &self.name, errors: Vec::new() };
+        self.check_name(&mut v);
+        match self.server_type {
+            ServerType::Stdio => self.check_stdio(&mut v),
+            ServerType::StreamableHttp | ServerType::Sse => self.check_remote(&mut v),
+        }
+        if let Some(t) = self.timeout
+            && !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&t)
+        {
+            v.push(
+                Field::Timeout,
+                format!("must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, got {t}"),
+            );
+        }
+        if !self.tool_prefix.is_empty() && !is_identifier(&self.tool_prefix, IdentStart::Letter, "_-") {
+            v.push(Field::ToolPrefix, "must match ^[A-Za-z][A-Za-z0-9_-]*$");
+        }
+        let desc_len = self.description.chars().count();
+        if desc_len > MAX_DESCRIPTION_LEN {
+            v.push(Field::Description, format!("must be at most {MAX_DESCRIPTION_LEN} characters, got {desc_len}"));
+        }
+        if let Some(auth) = &self.auth {
+            check_auth(auth, self.server_type, &mut v);
+        }
+        if v.errors.is_empty() { Ok(()) } else { Err(v.errors) }
+    }
+
+    fn check_name(&self, v: &mut Validator<'_>) {
+        if self.name.is_empty() {
+            v.push_exact(Field::Name, "MCP server name is required");
+            return;
+        }
+        let len = self.name.chars().count();
+        if len > MAX_NAME_LEN || !is_identifier(&self.name, IdentStart::Alphanumeric, "_.-") {
+            v.push(
+                Field::Name,
+                format!("must match ^[A-Za-z0-9][A-Za-z0-9_.-]*$ and be at most {MAX_NAME_LEN} characters"),
+            );
+        }
+    }
+
+    fn check_stdio(&self, v: &mut Validator<'_>) {
+        if self.command.trim().is_empty() {
+            v.push_exact(Field::Command, "command is required for stdio type");
+        } else if self.command.contains('\0') {
+            v.push(Field::Command, "must not contain a NUL byte");
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            v.push(Field::Args, "must not contain a NUL byte");
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                v.push(Field::Env, format!("invalid variable name {key:?}: must be non-empty, without '=' or NUL"));
+            }
+            if value.contains('\0') {
+                v.push(Field::Env, format!("value of {key} must not contain a NUL byte"));
+            }
+        }
+        if self.cwd.as_deref().is_some_and(str::is_empty) {
+            v.push(Field::Cwd, "must not be empty when set");
+        }
+        for name in &self.pass_env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                v.push(Field::PassEnv, format!("invalid variable name {name:?}"));
+            }
+        }
+        if !self.url.is_empty() {
+            v.push_exact(Field::Url, "url field is only allowed when type is streamable-http or sse");
+        }
+        if !self.headers.is_empty() {
+            v.push_exact(Field::Headers, "headers field is only allowed when type is streamable-http or sse");
+        }
+    }
+
+    fn check_remote(&self, v: &mut Validator<'_>) {
+        if self.url.is_empty() {
+            v.push_exact(Field::Url, "url is required for streamable-http and sse types");
+        } else if let Err(why) = check_http_url(&self.url) {
+            v.push(Field::Url, why);
+        }
+        for (name, value) in &self.headers {
+            if !is_header_name(name) {
+                v.push(Field::Headers, format!("invalid header name {name:?}"));
+            } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                v.push(Field::Headers, format!("{name} is managed by the transport and cannot be configured"));
+            }
+            if !is_header_value(value) {
+                // The value itself is a secret: name the header, never the value.
+                v.push(
+                    Field::Headers,
+                    format!("value of {name} must be visible ASCII, space or tab, without CR or LF"),
+                );
+            }
+        }
+        let stdio_only = [
+            (!self.command.is_empty(), Field::Command, "command field is only allowed when type is stdio"),
+            (!self.args.is_empty(), Field::Args, "args field is only allowed when type is stdio"),
+            (!self.env.is_empty(), Field::Env, "env field is only allowed when type is stdio"),
+            (self.cwd.is_some(), Field::Cwd, "cwd field is only allowed when type is stdio"),
+            (!self.inherit_env, Field::InheritEnv, "inherit_env field is only allowed when type is stdio"),
+            (!self.pass_env.is_empty(), Field::PassEnv, "pass_env field is only allowed when type is stdio"),
+        ];
+        for (present, field, message) in stdio_only {
+            if present {
+                v.push_exact(field, message);
+            }
+        }
+    }
+}
+
+fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>) {
+    if !server_type.is_remote() {
+        if auth.kind != AuthType::None
+            || auth.forward_token
+            || auth.token_exchange.is_some()
+            || auth.authorization_server.is_some()
+        {
+            v.push_exact(
+                Field::Auth,
+                "auth configuration is only supported for remote server types (streamable-http or sse)",
+            );
+        }
+        return;
+    }
+    if let Some(server) = &auth.authorization_server {
+        if auth.kind != AuthType::Oauth {
+            v.push_exact(Field::Auth, "authorizationServer is only valid when type is oauth");
+        }
+        if auth.forward_token {
+            v.push_exact(Field::Auth, "forwardToken bypasses per-backend OAuth; set one or the other, not both");
+        }
+        if auth.token_exchange.as_ref().is_some_and(|te| te.enabled) {
+            v.push_exact(
+                Field::Auth,
+                "tokenExchange has its own issuer/endpoint config; set one or the other, not both",
+            );
+        }
+        if let Err(why) = check_issuer(&server.issuer) {
+            v.push(Field::Auth, format!("authorization_server.issuer {why}"));
+        }
+    }
+    if let Some(te) = &auth.token_exchange {
+        for (value, what) in [(&te.token_endpoint, "token_endpoint"), (&te.expected_issuer, "expected_issuer")] {
+            if te.enabled && (!value.starts_with("https://") || check_http_url(value).is_err()) {
+                v.push(Field::Auth, format!("token_exchange.{what} must be an https:// URL"));
+            }
+        }
+        if !te.connector_id.is_empty() && !is_identifier(&te.connector_id, IdentStart::Letter, "_-") {
+            v.push(Field::Auth, "token_exchange.connector_id must match ^[A-Za-z][A-Za-z0-9_-]*$");
+        }
+    }
+}
+
+/// Checks an `http://` / `https://` URL with a host and no whitespace (the CRD's
+/// `^https?://[^\s/$.?#].[^\s]*$`, plus a non-empty host).
+fn check_http_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if url.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() || host.starts_with(['.', '$', '?', '#']) {
+        return Err("must name a host");
+    }
+    Ok(())
+}
+
+fn check_issuer(issuer: &str) -> Result<(), &'static str> {
+    if !issuer.starts_with("https://") || check_http_url(issuer).is_err() {
+        return Err("must be an https:// URL");
+    }
+    if issuer.ends_with('/') || issuer.contains(['?', '#']) {
+        return Err("must not end with '/' or carry a query or fragment");
+    }
+    Ok(())
+}
+
+/// An RFC 9110 token: the characters allowed in a header name.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Visible ASCII, space and tab (no CR, LF, NUL or other controls).
+fn is_header_value(value: &str) -> bool {
+    value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+#[derive(Clone, Copy)]
+enum IdentStart {
+    Letter,
+    Alphanumeric,
+}
+
+fn is_identifier(s: &str, start: IdentStart, extra: &str) -> bool {
+    let mut chars = s.chars();
+    let Some(first) = chars.next() else { return false };
+    let first_ok = match start {
+        IdentStart::Letter => first.is_ascii_alphabetic(),
+        IdentStart::Alphanumeric => first.is_ascii_alphanumeric(),
+    };
+    first_ok && chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+/// A field of [`ServerSpec`], as named in configuration files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// `name`
+    Name,
+    /// `type`
+    Type,
+    /// `command`
+    Command,
+    /// `args`
+    Args,
+    /// `env`
+    Env,
+    /// `cwd`
+    Cwd,
+    /// `inherit_env`
+    InheritEnv,
+    /// `pass_env`
+    PassEnv,
+    /// `url`
+    Url,
+    /// `headers`
+    Headers,
+    /// `auto_start`
+    AutoStart,
+    /// `timeout`
+    Timeout,
+    /// `tool_prefix`
+    ToolPrefix,
+    /// `description`
+    Description,
+    /// `auth`
+    Auth,
+}
+
+impl Field {
+    /// The field's name in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Name => "name",
+            Field::Type => "type",
+            Field::Command => "command",
+            Field::Args => "args",
+            Field::Env => "env",
+            Field::Cwd => "cwd",
+            Field::InheritEnv => "inherit_env",
+            Field::PassEnv => "pass_env",
+            Field::Url => "url",
+            Field::Headers => "headers",
+            Field::AutoStart => "auto_start",
+            Field::Timeout => "timeout",
+            Field::ToolPrefix => "tool_prefix",
+            Field::Description => "description",
+            Field::Auth => "auth",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One problem found by [`ServerSpec::validate`].
+///
+/// `message` is the bare rule (the reference's exact text where it has one);
+/// `Display` adds the server and the field: `server "github": url: must start with http:// or https://`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValidationError {
+    /// The server's name as given (empty when the name is missing).
+    pub server: String,
+    /// The field at fault.
+    pub field: Field,
+    /// What is wrong, without the server or field.
+    pub message: String,
+    /// Whether `message` already names the field (the reference's texts do).
+    #[serde(skip)]
+    self_describing: bool,
+}
+
+impl ValidationError {
+    /// A problem with `field` of `server`.
+    pub fn new(server: impl Into<String>, field: Field, message: impl Into<String>) -> ValidationError {
+        ValidationError { server: server.into(), field, message: message.into(), self_describing: false }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.server.is_empty() {
+            write!(f, "server {:?}: ", self.server)?;
+        }
+        if self.self_describing { f.write_str(&self.message) } else { write!(f, "{}: {}", self.field, self.message) }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+impl From<UnsupportedType> for ValidationError {
+    fn from(e: UnsupportedType) -> ValidationError {
+        ValidationError { server: String::new(), field: Field::Type, message: e.to_string(), self_describing: true }
+    }
+}
+
+struct Validator<'a> {
+    server: &'a str,
+    errors: Vec<ValidationError>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, field: Field, message: impl Into<String>) {
+        self.errors.push(ValidationError::new(self.server, field, message));
+    }
+
+    /// A message that names its field itself (the reference's texts).
+    fn push_exact(&mut self, field: Field, message: &str) {
+        self.errors.push(ValidationError {
+            server: self.server.to_owned(),
+            field,
+            message: message.to_owned(),
+            self_describing: true,
+        });
+    }
+}
+
+/// Deserializes `null` as the type's default, so that a missing list, `null` and `[]` are equal.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(spec: &ServerSpec) -> Vec<String> {
+        spec.validate().err().unwrap_or_default().into_iter().map(|e| e.message).collect()
+    }
+
+    // Reference §8.1 TestValidateConfiguration.
+    #[test]
+    fn valid_stdio_server() {
+        assert_eq!(ServerSpec::stdio("test-server", "echo").validate(), Ok(()));
+    }
+
+    #[test]
+    fn stdio_server_missing_command() {
+        assert_eq!(messages(&ServerSpec::stdio("test-server", "")), ["command is required for stdio type"]);
+    }
+
+    #[test]
+    fn valid_streamable_http_server() {
+        let mut spec = ServerSpec::remote("test-server", ServerType::StreamableHttp, "http://localhost:8080/mcp");
+        spec.timeout = Some(30);
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn streamable_http_server_missing_url() {
+        let spec = ServerSpec::remote("test-server", ServerType::StreamableHttp, "");
+        assert_eq!(messages(&spec), ["url is required for streamable-http and sse types"]);
+    }
+
+    #[test]
+    fn streamable_http_server_with_default_timeout() {
+        // The reference's `timeout: 0` means "unset"; here that is `None`.
+        let spec = ServerSpec::remote("test-server", ServerType::StreamableHttp, "http://localhost:8080/mcp");
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.connect_timeout(), DEFAULT_REMOTE_TIMEOUT);
+    }
+
+    #[test]
+    fn default_timeouts_match_the_reference() {
+        assert_eq!(DEFAULT_REMOTE_TIMEOUT, Duration::from_secs(30));
+        assert_eq!(DEFAULT_STDIO_INIT_TIMEOUT, Duration::from_secs(10));
+        assert_eq!(ServerSpec::stdio("a", "b").connect_timeout(), Duration::from_secs(10));
+        let mut spec = ServerSpec::remote("a", ServerType::Sse, "http://h/sse");
+        spec.timeout = Some(60);
+        assert_eq!(spec.connect_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn name_is_required() {
+        assert_eq!(messages(&ServerSpec::stdio("", "echo")), ["MCP server name is required"]);
+        let err = &ServerSpec::stdio("", "echo").validate().unwrap_err()[0];
+        assert_eq!(err.to_string(), "MCP server name is required");
+    }
+
+    #[test]
+    fn name_pattern_and_length() {
+        for bad in ["-x", "a b", "a/b", "ä", &"a".repeat(65)] {
+            let errs = ServerSpec::stdio(bad, "echo").validate().unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert_eq!(errs[0].field, Field::Name);
+        }
+        for good in ["a", "0", "a.b-c_d", &"a".repeat(64)] {
+            assert_eq!(ServerSpec::stdio(good, "echo").validate(), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn unsupported_type_message_is_the_references() {
+        let err = ServerType::parse("websocket").unwrap_err();
+        assert_eq!(err.to_string(), "unsupported MCP server type: websocket (supported: stdio, streamable-http, sse)");
+        let json = r#"{"name":"x","type":"grpc","command":"a"}"#;
+        let err = serde_json::from_str::<ServerSpec>(json).unwrap_err().to_string();
+        assert!(err.starts_with("unsupported MCP server type: grpc (supported: stdio, streamable-http, sse)"), "{err}");
+    }
+
+    #[test]
+    fn timeout_must_be_between_1_and_300() {
+        for (t, ok) in [(0, false), (1, true), (300, true), (301, false)] {
+            let mut spec = ServerSpec::stdio("s", "echo");
+            spec.timeout = Some(t);
+            assert_eq!(spec.validate().is_ok(), ok, "timeout {t}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_and_names_server_and_field() {
+        let mut spec = ServerSpec::remote("api", ServerType::Sse, "ftp://x");
+        spec.args = vec!["--x".into()];
+        spec.timeout = Some(0);
+        spec.tool_prefix = "9lives".into();
+        spec.description = "d".repeat(501);
+        let errs = spec.validate().unwrap_err();
+        let fields: Vec<Field> = errs.iter().map(|e| e.field).collect();
+        assert_eq!(fields, [Field::Url, Field::Args, Field::Timeout, Field::ToolPrefix, Field::Description]);
+        assert_eq!(errs[0].to_string(), "server \"api\": url: must start with http:// or https://");
+        assert_eq!(errs[1].to_string(), "server \"api\": args field is only allowed when type is stdio");
+    }
+
+    #[test]
+    fn stdio_only_and_remote_only_fields() {
+        let mut stdio = ServerSpec::stdio("s", "echo");
+        stdio.headers.insert("X-Key".into(), "v".into());
+        stdio.url = "http://x".into();
+        assert_eq!(
+            messages(&stdio),
+            [
+                "url field is only allowed when type is streamable-http or sse",
+                "headers field is only allowed when type is streamable-http or sse"
+            ]
+        );
+        let mut remote = ServerSpec::remote("r", ServerType::StreamableHttp, "https://x/mcp");
+        remote.command = "echo".into();
+        remote.env.insert("A".into(), "b".into());
+        remote.cwd = Some("/tmp".into());
+        assert_eq!(remote.validate().unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn urls() {
+        for good in [
+            "http://localhost:8080/mcp",
+            "https://example.com",
+            "http://127.0.0.1:1",
+            "http://[::1]:80/x",
+            "https://user@h/p?q#f",
+        ] {
+            assert_eq!(check_http_url(good), Ok(()), "{good}");
+        }
+        for bad in ["", "localhost", "ftp://x", "http://", "http:///path", "http://a b", "https://.x", "http://:80"] {
+            assert!(check_http_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_rules_never_echo_the_value() {
+        let mut spec = ServerSpec::remote("r", ServerType::StreamableHttp, "https://x/mcp");
+        spec.headers.insert("Authorization".into(), "Bearer s3cret\r\nX: y".into());
+        spec.headers.insert("bad name".into(), "v".into());
+        spec.headers.insert("Mcp-Session-Id".into(), "v".into());
+        let errs = spec.validate().unwrap_err();
+        assert_eq!(errs.len(), 3);
+        assert!(errs.iter().all(|e| !e.to_string().contains("s3cret")));
+    }
+
+    #[test]
+    fn auth_only_for_remote_types() {
+        let mut spec = ServerSpec::stdio("s", "echo");
+        spec.auth = Some(AuthConfig { kind: AuthType::Oauth, ..AuthConfig::default() });
+        assert_eq!(
+            messages(&spec),
+            ["auth configuration is only supported for remote server types (streamable-http or sse)"]
+        );
+        spec.auth = Some(AuthConfig::default());
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn auth_cross_field_rules() {
+        let mut spec = ServerSpec::remote("r", ServerType::StreamableHttp, "https://x/mcp");
+        spec.auth = Some(AuthConfig {
+            kind: AuthType::None,
+            forward_token: true,
+            authorization_server: Some(AuthorizationServer { issuer: "https://dex.example/".into(), scopes: vec![] }),
+            token_exchange: Some(TokenExchange { enabled: true, ..TokenExchange::default() }),
+            ..AuthConfig::default()
+        });
+        let got = messages(&spec);
+        assert_eq!(
+            got[..3],
+            [
+                "authorizationServer is only valid when type is oauth",
+                "forwardToken bypasses per-backend OAuth; set one or the other, not both",
+                "tokenExchange has its own issuer/endpoint config; set one or the other, not both",
+            ]
+        );
+        assert!(got[3].contains("issuer"), "{got:?}");
+    }
+
+    #[test]
+    fn nil_and_empty_lists_and_maps_are_equal() {
+        let a: ServerSpec = serde_json::from_str(r#"{"name":"x","type":"stdio","command":"c"}"#).unwrap();
+        let b: ServerSpec = serde_json::from_str(
+            r#"{"name":"x","type":"stdio","command":"c","args":null,"env":null,"headers":{},"pass_env":[]}"#,
+        )
+        .unwrap();
+        let c: ServerSpec =
+            serde_json::from_str(r#"{"name":"x","type":"stdio","command":"c","args":[],"env":{}}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+    }
+
+    #[test]
+    fn debug_redacts_env_and_header_values() {
+        let mut spec = ServerSpec::remote("r", ServerType::StreamableHttp, "https://x/mcp");
+        spec.headers.insert("Authorization".into(), "Bearer s3cret".into());
+        spec.env.insert("TOKEN".into(), "hunter2".into());
+        let dbg = format!("{spec:?}");
+        assert!(dbg.contains("Authorization") && dbg.contains("TOKEN"));
+        assert!(!dbg.contains("s3cret") && !dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_every_field() {
+        let mut spec = ServerSpec::stdio("s", "npx");
+        spec.args = vec!["-y".into(), "server".into()];
+        spec.env.insert("K".into(), "V".into());
+        spec.cwd = Some("/srv".into());
+        spec.inherit_env = false;
+        spec.pass_env = vec!["HTTPS_PROXY".into()];
+        spec.auto_start = true;
+        spec.timeout = Some(20);
+        spec.tool_prefix = "fs".into();
+        spec.description = "files".into();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<ServerSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<ServerSpec>(r#"{"name":"x","type":"stdio","command":"c","comand":"d"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("comand"), "{err}");
+    }
+}
