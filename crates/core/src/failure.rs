@@ -39,7 +39,7 @@ impl Failure {
 
     /// The server wants credentials (HTTP 401, or 403 `insufficient_scope`).
     pub fn auth_required(challenge: Challenge, message: impl Into<String>) -> Failure {
-        Failure { class: FailureClass::AuthRequired(challenge), message: message.into() }
+        Failure { class: FailureClass::AuthRequired(Box::new(challenge)), message: message.into() }
     }
 
     /// The caller cancelled (stop, shutdown): not a failure of the server at all.
@@ -76,7 +76,7 @@ pub enum FailureClass {
     /// initialize rejected, protocol version mismatch.
     Permanent,
     /// HTTP 401 during the handshake, with the parsed challenge.
-    AuthRequired(Challenge),
+    AuthRequired(Box<Challenge>),
     /// The caller cancelled: not a failure.
     Cancelled,
 }

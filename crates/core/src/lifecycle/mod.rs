@@ -367,7 +367,7 @@ pub enum StartError {
     #[error("authentication required: {message}")]
     AuthRequired {
         /// The parsed challenge.
-        challenge: Challenge,
+        challenge: Box<Challenge>,
         /// The transport's description.
         message: String,
     },
@@ -1025,7 +1025,7 @@ impl Lifecycle {
         let kind = failure.kind();
         match failure.class {
             FailureClass::AuthRequired(challenge) if self.spec.is_remote() => {
-                self.enter_auth_required(challenge.clone(), failure.message.clone(), fx);
+                self.enter_auth_required((*challenge).clone(), failure.message.clone(), fx);
                 if recovery {
                     self.announce(Reason::RecoveryAwaitingAuth, Some(failure.message.clone()), fx);
                 }
@@ -1128,7 +1128,7 @@ impl Lifecycle {
         if let FailureClass::AuthRequired(challenge) = failure.class.clone()
             && self.spec.is_remote()
         {
-            self.enter_auth_required(challenge, failure.message, fx);
+            self.enter_auth_required(*challenge, failure.message, fx);
             return;
         }
         if now.saturating_duration_since(since) >= self.settings.stable_period {

@@ -1,0 +1,127 @@
+//! The event stream: every lifecycle event of every server, numbered, in order.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roster_core::LifecycleEvent;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// One published event, stamped by the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerEvent {
+    /// Position in the supervisor-wide stream, from 1, without gaps.
+    pub seq: u64,
+    /// The server it concerns.
+    pub server: String,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: LifecycleEvent,
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The next event.
+    Event(Arc<ServerEvent>),
+    /// The subscriber fell behind and this many events were dropped for it; the
+    /// stream continues with the oldest event still buffered.
+    Missed(u64),
+}
+
+/// Numbers events and fans them out. Sequence numbering and sending happen under
+/// one lock, so every subscriber sees the same order.
+#[derive(Debug)]
+pub(crate) struct EventBus {
+    inner: Mutex<BusInner>,
+}
+
+#[derive(Debug)]
+struct BusInner {
+    seq: u64,
+    tx: broadcast::Sender<Arc<ServerEvent>>,
+}
+
+impl EventBus {
+    pub(crate) fn new(capacity: usize) -> EventBus {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        EventBus { inner: Mutex::new(BusInner { seq: 0, tx }) }
+    }
+
+    pub(crate) fn publish(&self, server: &str, event: LifecycleEvent, wall: SystemTime) {
+        let at_unix_ms =
+            wall.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.seq += 1;
+        let ev = Arc::new(ServerEvent { seq: inner.seq, server: server.to_owned(), at_unix_ms, event });
+        // No subscriber is not an error: events are for whoever listens.
+        let _ = inner.tx.send(ev);
+    }
+
+    pub(crate) fn subscribe(&self) -> Subscription {
+        Subscription { rx: self.inner.lock().unwrap_or_else(PoisonError::into_inner).tx.subscribe() }
+    }
+}
+
+/// A subscription to the event stream. It sees every event published after it
+/// was made; one that falls more than the buffer behind is told how many it missed.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<ServerEvent>>,
+}
+
+impl Subscription {
+    /// The next event, or how many were missed; `None` once the supervisor is gone.
+    pub async fn recv(&mut self) -> Option<Received> {
+        match self.rx.recv().await {
+            Ok(ev) => Some(Received::Event(ev)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Missed(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// Like [`Subscription::recv`] without waiting: `None` when nothing is buffered.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        match self.rx.try_recv() {
+            Ok(ev) => Some(Received::Event(ev)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Missed(n)),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roster_core::{Health, State};
+
+    use super::*;
+
+    fn ev() -> LifecycleEvent {
+        LifecycleEvent {
+            reason: None,
+            previous_state: State::Unknown,
+            state: State::Starting,
+            previous_health: Health::Unknown,
+            health: Health::Unknown,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_have_no_gaps_and_laggards_are_told_what_they_missed() {
+        let bus = EventBus::new(4);
+        let mut sub = bus.subscribe();
+        for _ in 0..10 {
+            bus.publish("a", ev(), UNIX_EPOCH);
+        }
+        assert_eq!(sub.try_recv(), Some(Received::Missed(6)));
+        let seqs: Vec<u64> = std::iter::from_fn(|| match sub.try_recv() {
+            Some(Received::Event(e)) => Some(e.seq),
+            Some(Received::Missed(_)) | None => None,
+        })
+        .collect();
+        assert_eq!(seqs, [7, 8, 9, 10]);
+    }
+}

@@ -1,0 +1,678 @@
+//! One server: a task owning a [`Lifecycle`], and the [`Service`] handle to it.
+//!
+//! The task waits on requests, on results from the ports, on the session's
+//! death and on one timer at [`Lifecycle::poll_timeout`]; it feeds each to the
+//! core and executes the effects in order. Status is published to a `watch`
+//! channel after every transition, so reading it never waits on a connect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rmcp::RoleClient;
+use rmcp::service::Peer;
+use roster_core::{
+    Challenge, Change, Effect, Event, Failure, Generation, Health, Lifecycle, Reply, ServerSpec, ServerStatus,
+    Settings, StartError, State, ValidationError, configuration_changed,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::events::{EventBus, Subscription};
+use crate::ports::{Clock, Connector, Session, TokioClock};
+
+/// How long the driver waits beyond an adapter's own bound before it gives up on a
+/// connect or a close (a safety net: adapters bound themselves).
+const BACKSTOP: Duration = Duration::from_secs(1);
+/// Longest the driver lets a close run before it drops the session regardless.
+const CLOSE_BACKSTOP: Duration = Duration::from_secs(30);
+
+/// Called when a server answers 401: with the definition current at that moment
+/// and the parsed challenge, before the `auth_required` state is published.
+pub type AuthHook = Arc<dyn Fn(&ServerSpec, &Challenge) + Send + Sync>;
+
+/// What services of one supervisor share.
+pub(crate) struct Shared {
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) settings: Settings,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) bus: EventBus,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// Options for a [`Service`] that runs on its own, outside a supervisor.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceOptions {
+    /// The lifecycle's numbers.
+    pub settings: Settings,
+    /// Connection attempts that may run at once.
+    pub max_concurrent_connects: usize,
+    /// Events buffered per subscriber.
+    pub event_capacity: usize,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> ServiceOptions {
+        ServiceOptions { settings: Settings::default(), max_concurrent_connects: 5, event_capacity: 1024 }
+    }
+}
+
+/// The health check's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// The health found.
+    pub health: Health,
+    /// Why it is unhealthy.
+    pub error: Option<String>,
+}
+
+/// The service is gone (its supervisor shut down or removed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the service has shut down")]
+pub struct ServiceGone;
+
+enum Command {
+    Start(Option<oneshot::Sender<Result<(), StartError>>>),
+    Stop(oneshot::Sender<()>),
+    Restart(oneshot::Sender<Result<(), StartError>>),
+    CheckHealth(oneshot::Sender<HealthReport>),
+    Update(Box<ServerSpec>, oneshot::Sender<Change>),
+}
+
+enum Report {
+    Connected(Generation, Arc<dyn Session>),
+    ConnectFailed(Generation, Failure),
+    TransportClosed(Generation, Failure),
+    Disconnected(Generation),
+    Pinged(Generation, Result<(), Failure>),
+}
+
+/// What status readers see.
+#[derive(Clone)]
+struct Snapshot {
+    status: ServerStatus,
+    spec: Arc<ServerSpec>,
+    up_since: Option<Instant>,
+    session: Option<Arc<dyn Session>>,
+    /// The latest session, live or not: its stderr tail stays visible after it died.
+    latest: Option<Arc<dyn Session>>,
+}
+
+/// A handle to one supervised server. Cheap to clone; the server's task stops
+/// the server and ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Service {
+    name: Arc<str>,
+    commands: mpsc::UnboundedSender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    hook: Arc<RwLock<Option<AuthHook>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("state", &self.snapshot.borrow().status.state)
+            .finish()
+    }
+}
+
+impl Service {
+    /// A server on its own (not under a [`crate::Supervisor`]), driven on the
+    /// current tokio runtime. Nothing starts until [`Service::start`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(spec: ServerSpec, connector: Arc<dyn Connector>, options: ServiceOptions) -> Service {
+        let shared = Arc::new(Shared {
+            connector,
+            settings: options.settings,
+            permits: Arc::new(Semaphore::new(options.max_concurrent_connects.max(1))),
+            bus: EventBus::new(options.event_capacity),
+            clock: Arc::new(TokioClock),
+        });
+        Service::spawn(spec, shared, 0)
+    }
+
+    pub(crate) fn spawn(spec: ServerSpec, shared: Arc<Shared>, seed: u64) -> Service {
+        let name: Arc<str> = spec.name.as_str().into();
+        let lifecycle = Lifecycle::new(spec, shared.settings, seed);
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let hook = Arc::new(RwLock::new(None));
+        let (actor, report_rx, snapshot_rx) = Actor::new(lifecycle, shared.clone(), hook.clone());
+        let span = tracing::info_span!("server", name = %name);
+        tokio::spawn(actor.run(command_rx, report_rx).instrument(span));
+        Service { name, commands, snapshot: snapshot_rx, hook, shared }
+    }
+
+    /// Installs the auth-required hook (SPEC §3.5), replacing any earlier one.
+    #[must_use]
+    pub fn with_auth_required_hook(self, hook: impl Fn(&ServerSpec, &Challenge) + Send + Sync + 'static) -> Service {
+        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+        self
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the server and waits for the outcome of the attempt. A start while
+    /// one is in flight joins it; a start of a running server is refused.
+    ///
+    /// # Errors
+    /// Why the server did not come up.
+    pub async fn start(&self) -> Result<(), StartError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Start(Some(tx)));
+        rx.await.unwrap_or(Err(StartError::Cancelled))
+    }
+
+    /// Asks for a start without waiting for its outcome.
+    pub fn request_start(&self) {
+        self.send(Command::Start(None));
+    }
+
+    /// Stops the server (cancelling an attempt in flight) and waits until it is down.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stop(tx));
+        let _ = rx.await;
+    }
+
+    /// Restarts: stops what runs, waits the grace period if it stopped something,
+    /// starts, and waits for the outcome.
+    ///
+    /// # Errors
+    /// Why the server did not come up again.
+    pub async fn restart(&self) -> Result<(), StartError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Restart(tx));
+        rx.await.unwrap_or(Err(StartError::Cancelled))
+    }
+
+    /// Pings the server now and returns what it found.
+    pub async fn check_health(&self) -> HealthReport {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::CheckHealth(tx));
+        rx.await.unwrap_or(HealthReport { health: Health::Unknown, error: Some(ServiceGone.to_string()) })
+    }
+
+    /// Swaps in a new definition atomically (readers see the old or the new one);
+    /// restarts the server when SPEC §8 says the change needs it.
+    ///
+    /// # Errors
+    /// The definition's validation errors; nothing is changed then.
+    pub async fn update_configuration(&self, spec: ServerSpec) -> Result<Change, Vec<ValidationError>> {
+        spec.validate()?;
+        if spec.name != *self.name {
+            return Err(vec![ValidationError::new(
+                spec.name.clone(),
+                roster_core::Field::Name,
+                format!("cannot rename server {:?}: a definition keeps its name", self.name),
+            )]);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Update(Box::new(spec.clone()), tx));
+        Ok(rx.await.unwrap_or_else(|_| configuration_changed(&spec, &spec)))
+    }
+
+    /// Whether `new` differs from the current definition in a way that needs a restart (SPEC §8).
+    pub fn configuration_changed(&self, new: &ServerSpec) -> Change {
+        configuration_changed(&self.snapshot.borrow().spec, new)
+    }
+
+    /// Validates the current definition.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn validate_configuration(&self) -> Result<(), Vec<ValidationError>> {
+        self.snapshot.borrow().spec.validate()
+    }
+
+    /// The current definition.
+    pub fn spec(&self) -> Arc<ServerSpec> {
+        self.snapshot.borrow().spec.clone()
+    }
+
+    /// A snapshot of the server (SPEC §9), secrets redacted. Never waits.
+    pub fn status(&self) -> ServerStatus {
+        let snap = self.snapshot.borrow().clone();
+        let mut status = snap.status.clone();
+        status.uptime_ms = snap.up_since.map(|since| {
+            u64::try_from(self.shared.clock.now().saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+        });
+        status.pid = snap.session.as_ref().and_then(|s| s.pid());
+        status.stderr_tail = snap.latest.as_ref().map(|s| s.stderr_tail()).unwrap_or_default();
+        status
+    }
+
+    /// The state.
+    pub fn state(&self) -> State {
+        self.snapshot.borrow().status.state
+    }
+
+    /// The health.
+    pub fn health(&self) -> Health {
+        self.snapshot.borrow().status.health
+    }
+
+    /// Failed connection attempts in a row.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.snapshot.borrow().status.consecutive_failures
+    }
+
+    /// When the last start began.
+    pub fn last_attempt(&self) -> Option<SystemTime> {
+        self.snapshot.borrow().status.last_attempt.map(from_unix_ms)
+    }
+
+    /// When the next automatic retry runs.
+    pub fn next_retry_after(&self) -> Option<SystemTime> {
+        self.snapshot.borrow().status.next_retry_after.map(from_unix_ms)
+    }
+
+    /// `running` or `connected`.
+    pub fn is_running(&self) -> bool {
+        self.state().is_running()
+    }
+
+    /// Running and healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.is_running() && self.health() == Health::Healthy
+    }
+
+    /// State `unreachable`.
+    pub fn is_unreachable(&self) -> bool {
+        self.state() == State::Unreachable
+    }
+
+    /// A live session exists.
+    pub fn is_client_ready(&self) -> bool {
+        self.snapshot.borrow().session.is_some()
+    }
+
+    /// The rmcp client peer of the live session, for listing and calling tools.
+    pub fn client(&self) -> Option<Peer<RoleClient>> {
+        self.snapshot.borrow().session.as_ref().and_then(|s| s.peer())
+    }
+
+    /// How often a running server is probed.
+    pub fn health_check_interval(&self) -> Duration {
+        self.shared.settings.health_check_interval
+    }
+
+    /// The service kind, as the reference names it.
+    pub fn service_type(&self) -> &'static str {
+        "MCPServer"
+    }
+
+    /// Subscribes to the event stream this service publishes to (its supervisor's).
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.bus.subscribe()
+    }
+
+    /// Waits until `pred` holds for the status (or the service is gone).
+    pub async fn wait_for(&self, mut pred: impl FnMut(&ServerStatus) -> bool) -> ServerStatus {
+        let mut rx = self.snapshot.clone();
+        loop {
+            let status = rx.borrow_and_update().status.clone();
+            if pred(&status) || rx.changed().await.is_err() {
+                return self.status();
+            }
+        }
+    }
+
+    fn send(&self, command: Command) {
+        // A closed channel means the task ended; every reply channel then reads as gone.
+        let _ = self.commands.send(command);
+    }
+}
+
+fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn snapshot_of(
+    lifecycle: &Lifecycle,
+    shared: &Shared,
+    session: Option<Arc<dyn Session>>,
+    latest: Option<Arc<dyn Session>>,
+) -> Snapshot {
+    Snapshot {
+        status: ServerStatus::new(lifecycle, shared.clock.now(), shared.clock.wall()),
+        spec: Arc::new(lifecycle.spec().clone()),
+        up_since: lifecycle.up_since(),
+        session,
+        latest,
+    }
+}
+
+struct SessionSlot {
+    session: Arc<dyn Session>,
+    watcher: Option<AbortHandle>,
+}
+
+struct Actor {
+    lifecycle: Lifecycle,
+    shared: Arc<Shared>,
+    hook: Arc<RwLock<Option<AuthHook>>>,
+    reports: mpsc::UnboundedSender<Report>,
+    attempts: HashMap<Generation, AbortHandle>,
+    sessions: HashMap<Generation, SessionSlot>,
+    latest: Option<Arc<dyn Session>>,
+    start_waiters: Vec<oneshot::Sender<Result<(), StartError>>>,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    health_waiters: Vec<oneshot::Sender<HealthReport>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Actor {
+    fn new(
+        lifecycle: Lifecycle,
+        shared: Arc<Shared>,
+        hook: Arc<RwLock<Option<AuthHook>>>,
+    ) -> (Actor, mpsc::UnboundedReceiver<Report>, watch::Receiver<Arc<Snapshot>>) {
+        let (reports, report_rx) = mpsc::unbounded_channel();
+        let (snapshot, snapshot_rx) = watch::channel(Arc::new(snapshot_of(&lifecycle, &shared, None, None)));
+        let actor = Actor {
+            lifecycle,
+            shared,
+            hook,
+            reports,
+            attempts: HashMap::new(),
+            sessions: HashMap::new(),
+            latest: None,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            health_waiters: Vec::new(),
+            snapshot,
+        };
+        (actor, report_rx, snapshot_rx)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+    ) {
+        let mut handles_gone = false;
+        loop {
+            let deadline = self.lifecycle.poll_timeout();
+            let sleep = deadline.map(|d| self.shared.clock.sleep_until(d));
+            tokio::select! {
+                biased;
+                report = reports.recv() => {
+                    // The actor holds a sender itself, so this channel never closes.
+                    if let Some(report) = report {
+                        self.on_report(report);
+                    }
+                }
+                command = commands.recv(), if !handles_gone => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        // Every handle is gone: stop the server, then end.
+                        handles_gone = true;
+                        self.feed(Event::StopRequested);
+                    }
+                },
+                () = async { sleep.expect("guarded by deadline.is_some()").await }, if deadline.is_some() => {
+                    self.feed(Event::Timeout);
+                }
+            }
+            if handles_gone && self.is_quiet() {
+                debug!("stopped; task ends");
+                return;
+            }
+        }
+    }
+
+    /// Down, with nothing in flight.
+    fn is_quiet(&self) -> bool {
+        self.lifecycle.attempt().is_none()
+            && self.lifecycle.session().is_none()
+            && self.lifecycle.closing().is_none()
+            && self.sessions.is_empty()
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start(reply) => {
+                self.start_waiters.extend(reply);
+                self.feed(Event::StartRequested);
+            }
+            Command::Stop(reply) => {
+                self.stop_waiters.push(reply);
+                self.feed(Event::StopRequested);
+            }
+            Command::Restart(reply) => {
+                self.start_waiters.push(reply);
+                self.feed(Event::RestartRequested);
+            }
+            Command::CheckHealth(reply) => {
+                self.health_waiters.push(reply);
+                self.feed(Event::HealthCheckRequested);
+            }
+            Command::Update(spec, reply) => {
+                let change = configuration_changed(self.lifecycle.spec(), &spec);
+                self.feed(Event::SpecChanged(spec));
+                let _ = reply.send(change);
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Connected(generation, session) => {
+                self.attempts.remove(&generation);
+                self.sessions.insert(generation, SessionSlot { session: session.clone(), watcher: None });
+                self.feed(Event::Connected { generation });
+                if self.lifecycle.session() == Some(generation) {
+                    self.latest = Some(session.clone());
+                    let reports = self.reports.clone();
+                    let closed = session.closed();
+                    let watcher = tokio::spawn(async move {
+                        let failure = closed.await;
+                        let _ = reports.send(Report::TransportClosed(generation, failure));
+                    });
+                    if let Some(slot) = self.sessions.get_mut(&generation) {
+                        slot.watcher = Some(watcher.abort_handle());
+                    }
+                    self.publish_snapshot();
+                }
+            }
+            Report::ConnectFailed(generation, failure) => {
+                self.attempts.remove(&generation);
+                self.feed(Event::ConnectFailed { generation, failure });
+            }
+            Report::TransportClosed(generation, failure) => self.feed(Event::TransportClosed { generation, failure }),
+            Report::Disconnected(generation) => self.feed(Event::Disconnected { generation }),
+            Report::Pinged(generation, Ok(())) => self.feed(Event::PingSucceeded { generation }),
+            Report::Pinged(generation, Err(failure)) => self.feed(Event::PingFailed { generation, failure }),
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.shared.clock.now();
+        let transition = self.lifecycle.handle(now, event);
+        if transition.from != transition.to {
+            debug!(from = %transition.from, to = %transition.to, "transition");
+        }
+        for effect in transition.effects {
+            self.execute(effect);
+        }
+        self.publish_snapshot();
+    }
+
+    fn publish_snapshot(&mut self) {
+        let session = self.lifecycle.session().and_then(|g| self.sessions.get(&g)).map(|slot| slot.session.clone());
+        let snapshot = snapshot_of(&self.lifecycle, &self.shared, session, self.latest.clone());
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::Connect { generation, timeout } => self.connect(generation, timeout),
+            Effect::CancelConnect { generation } => {
+                if let Some(task) = self.attempts.remove(&generation) {
+                    task.abort();
+                }
+            }
+            Effect::Disconnect { generation } => self.disconnect(generation),
+            Effect::Ping { generation, timeout } => self.ping(generation, timeout),
+            Effect::CallAuthHook(challenge) => {
+                let hook = self.hook.read().unwrap_or_else(PoisonError::into_inner).clone();
+                if let Some(hook) = hook {
+                    hook(self.lifecycle.spec(), &challenge);
+                }
+            }
+            Effect::Publish(event) => {
+                match (&event.reason, &event.error) {
+                    (Some(reason), Some(error)) => info!(%reason, state = %event.state, %error, "event"),
+                    (Some(reason), None) => info!(%reason, state = %event.state, "event"),
+                    (None, _) => debug!(state = %event.state, health = %event.health, "state changed"),
+                }
+                self.shared.bus.publish(&self.lifecycle.spec().name, event, self.shared.clock.wall());
+            }
+            Effect::Reply(Reply::Started(result)) => {
+                for waiter in self.start_waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+            Effect::Reply(Reply::Stopped) => {
+                for waiter in self.stop_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+            Effect::Reply(Reply::HealthChecked { health, error }) => {
+                for waiter in self.health_waiters.drain(..) {
+                    let _ = waiter.send(HealthReport { health, error: error.clone() });
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, generation: Generation, timeout: Duration) {
+        let spec = self.lifecycle.spec().clone();
+        let shared = self.shared.clone();
+        let reports = self.reports.clone();
+        let task = tokio::spawn(async move {
+            // SPEC §5: at most MAX_CONCURRENT_CONNECTS at once, first come first served
+            // (tokio's semaphore is fair). The timeout starts once the attempt may run.
+            let Ok(_permit) = shared.permits.clone().acquire_owned().await else { return };
+            let deadline = shared.clock.now() + timeout;
+            let attempt = shared.connector.connect(&spec, deadline);
+            let backstop = tokio::time::Instant::from_std(deadline + BACKSTOP);
+            let report = match tokio::time::timeout_at(backstop, attempt).await {
+                Ok(Ok(session)) => Report::Connected(generation, Arc::from(session)),
+                Ok(Err(failure)) => Report::ConnectFailed(generation, failure),
+                Err(_) => Report::ConnectFailed(
+                    generation,
+                    Failure::transient(format!(
+                        "timed out after {}s connecting and initializing",
+                        timeout.as_secs_f32()
+                    )),
+                ),
+            };
+            let _ = reports.send(report);
+        });
+        self.attempts.insert(generation, task.abort_handle());
+    }
+
+    fn disconnect(&mut self, generation: Generation) {
+        let reports = self.reports.clone();
+        let Some(slot) = self.sessions.remove(&generation) else {
+            let _ = reports.send(Report::Disconnected(generation));
+            return;
+        };
+        if let Some(watcher) = slot.watcher {
+            watcher.abort();
+        }
+        let session = slot.session;
+        tokio::spawn(async move {
+            match tokio::time::timeout(CLOSE_BACKSTOP, session.close()).await {
+                Ok(Ok(())) => debug!(%generation, "session closed"),
+                Ok(Err(e)) => warn!(%generation, error = %e, "closing the session did not go cleanly"),
+                Err(_) => warn!(%generation, "closing the session took too long; dropping it"),
+            }
+            drop(session);
+            let _ = reports.send(Report::Disconnected(generation));
+        });
+    }
+
+    fn ping(&mut self, generation: Generation, timeout: Duration) {
+        let reports = self.reports.clone();
+        let Some(session) = self.sessions.get(&generation).map(|slot| slot.session.clone()) else {
+            let _ =
+                reports.send(Report::Pinged(generation, Err(Failure::transient(roster_core::lifecycle::NO_CLIENT))));
+            return;
+        };
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout + BACKSTOP, session.ping(timeout)).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::transient(format!("no answer within {}s", timeout.as_secs_f32()))),
+            };
+            let _ = reports.send(Report::Pinged(generation, result));
+        });
+    }
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        for (_, task) in self.attempts.drain() {
+            task.abort();
+        }
+        for (_, slot) in self.sessions.drain() {
+            if let Some(watcher) = slot.watcher {
+                watcher.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::ports::{MockConnector, MockSession};
+
+    /// The race a test through the public API cannot force: an attempt succeeds,
+    /// but its report reaches the service after a stop abandoned the attempt.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_of_an_abandoned_attempt_is_closed_not_leaked() {
+        let mut connector = MockConnector::new();
+        connector.expect_connect().returning(|_, _| Err(Failure::transient("not reached")));
+        let shared = Arc::new(Shared {
+            connector: Arc::new(connector),
+            settings: Settings::default(),
+            permits: Arc::new(Semaphore::new(5)),
+            bus: EventBus::new(16),
+            clock: Arc::new(TokioClock),
+        });
+        let lifecycle = Lifecycle::new(ServerSpec::stdio("fs", "server"), Settings::default(), 0);
+        let (mut actor, mut reports, _snapshot) = Actor::new(lifecycle, shared, Arc::default());
+        actor.on_command(Command::Start(None));
+        let attempt = actor.lifecycle.attempt().expect("an attempt in flight");
+        actor.on_command(Command::Stop(oneshot::channel().0));
+        assert_eq!(actor.lifecycle.state(), State::Stopped);
+
+        let closed = Arc::new(AtomicBool::new(false));
+        let mut session = MockSession::new();
+        let flag = closed.clone();
+        session.expect_close().times(1).returning(move || {
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        actor.on_report(Report::Connected(attempt, Arc::new(session)));
+        assert_eq!(actor.lifecycle.state(), State::Stopped, "the late success does not bring the server up");
+        match reports.recv().await {
+            Some(Report::Disconnected(g)) => assert_eq!(g, attempt),
+            Some(_) | None => panic!("expected the late session to be closed"),
+        }
+        assert!(closed.load(Ordering::SeqCst));
+        assert!(actor.sessions.is_empty(), "nothing left open");
+    }
+}
