@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod mcp;
 pub mod ports;
 mod service;
 mod supervisor;

@@ -1,0 +1,247 @@
+//! A real MCP server that misbehaves on demand, for roster's tests and examples.
+//!
+//! ```text
+//! roster-fixture stdio [switches]     serve MCP over stdin/stdout
+//! roster-fixture sleeper              sleep until killed (a grandchild)
+//!
+//! switches:
+//!   --tag T                 a marker tests use to find leftover processes
+//!   --exit-at-start CODE    exit at once with CODE (after --stderr)
+//!   --stderr TEXT           write TEXT to stderr at start
+//!   --exit-after-init MS    exit with code 1 MS milliseconds after initialize
+//!   --never-initialize      read stdin but never answer
+//!   --slow-ping MS          answer ping after MS milliseconds
+//!   --ignore-sigterm        ignore SIGTERM
+//!   --linger                keep running after stdin closes
+//!   --grandchild inherit|null   spawn a sleeper with stdout inherited or to /dev/null
+//!   --stderr-mib N          write N MiB to stderr before serving
+//!   --garbage-lines N       print N lines of garbage on stdout before serving
+//! ```
+//!
+//! Tools: `echo {text}`, `add {a, b}`, `sleep {ms}`, `getenv {name}`, `cwd {}`.
+
+#![allow(missing_docs)]
+
+use std::io::Write;
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Clone)]
+struct Faults {
+    exit_at_start: Option<i32>,
+    stderr: Option<String>,
+    exit_after_init: Option<u64>,
+    never_initialize: bool,
+    slow_ping: Option<u64>,
+    ignore_sigterm: bool,
+    linger: bool,
+    grandchild: Option<String>,
+    stderr_mib: usize,
+    garbage_lines: usize,
+}
+
+fn parse(args: &[String]) -> Result<Faults, String> {
+    let mut f = Faults::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--tag" => {
+                value()?;
+            }
+            "--exit-at-start" => f.exit_at_start = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--stderr" => f.stderr = Some(value()?),
+            "--exit-after-init" => f.exit_after_init = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--never-initialize" => f.never_initialize = true,
+            "--slow-ping" => f.slow_ping = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--ignore-sigterm" => f.ignore_sigterm = true,
+            "--linger" => f.linger = true,
+            "--grandchild" => f.grandchild = Some(value()?),
+            "--stderr-mib" => f.stderr_mib = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
+            "--garbage-lines" => f.garbage_lines = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
+            other => return Err(format!("unknown switch {other}")),
+        }
+    }
+    Ok(f)
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    text: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct AddArgs {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SleepArgs {
+    ms: u64,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct GetenvArgs {
+    name: String,
+}
+
+#[derive(Clone)]
+struct Fixture {
+    faults: Faults,
+    tool_router: ToolRouter<Fixture>,
+}
+
+#[tool_router]
+impl Fixture {
+    fn new(faults: Faults) -> Fixture {
+        Fixture { faults, tool_router: Self::tool_router() }
+    }
+
+    #[tool(description = "Returns its text")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        text
+    }
+
+    #[tool(description = "Adds two integers")]
+    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
+        a.saturating_add(b).to_string()
+    }
+
+    #[tool(description = "Sleeps for ms milliseconds")]
+    async fn sleep(&self, Parameters(SleepArgs { ms }): Parameters<SleepArgs>) -> String {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        format!("slept {ms} ms")
+    }
+
+    #[tool(description = "The value of an environment variable, or <unset>")]
+    fn getenv(&self, Parameters(GetenvArgs { name }): Parameters<GetenvArgs>) -> String {
+        std::env::var(name).unwrap_or_else(|_| "<unset>".to_owned())
+    }
+
+    #[tool(description = "The working directory")]
+    fn cwd(&self) -> String {
+        std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions("roster's test fixture")
+    }
+
+    async fn ping(&self, _ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        if let Some(ms) = self.faults.slow_ping {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Ok(())
+    }
+
+    async fn on_initialized(&self, _ctx: NotificationContext<RoleServer>) {
+        if let Some(ms) = self.faults.exit_after_init {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                eprintln!("fixture: exiting {ms} ms after initialize, as asked");
+                std::process::exit(1);
+            });
+        }
+    }
+}
+
+fn spawn_grandchild(how: &str, args: &[String]) -> std::io::Result<()> {
+    let stdout = match how {
+        "inherit" => std::process::Stdio::inherit(),
+        _ => std::process::Stdio::null(),
+    };
+    // The sleeper carries the same tag, so tests can see it.
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("sleeper").args(args).stdin(std::process::Stdio::null()).stdout(stdout).stderr(std::process::Stdio::null());
+    let child = cmd.spawn()?;
+    eprintln!("fixture: spawned grandchild {}", child.id());
+    Ok(())
+}
+
+async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    if faults.ignore_sigterm {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            while term.recv().await.is_some() {
+                eprintln!("fixture: ignoring SIGTERM");
+            }
+        });
+    }
+    if let Some(text) = &faults.stderr {
+        eprintln!("{text}");
+    }
+    if let Some(code) = faults.exit_at_start {
+        std::process::exit(code);
+    }
+    if let Some(how) = &faults.grandchild {
+        spawn_grandchild(how, args)?;
+    }
+    if faults.stderr_mib > 0 {
+        let line = format!("{}\n", "e".repeat(1023));
+        let mut err = std::io::stderr().lock();
+        for _ in 0..faults.stderr_mib * 1024 {
+            err.write_all(line.as_bytes())?;
+        }
+    }
+    if faults.garbage_lines > 0 {
+        let mut out = std::io::stdout().lock();
+        for i in 0..faults.garbage_lines {
+            writeln!(out, "garbage line {i} {{ not json")?;
+        }
+        out.flush()?;
+    }
+    if faults.never_initialize {
+        let mut sink = tokio::io::sink();
+        tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await?;
+    } else {
+        let linger = faults.linger;
+        let server = Fixture::new(faults).serve(rmcp::transport::stdio()).await?;
+        let _ = server.waiting().await;
+        if !linger {
+            return Ok(());
+        }
+    }
+    eprintln!("fixture: stdin closed; lingering");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, rest) = args.split_first().map_or(("", &[][..]), |(m, r)| (m.as_str(), r));
+    match mode {
+        "stdio" => {
+            let faults = match parse(rest) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("roster-fixture: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = serve(faults, rest).await {
+                eprintln!("roster-fixture: {e}");
+                std::process::exit(1);
+            }
+        }
+        "sleeper" => loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        },
+        _ => {
+            eprintln!("usage: roster-fixture stdio [switches] | roster-fixture sleeper");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Helpers: the fixture's path, process tags and the leftover check, settings
+//! with short timings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use roster_core::{Backoff, ServerSpec, Settings};
+use roster_supervisor::{SupervisorConfig, Transports};
+
+/// The fixture binary built by cargo for these tests.
+pub(crate) const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
+
+/// Short backoff and grace so that tests of retries run in a second or two.
+pub(crate) fn fast_settings() -> Settings {
+    Settings {
+        backoff: Backoff::new(Duration::from_millis(300), Duration::from_secs(2), 2.0).expect("valid backoff"),
+        restart_grace: Duration::from_millis(100),
+        ..Settings::default()
+    }
+}
+
+pub(crate) fn fast_config() -> SupervisorConfig {
+    SupervisorConfig {
+        settings: fast_settings(),
+        shutdown_timeout: Duration::from_secs(20),
+        ..SupervisorConfig::default()
+    }
+}
+
+/// A marker passed to every process a test starts (`--tag`), so that the test can
+/// find them in /proc. Dropping it kills whatever still carries it, so that a
+/// failing test leaves nothing behind either; [`Tag::assert_gone`] is the check.
+pub(crate) struct Tag(String);
+
+impl Tag {
+    pub(crate) fn new() -> Tag {
+        static N: AtomicU64 = AtomicU64::new(0);
+        Tag(format!("roster-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A stdio spec running the fixture with this tag and `switches`.
+    pub(crate) fn stdio(&self, name: &str, switches: &[&str]) -> ServerSpec {
+        let mut spec = ServerSpec::stdio(name, FIXTURE);
+        spec.args = ["stdio", "--tag", self.as_str()].iter().chain(switches).map(|s| (*s).to_owned()).collect();
+        spec
+    }
+
+    /// Live processes (not zombies) carrying the tag.
+    pub(crate) fn processes(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+                    .unwrap_or(true);
+                !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == self.0.as_bytes())
+            })
+            .collect()
+    }
+
+    /// Waits up to `limit` for every tagged process to be gone; panics naming them if not.
+    pub(crate) async fn assert_gone_within(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < until, "processes left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn assert_gone(&self) {
+        self.assert_gone_within(Duration::from_secs(2)).await;
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+pub(crate) fn stdio_transports() -> Transports {
+    Transports::new()
+        .with(roster_core::ServerType::Stdio, std::sync::Arc::new(roster_transport_stdio::StdioConnector::new()))
+}
+
+/// Polls `f` every 10 ms until it returns true, at most `limit`.
+pub(crate) async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
