@@ -470,7 +470,6 @@ impl Actor {
                 self.sessions.insert(generation, SessionSlot { session: session.clone(), watcher: None });
                 self.feed(Event::Connected { generation });
                 if self.lifecycle.session() == Some(generation) {
-                    self.latest = Some(session.clone());
                     let reports = self.reports.clone();
                     let closed = session.closed();
                     let watcher = tokio::spawn(async move {
@@ -480,7 +479,6 @@ impl Actor {
                     if let Some(slot) = self.sessions.get_mut(&generation) {
                         slot.watcher = Some(watcher.abort_handle());
                     }
-                    self.publish_snapshot();
                 }
             }
             Report::ConnectFailed(generation, failure) => {
@@ -500,7 +498,14 @@ impl Actor {
         if transition.from != transition.to {
             debug!(from = %transition.from, to = %transition.to, "transition");
         }
+        // Status readers must never lag behind what they are told: the snapshot is
+        // published after any auth hook and before the first event or reply.
+        let mut published = false;
         for effect in transition.effects {
+            if !published && matches!(effect, Effect::Publish(_) | Effect::Reply(_)) {
+                self.publish_snapshot();
+                published = true;
+            }
             self.execute(effect);
         }
         self.publish_snapshot();
@@ -508,6 +513,9 @@ impl Actor {
 
     fn publish_snapshot(&mut self) {
         let session = self.lifecycle.session().and_then(|g| self.sessions.get(&g)).map(|slot| slot.session.clone());
+        if let Some(session) = &session {
+            self.latest = Some(session.clone());
+        }
         let snapshot = snapshot_of(&self.lifecycle, &self.shared, session, self.latest.clone());
         self.snapshot.send_replace(Arc::new(snapshot));
     }

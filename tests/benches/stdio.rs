@@ -1,0 +1,197 @@
+//! stdio benchmarks, all in one run so that ratios compare like with like.
+//!
+//! 1. start + ping + stop of the fixture through roster (`Service`) against a bare
+//!    rmcp client doing the same (`TokioChildProcess`, ping, cancel).
+//! 2. SIGKILL of a running server → the `MCPServerFailed` event.
+//! 3. 100 stdio servers under one supervisor: time until all run, and RSS.
+//!
+//! Run: `cargo bench -p roster-tests --bench stdio` (figures go to BENCHMARKS.md).
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::transport::TokioChildProcess;
+use roster_core::{Reason, ServerSpec, State};
+use roster_supervisor::{Received, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_transport_stdio::StdioConnector;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
+const ROUNDS: usize = 50;
+
+fn spec(name: &str) -> ServerSpec {
+    let mut s = ServerSpec::stdio(name, FIXTURE);
+    s.args = vec!["stdio".into()];
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// One start + ping + stop of a server roster already supervises (as `roster up`
+/// or a host does: the service exists; the cycle is the lifecycle).
+async fn roster_cycle(svc: &Service) -> Duration {
+    let t = Instant::now();
+    svc.start().await.expect("start");
+    let report = svc.check_health().await;
+    assert!(report.error.is_none(), "{report:?}");
+    svc.stop().await;
+    t.elapsed()
+}
+
+async fn bare_cycle() -> Duration {
+    let t = Instant::now();
+    let mut cmd = tokio::process::Command::new(FIXTURE);
+    cmd.arg("stdio");
+    let transport = TokioChildProcess::new(cmd).expect("spawn");
+    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+        .serve(transport)
+        .await
+        .expect("initialize");
+    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
+    client.cancel().await.expect("close");
+    t.elapsed()
+}
+
+async fn kill_to_failed() -> Duration {
+    let svc = Service::new(spec("victim"), Arc::new(StdioConnector::new()), ServiceOptions::default());
+    let mut events = svc.subscribe();
+    svc.start().await.expect("start");
+    while events.try_recv().is_some() {}
+    let pid = svc.status().pid.expect("pid");
+    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("kill");
+    // `kill` itself takes a fork and an exec; measure from its return, which is
+    // after the signal was delivered.
+    let sent = Instant::now();
+    loop {
+        match events.recv().await {
+            Some(Received::Event(e)) if e.event.reason == Some(Reason::Failed) => break,
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    let took = sent.elapsed();
+    svc.stop().await;
+    took
+}
+
+/// Spawning alone: with a `pre_exec` hook (what the parent-death signal needs),
+/// std must fork; without one it uses posix_spawn (vfork). The difference is most
+/// of roster's overhead in the start+ping+stop cycle.
+#[allow(unsafe_code)]
+fn spawn_cost(with_hook: bool) -> Duration {
+    use std::os::unix::process::CommandExt;
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut cmd = std::process::Command::new("/bin/true");
+        cmd.process_group(0);
+        if with_hook {
+            // SAFETY: an empty hook; nothing runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+        }
+        let t = Instant::now();
+        let mut child = cmd.spawn().expect("spawn /bin/true");
+        times.push(t.elapsed());
+        let _ = child.wait();
+    }
+    median(times)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn hundred_servers() -> (Duration, u64, u64) {
+    let before = rss_kib();
+    let transports = Transports::new().with(roster_core::ServerType::Stdio, Arc::new(StdioConnector::new()));
+    let sup = Supervisor::new(Arc::new(transports), SupervisorConfig::default());
+    let specs: Vec<ServerSpec> = (0..100)
+        .map(|i| {
+            let mut s = spec(&format!("s{i:03}"));
+            s.auto_start = true;
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    sup.apply(specs).await.expect("apply");
+    while !sup.status().iter().all(|s| s.state == State::Running) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = t.elapsed();
+    let after = rss_kib();
+    sup.shutdown().await;
+    (took, before, after)
+}
+
+async fn cycles(flavor: &str) {
+    let svc = Service::new(spec("bench"), Arc::new(StdioConnector::new()), ServiceOptions::default());
+    // Warm up the page cache and the binary.
+    let _ = roster_cycle(&svc).await;
+    let _ = bare_cycle().await;
+    let (mut roster, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        roster.push(roster_cycle(&svc).await);
+        bare.push(bare_cycle().await);
+    }
+    let (r, b) = (median(roster), median(bare));
+    println!(
+        "start+ping+stop over stdio ({flavor} runtime), median of {ROUNDS}: roster {}, bare rmcp {}, ratio {:.3}",
+        ms(r),
+        ms(b),
+        r.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+async fn rest() {
+    println!(
+        "spawn alone: {} with a pre_exec hook (fork, needed for the parent-death signal), {} without (posix_spawn)",
+        ms(spawn_cost(true)),
+        ms(spawn_cost(false))
+    );
+
+    let mut kills = Vec::new();
+    for _ in 0..ROUNDS {
+        kills.push(kill_to_failed().await);
+    }
+    kills.sort();
+    println!(
+        "SIGKILL → MCPServerFailed, {ROUNDS} runs: median {}, p90 {}, max {}",
+        ms(kills[ROUNDS / 2]),
+        ms(kills[ROUNDS * 9 / 10]),
+        ms(kills[ROUNDS - 1])
+    );
+
+    let (took, before, after) = hundred_servers().await;
+    println!(
+        "100 stdio servers: all running after {}; process RSS {} KiB before, {} KiB with 100 running (+{} KiB, {} KiB per server)",
+        ms(took),
+        before,
+        after,
+        after.saturating_sub(before),
+        after.saturating_sub(before) / 100
+    );
+}
+
+fn main() {
+    let current = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    current.block_on(cycles("current-thread"));
+    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    multi.block_on(cycles("multi-thread (2 workers)"));
+    drop(multi);
+    current.block_on(rest());
+}
