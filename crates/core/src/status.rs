@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::failure::FailureKind;
+use crate::failure::{Challenge, FailureKind};
 use crate::lifecycle::{Health, Lifecycle, State};
 use crate::spec::{REDACTED, ServerType};
 
@@ -133,6 +133,9 @@ pub struct ServerStatus {
     /// The class of the last failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureKind>,
+    /// What the server asked for, while `auth_required` (realm, scope, resource_metadata...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_challenge: Option<Challenge>,
     /// A live session exists.
     pub client_ready: bool,
     /// Failed connection attempts in a row.
@@ -182,6 +185,7 @@ impl ServerStatus {
             tool_prefix: spec.tool_prefix.clone(),
             last_error: lifecycle.last_error().map(str::to_owned),
             last_failure: lifecycle.last_failure(),
+            auth_challenge: lifecycle.auth_challenge().cloned(),
             client_ready: lifecycle.is_client_ready(),
             consecutive_failures: lifecycle.consecutive_failures(),
             crash_count: lifecycle.crash_count(),

@@ -6,7 +6,10 @@ use rmcp::RoleClient;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest, ProtocolVersion, ServerResult,
 };
-use rmcp::service::{Peer, PeerRequestOptions, ServiceError};
+use rmcp::service::{Peer, PeerRequestOptions, RunningService, ServiceError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 /// The protocol version roster offers over stdio and Streamable HTTP: the latest
 /// one that still has `initialize` (rmcp's own default has none).
@@ -31,5 +34,68 @@ pub async fn ping(peer: &Peer<RoleClient>, timeout: Duration) -> Result<(), Serv
     match response.await_response().await? {
         ServerResult::EmptyResult(_) => Ok(()),
         _ => Err(ServiceError::UnexpectedResponse),
+    }
+}
+
+/// A running rmcp client session, as every adapter holds it: the peer for
+/// requests, a token that ends the session, and a signal for when it has ended
+/// (transport closed, or cancelled).
+#[derive(Debug)]
+pub struct McpClient {
+    peer: Peer<RoleClient>,
+    cancel: CancellationToken,
+    ended: watch::Receiver<bool>,
+}
+
+impl McpClient {
+    /// Takes over `running`, which was served with `cancel`.
+    pub fn new(running: RunningService<RoleClient, ClientConfig>, cancel: CancellationToken) -> McpClient {
+        let peer = running.peer().clone();
+        let (tx, ended) = watch::channel(false);
+        tokio::spawn(async move {
+            let reason = running.waiting().await;
+            debug!(?reason, "MCP session ended");
+            tx.send_replace(true);
+        });
+        McpClient { peer, cancel, ended }
+    }
+
+    /// The peer, for listing and calling tools.
+    pub fn peer(&self) -> &Peer<RoleClient> {
+        &self.peer
+    }
+
+    /// Sends an MCP `ping`; see [`ping`].
+    ///
+    /// # Errors
+    /// As [`ping`].
+    pub async fn ping(&self, timeout: Duration) -> Result<(), ServiceError> {
+        ping(&self.peer, timeout).await
+    }
+
+    /// Resolves once the session's loop has ended.
+    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            let _ = ended.wait_for(|e| *e).await;
+        }
+    }
+
+    /// Whether the session's loop has ended.
+    pub fn has_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Ends the session (rmcp closes the transport) and waits at most `bound`;
+    /// true if it ended in time.
+    pub async fn close(&self, bound: Duration) -> bool {
+        self.cancel.cancel();
+        tokio::time::timeout(bound, self.ended()).await.is_ok()
+    }
+}
+
+impl Drop for McpClient {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }

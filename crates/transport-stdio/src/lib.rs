@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use rmcp::RoleClient;
 use rmcp::service::{Peer, ServiceExt};
 use roster_core::{Failure, ServerSpec};
-use roster_supervisor::{BoxFuture, CloseError, Connector, Session, mcp};
+use roster_supervisor::mcp::{self, McpClient};
+use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -129,25 +130,14 @@ impl StdioConnector {
             }
         };
         guard.disarm();
-        let peer = running.peer().clone();
-        let (quit_tx, quit) = watch::channel(false);
-        tokio::spawn(async move {
-            let reason = running.waiting().await;
-            debug!(?reason, "MCP session ended");
-            quit_tx.send_replace(true);
-        });
-        Ok(StdioSession { peer, cancel, quit, exit, group, pid, log, options: self.options })
+        let client = McpClient::new(running, cancel);
+        Ok(StdioSession { client, exit, group, pid, log, options: self.options })
     }
 }
 
 /// Waits for the exit status; false if the watcher is gone without one.
 async fn has_exited(exit: &mut watch::Receiver<Exit>) -> bool {
     exit.wait_for(Option::is_some).await.is_ok()
-}
-
-/// Waits for the MCP session's loop to end.
-async fn has_quit(quit: &mut watch::Receiver<bool>) -> bool {
-    quit.wait_for(|q| *q).await.is_ok()
 }
 
 async fn exited_during_init(exit: &watch::Receiver<Exit>, log: &StderrLog) -> StdioError {
@@ -168,9 +158,7 @@ impl Connector for StdioConnector {
 
 /// A live stdio session: the process, its group, and the rmcp client over its pipes.
 pub struct StdioSession {
-    peer: Peer<RoleClient>,
-    cancel: CancellationToken,
-    quit: watch::Receiver<bool>,
+    client: McpClient,
     exit: watch::Receiver<Exit>,
     group: Arc<Group>,
     pid: u32,
@@ -199,19 +187,18 @@ impl StdioSession {
 #[async_trait]
 impl Session for StdioSession {
     async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
-        mcp::ping(&self.peer, timeout).await.map_err(|e| classify(&StdioError::Request(e)))
+        self.client.ping(timeout).await.map_err(|e| classify(&StdioError::Request(e)))
     }
 
     fn closed(&self) -> BoxFuture<Failure> {
-        let (mut exit, mut quit, log) = (self.exit.clone(), self.quit.clone(), self.log.clone());
+        let (mut exit, ended, log) = (self.exit.clone(), self.client.ended(), self.log.clone());
         Box::pin(async move {
             tokio::select! {
                 true = has_exited(&mut exit) => {}
-                true = has_quit(&mut quit) => {
+                () = ended => {
                     // The session ended; the exit status usually follows at once.
                     let _ = tokio::time::timeout(Duration::from_millis(200), has_exited(&mut exit)).await;
                 }
-                else => {}
             }
             log.drained(Duration::from_millis(200)).await;
             let stderr = log.tail(STDERR_LINES);
@@ -225,7 +212,7 @@ impl Session for StdioSession {
 
     async fn close(&self) -> Result<(), CloseError> {
         // 1. Close stdin (rmcp drops the transport once its loop ends).
-        self.cancel.cancel();
+        self.client.close(Duration::ZERO).await;
         if self.wait_exit(self.options.stdin_grace).await {
             return Ok(());
         }
@@ -247,7 +234,7 @@ impl Session for StdioSession {
     }
 
     fn peer(&self) -> Option<Peer<RoleClient>> {
-        Some(self.peer.clone())
+        Some(self.client.peer().clone())
     }
 
     fn pid(&self) -> Option<u32> {
@@ -262,7 +249,6 @@ impl Session for StdioSession {
 impl Drop for StdioSession {
     fn drop(&mut self) {
         // Dropped without a close (an aborted task, a shutdown): nothing survives.
-        self.cancel.cancel();
         self.group.kill();
     }
 }

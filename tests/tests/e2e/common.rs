@@ -106,3 +106,73 @@ pub(crate) async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> 
     }
     f()
 }
+
+/// A fixture serving HTTP or SSE in a child process, tagged; killed when dropped.
+pub(crate) struct FixtureServer {
+    child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub(crate) base: String,
+    pub(crate) port: u16,
+    mode: &'static str,
+    switches: Vec<String>,
+    tag: String,
+}
+
+impl FixtureServer {
+    /// Starts `roster-fixture MODE --tag TAG SWITCHES...` and waits until it listens.
+    pub(crate) async fn start(tag: &Tag, mode: &'static str, switches: &[&str]) -> FixtureServer {
+        FixtureServer::start_on(tag.as_str(), mode, switches.iter().map(|s| (*s).to_owned()).collect(), 0).await
+    }
+
+    async fn start_on(tag: &str, mode: &'static str, switches: Vec<String>, port: u16) -> FixtureServer {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(FIXTURE);
+        cmd.arg(mode).arg("--tag").arg(tag).args(&switches).arg("--port").arg(port.to_string());
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("the fixture starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the fixture listens within 10 s")
+            .expect("stdout readable")
+            .expect("a first line");
+        let base = line.strip_prefix("listening on ").expect("the listening line").to_owned();
+        let port = base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+        FixtureServer { child, base, port, mode, switches, tag: tag.to_owned() }
+    }
+
+    /// The MCP URL of this fixture: `/mcp` for HTTP, `/sse` for SSE.
+    pub(crate) fn url(&self) -> String {
+        match self.mode {
+            "sse" => format!("{}/sse", self.base),
+            _ => format!("{}/mcp", self.base),
+        }
+    }
+
+    /// Kills the server and starts it again on the same port: every session is gone.
+    pub(crate) async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let fresh = FixtureServer::start_on(&self.tag, self.mode, self.switches.clone(), self.port).await;
+        *self = fresh;
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Every transport, on one shared HTTP client.
+pub(crate) fn all_transports() -> Transports {
+    let options = roster_transport_http::HttpOptions::default();
+    let client = roster_transport_http::build_client(&options).expect("an HTTP client");
+    stdio_transports()
+        .with(
+            roster_core::ServerType::StreamableHttp,
+            std::sync::Arc::new(roster_transport_http::HttpConnector::new(client.clone(), &options)),
+        )
+        .with(
+            roster_core::ServerType::Sse,
+            std::sync::Arc::new(roster_transport_sse::SseConnector::new(client, options)),
+        )
+}

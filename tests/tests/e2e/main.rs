@@ -3,4 +3,5 @@
 //! left when it ends.
 
 mod common;
+mod remote;
 mod stdio;

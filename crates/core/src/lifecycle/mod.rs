@@ -479,6 +479,8 @@ pub struct Lifecycle {
     phase: Phase,
     last_error: Option<String>,
     last_failure: Option<FailureKind>,
+    /// The challenge of the 401 that put the server in `auth_required`.
+    challenge: Option<Challenge>,
     consecutive_failures: u32,
     crash_count: u32,
     restart_count: u32,
@@ -506,6 +508,7 @@ impl Lifecycle {
             phase: Phase::Idle { pending: None },
             last_error: None,
             last_failure: None,
+            challenge: None,
             consecutive_failures: 0,
             crash_count: 0,
             restart_count: 0,
@@ -598,6 +601,11 @@ impl Lifecycle {
     /// The class of the last failure, cleared with the error.
     pub fn last_failure(&self) -> Option<FailureKind> {
         self.last_failure
+    }
+
+    /// What the server asked for when it answered 401 (while `auth_required`).
+    pub fn auth_challenge(&self) -> Option<&Challenge> {
+        self.challenge.as_ref()
     }
 
     /// Failed connection attempts in a row; reset by a successful start or a stop.
@@ -949,6 +957,7 @@ impl Lifecycle {
         self.next_retry_after = None;
         self.last_error = None;
         self.last_failure = None;
+        self.challenge = None;
         self.phase = Phase::Connecting { generation, recovery };
         self.set(State::Starting, Health::Unknown, Some(Reason::Starting), None, fx);
         fx.push(Effect::Connect { generation, timeout: self.spec.connect_timeout() });
@@ -1005,6 +1014,7 @@ impl Lifecycle {
         self.clear_counters();
         self.last_error = None;
         self.last_failure = None;
+        self.challenge = None;
         let down = self.down_state();
         self.set(down, Health::Unknown, Some(Reason::Stopped), None, fx);
         self.reply_start(Err(StartError::Cancelled), fx);
@@ -1101,6 +1111,7 @@ impl Lifecycle {
         self.phase = Phase::Idle { pending: None };
         self.last_error = Some(message.clone());
         self.last_failure = Some(FailureKind::AuthRequired);
+        self.challenge = Some(challenge.clone());
         fx.push(Effect::CallAuthHook(challenge));
         self.set(State::AuthRequired, Health::Unknown, Some(Reason::AuthRequired), Some(message), fx);
     }

@@ -210,6 +210,9 @@ fn s3_5_a_401_goes_auth_required_calls_the_hook_first_and_clears_the_counters() 
     assert_eq!(h.l.consecutive_failures(), 0);
     assert_eq!(h.l.next_retry_after(), None);
     assert_eq!(h.l.poll_timeout(), None, "a 401 is never retried automatically");
+    assert_eq!(h.l.auth_challenge(), Some(&challenge), "kept for status");
+    let _ = h.ev(Event::StopRequested);
+    assert_eq!(h.l.auth_challenge(), None);
 }
 
 #[test]

@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! roster-fixture stdio [switches]     serve MCP over stdin/stdout
+//! roster-fixture http [switches]      serve Streamable HTTP on 127.0.0.1 (/mcp)
+//! roster-fixture sse [switches]       serve the legacy HTTP+SSE transport (/sse, /message)
 //! roster-fixture sleeper              sleep until killed (a grandchild)
+//!
+//! The HTTP modes print `listening on http://127.0.0.1:PORT` on stdout once bound.
 //!
 //! switches:
 //!   --tag T                 a marker tests use to find leftover processes
@@ -16,9 +20,25 @@
 //!   --grandchild inherit|null   spawn a sleeper with stdout inherited or to /dev/null
 //!   --stderr-mib N          write N MiB to stderr before serving
 //!   --garbage-lines N       print N lines of garbage on stdout before serving
+//!
+//! HTTP and SSE switches:
+//!   --port P                listen on P (default: any free port)
+//!   --unauthorized challenge|bare   answer 401, with a Bearer challenge carrying
+//!                           resource_metadata, or with no WWW-Authenticate at all
+//!   --forbidden-scope       answer 403 with error="insufficient_scope"
+//!   --unavailable N         answer the first N requests with 503 and Retry-After
+//!   --retry-after S         the Retry-After of --unavailable (default 1)
+//!   --not-found             answer 404
+//!   --hang                  accept requests and never answer
+//!   --require-header K:V    answer 403 unless header K has value V
+//!   --slow MS               delay every response
+//!   --drop-after MS         (sse) end each event stream after MS
+//!   --foreign-endpoint      (sse) send an endpoint on another origin
+//! POST /control/forget-sessions forgets every session, as a restarted server does.
 //! ```
 //!
-//! Tools: `echo {text}`, `add {a, b}`, `sleep {ms}`, `getenv {name}`, `cwd {}`.
+//! Tools: `echo {text}`, `add {a, b}`, `sleep {ms}`, `getenv {name}`, `cwd {}`,
+//! `header {name}` (the value of an HTTP request header, HTTP mode).
 
 #![allow(missing_docs)]
 
@@ -32,6 +52,8 @@ use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 
+mod http;
+
 #[derive(Debug, Default, Clone)]
 struct Faults {
     exit_at_start: Option<i32>,
@@ -44,6 +66,17 @@ struct Faults {
     grandchild: Option<String>,
     stderr_mib: usize,
     garbage_lines: usize,
+    port: u16,
+    unauthorized: Option<String>,
+    forbidden_scope: bool,
+    unavailable: u64,
+    retry_after: Option<u64>,
+    not_found: bool,
+    hang: bool,
+    require_header: Option<(String, String)>,
+    slow: Option<u64>,
+    drop_after: Option<u64>,
+    foreign_endpoint: bool,
 }
 
 fn parse(args: &[String]) -> Result<Faults, String> {
@@ -65,6 +98,21 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--grandchild" => f.grandchild = Some(value()?),
             "--stderr-mib" => f.stderr_mib = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
             "--garbage-lines" => f.garbage_lines = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
+            "--port" => f.port = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
+            "--unauthorized" => f.unauthorized = Some(value()?),
+            "--forbidden-scope" => f.forbidden_scope = true,
+            "--unavailable" => f.unavailable = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
+            "--retry-after" => f.retry_after = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--not-found" => f.not_found = true,
+            "--hang" => f.hang = true,
+            "--require-header" => {
+                let v = value()?;
+                let (k, val) = v.split_once(':').ok_or_else(|| format!("{arg} takes NAME:VALUE"))?;
+                f.require_header = Some((k.trim().to_owned(), val.trim().to_owned()));
+            }
+            "--slow" => f.slow = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--drop-after" => f.drop_after = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--foreign-endpoint" => f.foreign_endpoint = true,
             other => return Err(format!("unknown switch {other}")),
         }
     }
@@ -92,15 +140,20 @@ struct GetenvArgs {
     name: String,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct HeaderArgs {
+    name: String,
+}
+
 #[derive(Clone)]
-struct Fixture {
+pub(crate) struct Fixture {
     faults: Faults,
     tool_router: ToolRouter<Fixture>,
 }
 
 #[tool_router]
 impl Fixture {
-    fn new(faults: Faults) -> Fixture {
+    pub(crate) fn new(faults: Faults) -> Fixture {
         Fixture { faults, tool_router: Self::tool_router() }
     }
 
@@ -128,6 +181,20 @@ impl Fixture {
     #[tool(description = "The working directory")]
     fn cwd(&self) -> String {
         std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+    }
+
+    #[tool(description = "The value of an HTTP request header, or <unset>")]
+    fn header(
+        &self,
+        Parameters(HeaderArgs { name }): Parameters<HeaderArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> String {
+        ctx.extensions
+            .get::<::http::request::Parts>()
+            .and_then(|parts| parts.headers.get(&name))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<unset>")
+            .to_owned()
     }
 }
 
@@ -236,11 +303,24 @@ async fn main() {
                 std::process::exit(1);
             }
         }
+        "http" | "sse" => {
+            let faults = match parse(rest) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("roster-fixture: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = http::serve(mode == "sse", faults).await {
+                eprintln!("roster-fixture: {e}");
+                std::process::exit(1);
+            }
+        }
         "sleeper" => loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
         _ => {
-            eprintln!("usage: roster-fixture stdio [switches] | roster-fixture sleeper");
+            eprintln!("usage: roster-fixture stdio|http|sse [switches] | roster-fixture sleeper");
             std::process::exit(2);
         }
     }

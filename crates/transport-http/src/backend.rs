@@ -1,0 +1,220 @@
+//! roster's HTTP backend for rmcp's Streamable HTTP client.
+//!
+//! rmcp's own reqwest backend reports 401/403 without a challenge, 408 and most
+//! 4xx only as text. This one answers every non-2xx with a typed error, so that
+//! classification never reads a message: 401 → `AuthRequired` (with the
+//! challenge, or an empty one), 403 with `insufficient_scope` → `InsufficientScope`,
+//! 404 on a session → `SessionExpired` (rmcp re-initializes once), anything else →
+//! `HttpStatus { status, retry_after }`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_client::{
+    AuthRequiredError, HttpStatusError, InsufficientScopeError, StreamableHttpClient, StreamableHttpError,
+    StreamableHttpPostResponse,
+};
+use sse_stream::{Error as SseError, Sse, SseStream};
+use tracing::debug;
+
+const SESSION_ID: &str = "mcp-session-id";
+const LAST_EVENT_ID: &str = "last-event-id";
+const EVENT_STREAM: &str = "text/event-stream";
+const JSON: &str = "application/json";
+/// Largest JSON response read into memory (rmcp's own limit).
+const MAX_JSON_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// A reqwest client that types every HTTP status. Cheap to clone (one connection
+/// pool shared by every session).
+#[derive(Clone, Debug)]
+pub struct Backend {
+    client: reqwest::Client,
+    request_timeout: Duration,
+}
+
+impl Backend {
+    /// `client` for every request; POST and DELETE requests time out after
+    /// `request_timeout` (the long-lived GET stream does not).
+    pub fn new(client: reqwest::Client, request_timeout: Duration) -> Backend {
+        Backend { client, request_timeout }
+    }
+}
+
+type Error = StreamableHttpError<reqwest::Error>;
+
+fn with_headers(
+    mut request: reqwest::RequestBuilder,
+    headers: HashMap<HeaderName, HeaderValue>,
+) -> reqwest::RequestBuilder {
+    for (name, mut value) in headers {
+        // Never shown in reqwest's or hyper's debug output.
+        value.set_sensitive(true);
+        request = request.header(name, value);
+    }
+    request
+}
+
+fn challenges(headers: &HeaderMap) -> String {
+    headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ")
+}
+
+/// The typed error for a non-2xx response.
+fn status_error(status: StatusCode, headers: &HeaderMap, session_attached: bool) -> Error {
+    match status {
+        StatusCode::UNAUTHORIZED => StreamableHttpError::AuthRequired(AuthRequiredError::new(challenges(headers))),
+        StatusCode::FORBIDDEN => {
+            let header = challenges(headers);
+            let challenge = roster_core::Challenge::parse(&header);
+            if challenge.is_insufficient_scope() {
+                StreamableHttpError::InsufficientScope(InsufficientScopeError::new(header, challenge.scope))
+            } else {
+                StreamableHttpError::HttpStatus(HttpStatusError::new(status.as_u16(), None))
+            }
+        }
+        StatusCode::NOT_FOUND if session_attached => StreamableHttpError::SessionExpired,
+        _ => {
+            let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            StreamableHttpError::HttpStatus(HttpStatusError::new(status.as_u16(), retry_after))
+        }
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+fn sse(response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
+    SseStream::from_bytes_stream(response.bytes_stream()).boxed()
+}
+
+async fn read_json(response: reqwest::Response) -> Result<Vec<u8>, Error> {
+    if response.content_length().is_some_and(|n| n > MAX_JSON_RESPONSE as u64) {
+        return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: MAX_JSON_RESPONSE });
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(StreamableHttpError::Client)?;
+        if body.len() + chunk.len() > MAX_JSON_RESPONSE {
+            return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: MAX_JSON_RESPONSE });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+impl StreamableHttpClient for Backend {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<StreamableHttpPostResponse, Error> {
+        let mut request = self
+            .client
+            .post(uri.as_ref())
+            .timeout(self.request_timeout)
+            .header(ACCEPT, format!("{JSON}, {EVENT_STREAM}"))
+            .header(CONTENT_TYPE, JSON)
+            .body(serde_json::to_vec(&message).map_err(StreamableHttpError::Deserialize)?);
+        if let Some(token) = auth_header {
+            request = request.bearer_auth(token);
+        }
+        let session_attached = session_id.is_some();
+        if let Some(id) = session_id {
+            request = request.header(SESSION_ID, id.as_ref());
+        }
+        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let status = response.status();
+        if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
+            return Ok(StreamableHttpPostResponse::Accepted);
+        }
+        if !status.is_success() {
+            debug!(%status, "POST answered with an error status");
+            return Err(status_error(status, response.headers(), session_attached));
+        }
+        let new_session = response.headers().get(SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let awaits_nothing = matches!(
+            message,
+            ClientJsonRpcMessage::Notification(_) | ClientJsonRpcMessage::Response(_) | ClientJsonRpcMessage::Error(_)
+        );
+        match media_type(response.headers()).as_deref() {
+            Some(EVENT_STREAM) => Ok(StreamableHttpPostResponse::Sse(sse(response), new_session)),
+            Some(JSON) => {
+                let body = read_json(response).await?;
+                match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
+                    Ok(parsed) => Ok(StreamableHttpPostResponse::Json(parsed, new_session)),
+                    Err(_) if awaits_nothing => Ok(StreamableHttpPostResponse::Accepted),
+                    Err(e) => Err(StreamableHttpError::Deserialize(e)),
+                }
+            }
+            // Servers that answer a notification with 200 and no body are common.
+            _ if awaits_nothing => Ok(StreamableHttpPostResponse::Accepted),
+            other => Err(StreamableHttpError::UnexpectedContentType(other.map(str::to_owned))),
+        }
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<(), Error> {
+        let mut request =
+            self.client.delete(uri.as_ref()).timeout(self.request_timeout).header(SESSION_ID, session_id.as_ref());
+        if let Some(token) = auth_header {
+            request = request.bearer_auth(token);
+        }
+        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(status_error(status, response.headers(), false))
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<BoxStream<'static, Result<Sse, SseError>>, Error> {
+        let mut request = self.client.get(uri.as_ref()).header(ACCEPT, format!("{EVENT_STREAM}, {JSON}"));
+        let session_attached = session_id.is_some();
+        if let Some(id) = session_id {
+            request = request.header(SESSION_ID, id.as_ref());
+        }
+        if let Some(id) = last_event_id {
+            request = request.header(LAST_EVENT_ID, id);
+        }
+        if let Some(token) = auth_header {
+            request = request.bearer_auth(token);
+        }
+        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let status = response.status();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            return Err(StreamableHttpError::ServerDoesNotSupportSse);
+        }
+        if !status.is_success() {
+            return Err(status_error(status, response.headers(), session_attached));
+        }
+        match media_type(response.headers()).as_deref() {
+            Some(EVENT_STREAM) => Ok(sse(response)),
+            other => Err(StreamableHttpError::UnexpectedContentType(other.map(str::to_owned))),
+        }
+    }
+}

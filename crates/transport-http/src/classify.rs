@@ -1,0 +1,219 @@
+//! HTTP failures into the core's classes (SPEC §4), from types only: the status
+//! code, the `WWW-Authenticate` and `Retry-After` headers, and reqwest's error
+//! kinds. Shared by the Streamable HTTP and the SSE transports.
+
+use std::error::Error as StdError;
+use std::time::{Duration, SystemTime};
+
+use roster_core::{Challenge, Failure};
+
+/// The longest `Retry-After` honoured; a server asking for more gets this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Which request failed, where it changes the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The `initialize` POST of a Streamable HTTP session: a 404 or 405 there
+    /// suggests a legacy SSE endpoint.
+    StreamableInitialize,
+    /// Any other request.
+    Other,
+}
+
+/// What an HTTP error response said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// The status code.
+    pub status: u16,
+    /// Every `WWW-Authenticate` value, in order.
+    pub www_authenticate: Vec<String>,
+    /// The raw `Retry-After` value.
+    pub retry_after: Option<String>,
+}
+
+/// Classifies a non-2xx response.
+///
+/// 401 → auth required with the parsed challenge; 403 with `insufficient_scope` →
+/// auth required; 408, 429, 5xx → transient, `Retry-After` a floor; 404/405 on a
+/// Streamable HTTP initialize → permanent, suggesting `type = "sse"`; any other
+/// 4xx (and anything else) → permanent.
+pub fn classify_status(info: &StatusInfo, phase: Phase) -> Failure {
+    let status = info.status;
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let text = format!("HTTP {status} {reason}").trim_end().to_owned();
+    let challenge = Challenge::from_headers(info.www_authenticate.iter().map(String::as_str));
+    match status {
+        401 => Failure::auth_required(challenge, text),
+        403 if challenge.is_insufficient_scope() => {
+            let scope = challenge.scope.clone().unwrap_or_default();
+            Failure::auth_required(challenge, format!("{text}: insufficient scope {scope}").trim_end().to_owned())
+        }
+        408 | 429 | 500..=599 => {
+            match info.retry_after.as_deref().and_then(|v| parse_retry_after(v, SystemTime::now())) {
+                Some(floor) => Failure::transient_after(format!("{text} (retry after {}s)", floor.as_secs()), floor),
+                None => Failure::transient(text),
+            }
+        }
+        404 | 405 if phase == Phase::StreamableInitialize => Failure::permanent(format!(
+            "{text} on initialize: this endpoint may be a legacy HTTP+SSE server; try type = \"sse\""
+        )),
+        _ => Failure::permanent(text),
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), relative to
+/// `now`, at most [`MAX_RETRY_AFTER`]. `None` when unreadable.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Classifies a failure to talk to the server at all.
+///
+/// TLS and certificate errors → permanent (retrying cannot fix them); a bad URL →
+/// permanent; refused, reset, DNS, timeouts and broken bodies → transient.
+pub fn classify_reqwest(error: &reqwest::Error) -> Failure {
+    let text = chain(error);
+    if is_tls(error) {
+        Failure::permanent(format!("TLS error: {text}"))
+    } else if error.is_builder() {
+        Failure::permanent(format!("invalid request: {text}"))
+    } else if error.is_timeout() {
+        Failure::transient(format!("timed out: {text}"))
+    } else if error.is_connect() {
+        Failure::transient(format!("cannot connect: {text}"))
+    } else {
+        Failure::transient(text)
+    }
+}
+
+/// Whether a rustls error is anywhere in the chain, including inside `io::Error`
+/// payloads (which `source()` skips).
+pub fn is_tls(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && is_tls(inner)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// An error and its sources, joined with `: `, without repeats.
+pub fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use roster_core::FailureKind;
+
+    use super::*;
+
+    fn status(code: u16) -> StatusInfo {
+        StatusInfo { status: code, ..StatusInfo::default() }
+    }
+
+    #[test]
+    fn status_table() {
+        let table = [
+            (401, Phase::Other, FailureKind::AuthRequired),
+            (401, Phase::StreamableInitialize, FailureKind::AuthRequired),
+            (403, Phase::Other, FailureKind::Permanent),
+            (400, Phase::Other, FailureKind::Permanent),
+            (404, Phase::Other, FailureKind::Permanent),
+            (404, Phase::StreamableInitialize, FailureKind::Permanent),
+            (405, Phase::StreamableInitialize, FailureKind::Permanent),
+            (408, Phase::Other, FailureKind::Transient),
+            (410, Phase::Other, FailureKind::Permanent),
+            (429, Phase::Other, FailureKind::Transient),
+            (500, Phase::Other, FailureKind::Transient),
+            (502, Phase::Other, FailureKind::Transient),
+            (503, Phase::StreamableInitialize, FailureKind::Transient),
+            (504, Phase::Other, FailureKind::Transient),
+            (511, Phase::Other, FailureKind::Transient),
+            (302, Phase::Other, FailureKind::Permanent),
+        ];
+        for (code, phase, kind) in table {
+            assert_eq!(classify_status(&status(code), phase).kind(), kind, "{code} {phase:?}");
+        }
+    }
+
+    #[test]
+    fn a_401_carries_the_parsed_challenge() {
+        let info = StatusInfo {
+            status: 401,
+            www_authenticate: vec![r#"Bearer realm="mcp", resource_metadata="https://x/.well-known/oauth-protected-resource", scope="read""#.into()],
+            retry_after: None,
+        };
+        let f = classify_status(&info, Phase::StreamableInitialize);
+        assert_eq!(f.message, "HTTP 401 Unauthorized");
+        let roster_core::FailureClass::AuthRequired(c) = f.class else { panic!("{f:?}") };
+        assert_eq!(c.resource_metadata.as_deref(), Some("https://x/.well-known/oauth-protected-resource"));
+        assert_eq!(c.realm.as_deref(), Some("mcp"));
+        assert_eq!(c.scope.as_deref(), Some("read"));
+    }
+
+    #[test]
+    fn a_403_with_insufficient_scope_is_auth_required() {
+        let info = StatusInfo {
+            status: 403,
+            www_authenticate: vec![r#"Bearer error="insufficient_scope", scope="admin""#.into()],
+            retry_after: None,
+        };
+        let f = classify_status(&info, Phase::Other);
+        assert_eq!(f.kind(), FailureKind::AuthRequired);
+        assert!(f.message.contains("insufficient scope admin"), "{}", f.message);
+    }
+
+    #[test]
+    fn legacy_sse_hint_on_initialize() {
+        let f = classify_status(&status(404), Phase::StreamableInitialize);
+        assert!(f.message.contains("type = \"sse\""), "{}", f.message);
+        assert!(!classify_status(&status(404), Phase::Other).message.contains("sse"));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_in_seconds_or_a_date() {
+        let info = StatusInfo { status: 503, retry_after: Some("7".into()), ..StatusInfo::default() };
+        assert_eq!(
+            classify_status(&info, Phase::Other).class,
+            roster_core::FailureClass::Transient { retry_after: Some(Duration::from_secs(7)) }
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(0)));
+        let later = now - Duration::from_secs(90);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", later), Some(Duration::from_secs(90)));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn tls_errors_are_found_inside_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer = std::io::Error::other(inner);
+        assert!(is_tls(&outer));
+        assert!(!is_tls(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+    }
+}

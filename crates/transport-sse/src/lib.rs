@@ -1,0 +1,504 @@
+//! # roster-transport-sse: remote MCP servers over the legacy HTTP+SSE transport
+//!
+//! rmcp 3.x has no client for the 2024-11-05 transport, so this crate implements
+//! rmcp's `Transport<RoleClient>` itself ([`SseTransport`]): `GET` the stream with
+//! `Accept: text/event-stream` and the configured headers, wait (bounded by the
+//! definition's timeout) for the `endpoint` event, resolve it against the base URL
+//! and refuse another origin, `POST` every message there, and read responses from
+//! `message` events. The stream lives as long as the session: when it ends, the
+//! transport closes at once and the session is failed without waiting for a ping.
+//!
+//! Errors are typed ([`SseError`]) and classified once, by [`classify`], with the
+//! HTTP rules shared with the Streamable HTTP transport
+//! ([`roster_transport_http::classify`]).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue};
+use rmcp::RoleClient;
+use rmcp::model::{ClientJsonRpcMessage, ProtocolVersion, ServerJsonRpcMessage};
+use rmcp::service::{ClientInitializeError, Peer, ServiceError, ServiceExt};
+use rmcp::transport::Transport;
+use roster_core::{Failure, ServerSpec};
+use roster_supervisor::mcp::{self, McpClient};
+use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
+use roster_transport_http::classify::{Phase, StatusInfo, chain, classify_reqwest, classify_status};
+use roster_transport_http::{HttpOptions, build_client, classify_init, header_map};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use url::Url;
+
+/// The protocol version of this transport.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2024_11_05;
+/// Messages buffered between the stream reader and rmcp.
+const INCOMING_BUFFER: usize = 64;
+/// How long closing waits for rmcp's loop to end.
+const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
+/// A failure of the SSE transport, typed.
+#[derive(Debug, thiserror::Error)]
+pub enum SseError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] roster_transport_http::HttpError),
+    /// A configured header is not a valid HTTP header.
+    #[error("header {name:?} is not a valid HTTP header")]
+    InvalidHeader {
+        /// The header's name.
+        name: String,
+    },
+    /// The request could not be sent, or its response not read.
+    #[error("{}", chain(.0))]
+    Http(#[source] reqwest::Error),
+    /// The server answered with an error status.
+    #[error("HTTP {}", .0.status)]
+    Status(StatusInfo),
+    /// The `GET` was answered with something other than an event stream.
+    #[error("the server did not answer with an event stream (content type {0:?})")]
+    NotAnEventStream(Option<String>),
+    /// No `endpoint` event arrived in time.
+    #[error("no endpoint event within {}s", .0.as_secs_f32())]
+    NoEndpoint(Duration),
+    /// The stream ended (or broke) before the `endpoint` event.
+    #[error("the event stream ended before the endpoint event{}", reason_suffix(.0))]
+    StreamEnded(Option<String>),
+    /// The `endpoint` event does not hold a URL.
+    #[error("the endpoint event holds no usable URL: {0:?}")]
+    BadEndpoint(String),
+    /// The `endpoint` event points to another origin; nothing is sent there.
+    #[error("the server sent an endpoint on another origin ({endpoint}, not {base}); refusing to post there")]
+    ForeignEndpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// The origin of the configured URL.
+        base: String,
+    },
+    /// A message could not be encoded.
+    #[error("cannot encode a message: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// No initialize result within the timeout.
+    #[error("no answer to initialize within {}s", .0.as_secs_f32())]
+    Timeout(Duration),
+    /// The handshake failed.
+    #[error("initialize failed: {}", init_text(.0))]
+    Initialize(#[source] Box<ClientInitializeError>),
+    /// A request on a live session failed.
+    #[error("{}", service_text(.0))]
+    Request(#[source] Box<ServiceError>),
+}
+
+fn reason_suffix(reason: &Option<String>) -> String {
+    reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+}
+
+fn as_sse<'a>(e: &'a (dyn std::error::Error + Send + Sync + 'static)) -> Option<&'a SseError> {
+    e.downcast_ref::<SseError>()
+}
+
+fn init_text(e: &ClientInitializeError) -> String {
+    match e {
+        ClientInitializeError::TransportError { error, .. } => match as_sse(error.error.as_ref()) {
+            Some(inner) => inner.to_string(),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
+fn service_text(e: &ServiceError) -> String {
+    match e {
+        ServiceError::TransportSend(dte) => match as_sse(dte.error.as_ref()) {
+            Some(inner) => inner.to_string(),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
+/// The single place where SSE errors become the core's failure classes (SPEC §4).
+pub fn classify(error: &SseError) -> Failure {
+    let text = error.to_string();
+    match error {
+        SseError::Http(e) => classify_reqwest(e),
+        SseError::Status(info) => classify_status(info, Phase::Other),
+        SseError::NoEndpoint(_) | SseError::StreamEnded(_) | SseError::Timeout(_) => Failure::transient(text),
+        SseError::Client(_)
+        | SseError::InvalidHeader { .. }
+        | SseError::NotAnEventStream(_)
+        | SseError::BadEndpoint(_)
+        | SseError::ForeignEndpoint { .. }
+        | SseError::Encode(_) => Failure::permanent(text),
+        SseError::Initialize(e) => match e.as_ref() {
+            ClientInitializeError::TransportError { error, .. } => match as_sse(error.error.as_ref()) {
+                Some(inner) => classify(inner),
+                None => classify_init(e),
+            },
+            _ => classify_init(e),
+        },
+        SseError::Request(e) => match e.as_ref() {
+            ServiceError::TransportSend(dte) => match as_sse(dte.error.as_ref()) {
+                Some(inner) => classify(inner),
+                None => Failure::transient(text),
+            },
+            _ => Failure::transient(text),
+        },
+    }
+}
+
+fn status_info(response: &reqwest::Response) -> StatusInfo {
+    let headers = response.headers();
+    StatusInfo {
+        status: response.status().as_u16(),
+        www_authenticate: headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect(),
+        retry_after: headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned),
+    }
+}
+
+fn to_header_map(spec: &ServerSpec) -> Result<HeaderMap, SseError> {
+    let map = header_map(spec).map_err(|e| match e {
+        roster_transport_http::HttpError::InvalidHeader { name } => SseError::InvalidHeader { name },
+        other => SseError::Client(other),
+    })?;
+    Ok(map.into_iter().collect::<HeaderMap<HeaderValue>>())
+}
+
+/// Sends client messages to the current endpoint.
+#[derive(Clone)]
+struct Poster {
+    client: reqwest::Client,
+    endpoint: Arc<RwLock<Url>>,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Poster {
+    async fn post(self, message: ClientJsonRpcMessage) -> Result<(), SseError> {
+        let body = serde_json::to_vec(&message).map_err(SseError::Encode)?;
+        let url = self.endpoint.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let response = self
+            .client
+            .post(url)
+            .timeout(self.timeout)
+            .headers(self.headers)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(SseError::Http)?;
+        if response.status().is_success() { Ok(()) } else { Err(SseError::Status(status_info(&response))) }
+    }
+}
+
+/// rmcp's `Transport<RoleClient>` for the 2024-11-05 HTTP+SSE transport.
+pub struct SseTransport {
+    incoming: mpsc::Receiver<ServerJsonRpcMessage>,
+    poster: Poster,
+    reader: tokio::task::JoinHandle<()>,
+    ended: watch::Receiver<Option<String>>,
+}
+
+impl std::fmt::Debug for SseTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseTransport").finish_non_exhaustive()
+    }
+}
+
+impl SseTransport {
+    /// Opens the event stream at `url` with `headers` and waits, until `deadline`,
+    /// for the server's `endpoint`.
+    ///
+    /// # Errors
+    /// Typed; see [`classify`].
+    pub async fn connect(
+        client: reqwest::Client,
+        url: &str,
+        headers: HeaderMap,
+        deadline: Instant,
+        request_timeout: Duration,
+    ) -> Result<SseTransport, SseError> {
+        let base = Url::parse(url).map_err(|_| SseError::BadEndpoint(url.to_owned()))?;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = client
+            .get(base.clone())
+            .headers(headers.clone())
+            .header(ACCEPT, "text/event-stream")
+            .header(CACHE_CONTROL, "no-cache");
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Ok(response) => response.map_err(SseError::Http)?,
+            Err(_) => return Err(SseError::NoEndpoint(timeout)),
+        };
+        if !response.status().is_success() {
+            return Err(SseError::Status(status_info(&response)));
+        }
+        let media = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if !media
+            .as_deref()
+            .is_some_and(|m| m.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("text/event-stream"))
+        {
+            return Err(SseError::NotAnEventStream(media));
+        }
+        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let endpoint = loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Err(_) => return Err(SseError::NoEndpoint(timeout)),
+                Ok(None) => return Err(SseError::StreamEnded(None)),
+                Ok(Some(Err(e))) => return Err(SseError::StreamEnded(Some(e.to_string()))),
+                Ok(Some(Ok(event))) if event.event.as_deref() == Some("endpoint") => {
+                    break resolve(&base, event.data.as_deref().unwrap_or_default())?;
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        };
+        debug!(%endpoint, "SSE endpoint");
+        let endpoint = Arc::new(RwLock::new(endpoint));
+        let (tx, incoming) = mpsc::channel(INCOMING_BUFFER);
+        let (ended_tx, ended) = watch::channel(None);
+        let reader = tokio::spawn(read_events(events, tx, base, endpoint.clone(), ended_tx));
+        Ok(SseTransport {
+            incoming,
+            poster: Poster { client, endpoint, headers, timeout: request_timeout },
+            reader,
+            ended,
+        })
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn ended(&self) -> watch::Receiver<Option<String>> {
+        self.ended.clone()
+    }
+}
+
+/// Resolves an `endpoint` event's data against the base URL (absolute URLs,
+/// absolute paths and relative forms), on the base's origin only.
+fn resolve(base: &Url, data: &str) -> Result<Url, SseError> {
+    let endpoint = base.join(data.trim()).map_err(|_| SseError::BadEndpoint(data.to_owned()))?;
+    if endpoint.origin() != base.origin() {
+        return Err(SseError::ForeignEndpoint {
+            endpoint: endpoint.to_string(),
+            base: base.origin().ascii_serialization(),
+        });
+    }
+    Ok(endpoint)
+}
+
+async fn read_events<S>(
+    mut events: S,
+    tx: mpsc::Sender<ServerJsonRpcMessage>,
+    base: Url,
+    endpoint: Arc<RwLock<Url>>,
+    ended: watch::Sender<Option<String>>,
+) where
+    S: futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Unpin,
+{
+    let reason = loop {
+        match events.next().await {
+            None => break "the server ended the event stream".to_owned(),
+            Some(Err(e)) => break format!("the event stream broke: {e}"),
+            Some(Ok(event)) => match (event.event.as_deref(), event.data) {
+                (Some("endpoint"), Some(data)) => match resolve(&base, &data) {
+                    Ok(url) => *endpoint.write().unwrap_or_else(std::sync::PoisonError::into_inner) = url,
+                    Err(e) => warn!(error = %e, "ignoring a new endpoint"),
+                },
+                (None | Some("message"), Some(data)) => match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
+                    Ok(message) => {
+                        if tx.send(message).await.is_err() {
+                            break "the client closed".to_owned();
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignoring a message that is not JSON-RPC"),
+                },
+                (_, _) => {}
+            },
+        }
+    };
+    debug!(%reason, "SSE stream ended");
+    ended.send_replace(Some(reason));
+    // Dropping `tx` makes `receive` return None: rmcp's loop ends at once.
+}
+
+impl Transport<RoleClient> for SseTransport {
+    type Error = SseError;
+
+    fn send(&mut self, item: ClientJsonRpcMessage) -> impl Future<Output = Result<(), SseError>> + Send + 'static {
+        self.poster.clone().post(item)
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<ServerJsonRpcMessage>> + Send {
+        self.incoming.recv()
+    }
+
+    async fn close(&mut self) -> Result<(), SseError> {
+        self.reader.abort();
+        self.incoming.close();
+        Ok(())
+    }
+}
+
+impl Drop for SseTransport {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Connects to legacy SSE servers.
+#[derive(Debug, Clone)]
+pub struct SseConnector {
+    client: reqwest::Client,
+    options: HttpOptions,
+}
+
+impl SseConnector {
+    /// A connector on `client` (share one per supervisor).
+    pub fn new(client: reqwest::Client, options: HttpOptions) -> SseConnector {
+        SseConnector { client, options }
+    }
+
+    /// A connector on its own client with default options.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn with_defaults() -> Result<SseConnector, SseError> {
+        let options = HttpOptions::default();
+        Ok(SseConnector::new(build_client(&options).map_err(SseError::Client)?, options))
+    }
+
+    /// Opens the stream and completes the MCP handshake before `deadline`.
+    ///
+    /// # Errors
+    /// Typed; see [`classify`].
+    pub async fn open(&self, spec: &ServerSpec, deadline: Instant) -> Result<SseSession, SseError> {
+        let headers = to_header_map(spec)?;
+        let transport =
+            SseTransport::connect(self.client.clone(), &spec.url, headers, deadline, self.options.request_timeout)
+                .await?;
+        let ended = transport.ended();
+        let cancel = CancellationToken::new();
+        let handshake = mcp::client_config(PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
+        let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => return Err(SseError::Initialize(Box::new(e))),
+            Err(_) => return Err(SseError::Timeout(spec.connect_timeout())),
+        };
+        Ok(SseSession { client: McpClient::new(running, cancel), ended, url: spec.url.clone() })
+    }
+}
+
+#[async_trait]
+impl Connector for SseConnector {
+    async fn connect(&self, spec: &ServerSpec, deadline: Instant) -> Result<Box<dyn Session>, Failure> {
+        match self.open(spec, deadline).await {
+            Ok(session) => Ok(Box::new(session)),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// A live SSE session.
+#[derive(Debug)]
+pub struct SseSession {
+    client: McpClient,
+    ended: watch::Receiver<Option<String>>,
+    url: String,
+}
+
+#[async_trait]
+impl Session for SseSession {
+    async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
+        self.client.ping(timeout).await.map_err(|e| classify(&SseError::Request(Box::new(e))))
+    }
+
+    fn closed(&self) -> BoxFuture<Failure> {
+        let (session_ended, mut stream_ended, url) = (self.client.ended(), self.ended.clone(), self.url.clone());
+        Box::pin(async move {
+            session_ended.await;
+            let reason = match stream_ended.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "the session ended".to_owned(),
+            };
+            Failure::transient(format!("SSE session with {url} lost: {reason}"))
+        })
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        if self.client.close(CLOSE_BOUND).await {
+            Ok(())
+        } else {
+            Err(CloseError(format!("closing the SSE session with {} took longer than {CLOSE_BOUND:?}", self.url)))
+        }
+    }
+
+    fn peer(&self) -> Option<Peer<RoleClient>> {
+        Some(self.client.peer().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roster_core::FailureKind;
+
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_against_the_base_and_stay_on_its_origin() {
+        let base = Url::parse("http://127.0.0.1:8080/mcp/sse").unwrap();
+        assert_eq!(
+            resolve(&base, "/message?sessionId=1").unwrap().as_str(),
+            "http://127.0.0.1:8080/message?sessionId=1"
+        );
+        assert_eq!(
+            resolve(&base, "message?sessionId=1").unwrap().as_str(),
+            "http://127.0.0.1:8080/mcp/message?sessionId=1"
+        );
+        assert_eq!(resolve(&base, "http://127.0.0.1:8080/other").unwrap().as_str(), "http://127.0.0.1:8080/other");
+        for foreign in ["http://evil.example/message", "https://127.0.0.1:8080/message", "http://127.0.0.1:9090/m"] {
+            assert!(matches!(resolve(&base, foreign), Err(SseError::ForeignEndpoint { .. })), "{foreign}");
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let table = [
+            (SseError::Status(StatusInfo { status: 401, ..StatusInfo::default() }), FailureKind::AuthRequired),
+            (SseError::Status(StatusInfo { status: 503, ..StatusInfo::default() }), FailureKind::Transient),
+            (SseError::Status(StatusInfo { status: 404, ..StatusInfo::default() }), FailureKind::Permanent),
+            (SseError::NoEndpoint(Duration::from_secs(1)), FailureKind::Transient),
+            (SseError::StreamEnded(None), FailureKind::Transient),
+            (SseError::NotAnEventStream(Some("text/html".into())), FailureKind::Permanent),
+            (SseError::BadEndpoint("::".into()), FailureKind::Permanent),
+            (
+                SseError::ForeignEndpoint { endpoint: "http://x/".into(), base: "http://y".into() },
+                FailureKind::Permanent,
+            ),
+            (SseError::Timeout(Duration::from_secs(1)), FailureKind::Transient),
+            (
+                SseError::Initialize(Box::new(ClientInitializeError::ConnectionClosed("x".into()))),
+                FailureKind::Transient,
+            ),
+            (SseError::Initialize(Box::new(ClientInitializeError::Cancelled)), FailureKind::Cancelled),
+            (SseError::Request(Box::new(ServiceError::TransportClosed)), FailureKind::Transient),
+        ];
+        for (error, kind) in table {
+            assert_eq!(classify(&error).kind(), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_transport_error_inside_initialize_is_classified_by_its_own_type() {
+        let inner =
+            SseError::Status(StatusInfo { status: 503, retry_after: Some("9".into()), ..StatusInfo::default() });
+        let e = ClientInitializeError::transport::<SseTransport>(inner, "send initialize request");
+        let f = classify(&SseError::Initialize(Box::new(e)));
+        assert_eq!(f.class, roster_core::FailureClass::Transient { retry_after: Some(Duration::from_secs(9)) });
+    }
+}

@@ -1,0 +1,186 @@
+//! The fixture over HTTP: Streamable HTTP through rmcp's server, the legacy
+//! HTTP+SSE transport by hand, and the HTTP-level faults in front of both.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use futures::{SinkExt, StreamExt, stream};
+use rmcp::ServiceExt;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tower::ServiceExt as _;
+
+use crate::{Faults, Fixture};
+
+type McpService = StreamableHttpService<Fixture, LocalSessionManager>;
+
+struct Shared {
+    faults: Faults,
+    port: u16,
+    /// Requests still to be answered with 503.
+    unavailable: AtomicU64,
+    /// The Streamable HTTP service; replaced to forget every session.
+    mcp: Mutex<McpService>,
+    /// SSE sessions: where POSTed messages go.
+    sse_sessions: Mutex<HashMap<String, futures::channel::mpsc::Sender<ClientJsonRpcMessage>>>,
+    next_session: AtomicU64,
+}
+
+fn mcp_service(faults: &Faults) -> McpService {
+    let faults = faults.clone();
+    StreamableHttpService::new(
+        move || Ok(Fixture::new(faults.clone())),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    )
+}
+
+pub(crate) async fn serve(sse: bool, faults: Faults) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", faults.port)).await?;
+    let port = listener.local_addr()?.port();
+    let shared = Arc::new(Shared {
+        unavailable: AtomicU64::new(faults.unavailable),
+        mcp: Mutex::new(mcp_service(&faults)),
+        sse_sessions: Mutex::new(HashMap::new()),
+        next_session: AtomicU64::new(1),
+        faults,
+        port,
+    });
+    let routes = if sse {
+        Router::new().route("/sse", get(sse_stream)).route("/message", post(sse_message))
+    } else {
+        Router::new().route("/mcp", any(mcp)).route("/mcp/{*rest}", any(mcp))
+    };
+    let app = routes
+        .route_layer(middleware::from_fn_with_state(shared.clone(), faults_layer))
+        .route("/.well-known/oauth-protected-resource", get(resource_metadata))
+        .route("/control/forget-sessions", post(forget_sessions))
+        .with_state(shared);
+    println!("listening on http://127.0.0.1:{port}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The HTTP-level faults, in front of every MCP route.
+async fn faults_layer(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let f = &shared.faults;
+    if let Some(ms) = f.slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if f.hang {
+        std::future::pending::<()>().await;
+    }
+    if let Some((name, value)) = &f.require_header
+        && request.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return (StatusCode::FORBIDDEN, format!("missing or wrong {name}")).into_response();
+    }
+    match f.unauthorized.as_deref() {
+        Some("bare") => return StatusCode::UNAUTHORIZED.into_response(),
+        Some(_) => {
+            let challenge = format!(
+                r#"Bearer realm="roster-fixture", resource_metadata="http://127.0.0.1:{}/.well-known/oauth-protected-resource", scope="mcp:tools""#,
+                shared.port
+            );
+            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)]).into_response();
+        }
+        None => {}
+    }
+    if f.forbidden_scope {
+        let challenge =
+            r#"Bearer error="insufficient_scope", scope="mcp:admin", error_description="admin scope needed""#;
+        return (StatusCode::FORBIDDEN, [(header::WWW_AUTHENTICATE, challenge)]).into_response();
+    }
+    let unavailable = shared.unavailable.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    if unavailable {
+        let retry_after = f.retry_after.unwrap_or(1).to_string();
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after)], "deploying").into_response();
+    }
+    if f.not_found {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(request).await
+}
+
+async fn mcp(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let service = shared.mcp.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    match service.oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+async fn forget_sessions(State(shared): State<Arc<Shared>>) -> StatusCode {
+    *shared.mcp.lock().unwrap_or_else(PoisonError::into_inner) = mcp_service(&shared.faults);
+    shared.sse_sessions.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    eprintln!("fixture: forgot every session");
+    StatusCode::NO_CONTENT
+}
+
+async fn resource_metadata(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::json!({
+        "resource": format!("http://127.0.0.1:{}/mcp", shared.port),
+        "authorization_servers": [format!("http://127.0.0.1:{}", shared.port)],
+        "scopes_supported": ["mcp:tools"],
+    });
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+}
+
+type EventStream = futures::stream::BoxStream<'static, Result<Event, Infallible>>;
+
+/// `GET /sse`: a new session; the endpoint first, then every server message.
+async fn sse_stream(State(shared): State<Arc<Shared>>) -> Sse<EventStream> {
+    let id = shared.next_session.fetch_add(1, Ordering::SeqCst).to_string();
+    let (in_tx, in_rx) = futures::channel::mpsc::channel::<ClientJsonRpcMessage>(64);
+    let (out_tx, out_rx) = futures::channel::mpsc::channel::<ServerJsonRpcMessage>(64);
+    shared.sse_sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), in_tx);
+    let fixture = Fixture::new(shared.faults.clone());
+    tokio::spawn(async move {
+        if let Ok(running) = fixture.serve((out_tx.sink_map_err(|e| std::io::Error::other(e.to_string())), in_rx)).await
+        {
+            let _ = running.waiting().await;
+        }
+    });
+    let endpoint = if shared.faults.foreign_endpoint {
+        format!("http://foreign.invalid:{}/message?sessionId={id}", shared.port)
+    } else {
+        format!("/message?sessionId={id}")
+    };
+    let first = stream::once(async move { Ok(Event::default().event("endpoint").data(endpoint)) });
+    let messages =
+        out_rx.map(|m| Ok(Event::default().event("message").data(serde_json::to_string(&m).unwrap_or_default())));
+    let events = first.chain(messages);
+    let events: EventStream = match shared.faults.drop_after {
+        Some(ms) => events.take_until(tokio::time::sleep(Duration::from_millis(ms))).boxed(),
+        None => events.boxed(),
+    };
+    Sse::new(events)
+}
+
+#[derive(serde::Deserialize)]
+struct SessionQuery {
+    #[serde(rename = "sessionId")]
+    session_id: String,
+}
+
+/// `POST /message?sessionId=`: a client message for a session.
+async fn sse_message(State(shared): State<Arc<Shared>>, Query(q): Query<SessionQuery>, body: String) -> StatusCode {
+    let Ok(message) = serde_json::from_str::<ClientJsonRpcMessage>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let sender = shared.sse_sessions.lock().unwrap_or_else(PoisonError::into_inner).get(&q.session_id).cloned();
+    let Some(mut tx) = sender else { return StatusCode::NOT_FOUND };
+    if tx.send(message).await.is_ok() { StatusCode::ACCEPTED } else { StatusCode::NOT_FOUND }
+}
