@@ -1,0 +1,314 @@
+//! Remote benchmarks, all in one run against the fixture serving Streamable HTTP
+//! on 127.0.0.1 in a child process.
+//!
+//! 1. connect + initialize + ping + close through roster against a bare rmcp client.
+//! 2. the time to a classified failure for a 401 and a 503, and the cost of the
+//!    classification itself.
+//! 3. 1,000 remote servers under one supervisor, pinged every second for a
+//!    minute: the supervisor's RSS per server and its CPU time, scaled to the
+//!    default 30 s interval.
+//!
+//! Run: `cargo bench -p roster-tests --bench remote` (figures go to BENCHMARKS.md).
+//! `ROSTER_BENCH_SCALE_SECS` shortens the scale run (default 60).
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use roster_core::{ServerSpec, ServerType, Settings, State};
+use roster_supervisor::{Connector, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_transport_http::classify::{Phase, StatusInfo, classify_status};
+use roster_transport_http::{HttpConnector, HttpOptions, build_client};
+use tokio::io::AsyncBufReadExt;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
+const ROUNDS: usize = 50;
+
+struct Fixture {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+async fn fixture(switches: &[&str]) -> Fixture {
+    let mut child = tokio::process::Command::new(FIXTURE)
+        .arg("http")
+        .args(switches)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("fixture");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines.next_line().await.expect("read").expect("line");
+    let base = line.strip_prefix("listening on ").expect("listening").to_owned();
+    Fixture { _child: child, url: format!("{base}/mcp") }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn roster_cycle(svc: &Service) -> Duration {
+    let t = Instant::now();
+    svc.start().await.expect("start");
+    assert!(svc.check_health().await.error.is_none());
+    svc.stop().await;
+    t.elapsed()
+}
+
+/// A bare rmcp client as its docs build one: `from_uri`, which makes a reqwest
+/// client (and its TLS configuration) for every transport.
+async fn bare_cycle(url: &str) -> Duration {
+    let t = Instant::now();
+    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+        .serve(transport)
+        .await
+        .expect("initialize");
+    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
+    client.cancel().await.expect("close");
+    t.elapsed()
+}
+
+/// A bare rmcp client on a shared reqwest client (rmcp's own reqwest backend), the
+/// like-for-like comparison with roster's shared client.
+async fn bare_shared_cycle(client: &reqwest::Client, url: &str) -> Duration {
+    let t = Instant::now();
+    let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
+    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+        .serve(transport)
+        .await
+        .expect("initialize");
+    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
+    client.cancel().await.expect("close");
+    t.elapsed()
+}
+
+/// The same load without roster: `servers` bare rmcp sessions on one shared
+/// client, each pinged every second by a plain task. Returns RSS KiB per session.
+async fn bare_scale(url: &str, servers: usize, secs: u64) -> f64 {
+    let client = build_client(&HttpOptions::default()).expect("client");
+    let before = rss_kib();
+    let mut sessions = Vec::new();
+    for _ in 0..servers {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+        let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
+        let running = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+            .serve(transport)
+            .await
+            .expect("initialize");
+        sessions.push(running);
+    }
+    let pingers: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let peer = s.peer().clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = rss_kib();
+    for p in pingers {
+        p.abort();
+    }
+    for s in sessions {
+        let _ = s.cancel().await;
+    }
+    after.saturating_sub(before) as f64 / servers as f64
+}
+
+async fn time_to_failure(connector: &HttpConnector, url: &str) -> Duration {
+    let spec = ServerSpec::remote("bench", ServerType::StreamableHttp, url);
+    let t = Instant::now();
+    let result = connector.connect(&spec, Instant::now() + Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    assert!(result.is_err());
+    took
+}
+
+fn proc_stat() -> (u64, u64) {
+    // utime and stime, in clock ticks (fields 14 and 15 of /proc/self/stat).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
+    (get(11), get(12))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+async fn scale(url: &str, servers: usize, secs: u64) {
+    let options = HttpOptions::default();
+    let client = build_client(&options).expect("client");
+    let transports = Transports::new().with(ServerType::StreamableHttp, Arc::new(HttpConnector::new(client, &options)));
+    let settings = Settings { health_check_interval: Duration::from_secs(1), ..Settings::default() };
+    let config = SupervisorConfig { settings, max_concurrent_connects: 50, ..SupervisorConfig::default() };
+    let before = rss_kib();
+    let sup = Supervisor::new(Arc::new(transports), config);
+    let specs: Vec<ServerSpec> = (0..servers)
+        .map(|i| {
+            let mut s = ServerSpec::remote(format!("r{i:04}"), ServerType::StreamableHttp, url);
+            s.auto_start = true;
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    sup.apply(specs).await.expect("apply");
+    while !sup.status().iter().all(|s| s.state == State::Connected) {
+        let failed = sup.status().iter().filter(|s| s.state == State::Failed).count();
+        assert!(failed == 0, "{failed} servers failed to connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connected_after = t.elapsed();
+    let mut events = sup.subscribe();
+    let (u0, s0) = proc_stat();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let wall = start.elapsed().as_secs_f64();
+    let (u1, s1) = proc_stat();
+    let cpu = ((u1 - u0) + (s1 - s0)) as f64 / ticks_per_second();
+    let after = rss_kib();
+    let mut unhealthy = 0;
+    while let Some(roster_supervisor::Received::Event(e)) = events.try_recv() {
+        unhealthy += usize::from(e.event.health == roster_core::Health::Unhealthy);
+    }
+    let healthy = sup.status().iter().filter(|s| s.health == roster_core::Health::Healthy).count();
+    let per_minute_at_1s = cpu * 60.0 / wall;
+    println!(
+        "{servers} Streamable HTTP servers: connected after {}; {healthy} healthy after {secs} s of pings every 1 s ({unhealthy} unhealthy events)",
+        ms(connected_after)
+    );
+    println!(
+        "  supervisor RSS {before} KiB before, {after} KiB with {servers} connected: {:.1} KiB per server",
+        (after.saturating_sub(before)) as f64 / servers as f64
+    );
+    println!(
+        "  CPU {cpu:.2} core-seconds over {wall:.1} s = {per_minute_at_1s:.2} core-seconds per minute at a 1 s interval, {:.3} at the default 30 s",
+        per_minute_at_1s / 30.0
+    );
+    sup.shutdown().await;
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    if let Ok(which) = std::env::var("ROSTER_BENCH_SCALE") {
+        let secs = std::env::var("ROSTER_BENCH_SCALE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        rt.block_on(async {
+            let server = fixture(&[]).await;
+            if which == "bare" {
+                let per = bare_scale(&server.url, 1000, secs).await;
+                println!("  the same 1000 sessions as bare rmcp clients on a shared client, pinged every 1 s by plain tasks (own process): {per:.1} KiB per session");
+            } else {
+                scale(&server.url, 1000, secs).await;
+            }
+        });
+        return;
+    }
+    rt.block_on(async {
+        let ok = fixture(&[]).await;
+        let options = HttpOptions::default();
+        let connector = HttpConnector::new(build_client(&options).expect("client"), &options);
+        let transports = Transports::new().with(ServerType::StreamableHttp, Arc::new(connector.clone()));
+        let svc = Service::new(
+            ServerSpec::remote("bench", ServerType::StreamableHttp, &ok.url),
+            Arc::new(transports),
+            ServiceOptions::default(),
+        );
+        let shared = reqwest::Client::new();
+        let _ = roster_cycle(&svc).await;
+        let _ = bare_cycle(&ok.url).await;
+        let _ = bare_shared_cycle(&shared, &ok.url).await;
+        let (mut roster, mut bare, mut bare_shared) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            roster.push(roster_cycle(&svc).await);
+            bare_shared.push(bare_shared_cycle(&shared, &ok.url).await);
+            bare.push(bare_cycle(&ok.url).await);
+        }
+        let (r, bs, b) = (median(roster), median(bare_shared), median(bare));
+        println!(
+            "connect+initialize+ping+close over Streamable HTTP, median of {ROUNDS}: roster {}, bare rmcp on a shared client {} (ratio {:.3}), bare rmcp from_uri {} (ratio {:.3})",
+            ms(r),
+            ms(bs),
+            r.as_secs_f64() / bs.as_secs_f64(),
+            ms(b),
+            r.as_secs_f64() / b.as_secs_f64()
+        );
+
+        let unauthorized = fixture(&["--unauthorized", "challenge"]).await;
+        let unavailable = fixture(&["--unavailable", "1000000", "--retry-after", "5"]).await;
+        let mut t401 = Vec::new();
+        let mut t503 = Vec::new();
+        for _ in 0..ROUNDS {
+            t401.push(time_to_failure(&connector, &unauthorized.url).await);
+            t503.push(time_to_failure(&connector, &unavailable.url).await);
+        }
+        let info401 = StatusInfo {
+            status: 401,
+            www_authenticate: vec![r#"Bearer realm="x", resource_metadata="https://x/.well-known/oauth-protected-resource", scope="a b""#.into()],
+            retry_after: None,
+        };
+        let info503 = StatusInfo { status: 503, www_authenticate: vec![], retry_after: Some("5".into()) };
+        let n = 100_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(classify_status(std::hint::black_box(&info401), Phase::StreamableInitialize));
+        }
+        let c401 = t.elapsed() / n;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(classify_status(std::hint::black_box(&info503), Phase::StreamableInitialize));
+        }
+        let c503 = t.elapsed() / n;
+        println!(
+            "connect to a classified failure, median of {ROUNDS}: 401 {}, 503 {}; classification alone: 401 {:.2} µs, 503 {:.2} µs",
+            ms(median(t401)),
+            ms(median(t503)),
+            c401.as_secs_f64() * 1e6,
+            c503.as_secs_f64() * 1e6
+        );
+        drop((unauthorized, unavailable));
+
+        drop(ok);
+        // Each scale run in a process of its own, so that neither inherits the
+        // other's freed memory.
+        for which in ["roster", "bare"] {
+            let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+                .env("ROSTER_BENCH_SCALE", which)
+                .output()
+                .expect("the scale run");
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+}
