@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A failure to connect, or the loss of a live session, classified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,7 +94,7 @@ impl FailureClass {
 }
 
 /// [`FailureClass`] without its data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// See [`FailureClass::Transient`].
@@ -139,25 +139,25 @@ fn millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> 
 /// The fields come from the first `Bearer` challenge, or from the first challenge
 /// when there is no `Bearer` one; `resource_metadata` falls back to any challenge
 /// that carries it. A bare 401 gives the default (every field `None`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     /// The auth scheme of the chosen challenge, as sent (`Bearer`, `Basic`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
     /// `realm`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
     /// `scope`: space-separated scopes the server wants.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// `error`, e.g. `invalid_token` or `insufficient_scope`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// `error_description`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
     /// `resource_metadata`: the RFC 9728 protected-resource metadata URL.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_metadata: Option<String>,
 }
 

@@ -557,7 +557,7 @@ fn is_identifier(s: &str, start: IdentStart, extra: &str) -> bool {
 }
 
 /// A field of [`ServerSpec`], as named in configuration files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
     /// `name`

@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::failure::{Challenge, FailureKind};
 use crate::lifecycle::{Health, Lifecycle, State};
 use crate::spec::{REDACTED, ServerType};
 
 /// Why an event was published (SPEC §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
     /// A start began.
     #[serde(rename = "MCPServerStarting")]
@@ -91,7 +91,7 @@ impl fmt::Display for Reason {
 pub type UnixMillis = u64;
 
 /// A snapshot of one server (SPEC §9). Readable at any time; secrets redacted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
     /// The server's name.
     pub name: String,
@@ -105,36 +105,36 @@ pub struct ServerStatus {
     /// Whether it starts with the supervisor.
     pub auto_start: bool,
     /// stdio: the program.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
     /// stdio: its arguments.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// remote: the endpoint.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// stdio: the configured variables, values redacted.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, &'static str>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// remote: the configured headers, values redacted.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, &'static str>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// The effective connect timeout, in seconds.
     pub timeout_secs: u64,
     /// Human text.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Tool prefix.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tool_prefix: String,
     /// The last error.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The class of the last failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureKind>,
     /// What the server asked for, while `auth_required` (realm, scope, resource_metadata...).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_challenge: Option<Challenge>,
     /// A live session exists.
     pub client_ready: bool,
@@ -145,19 +145,19 @@ pub struct ServerStatus {
     /// Restarts begun.
     pub restart_count: u32,
     /// When the last start began.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt: Option<UnixMillis>,
     /// When the next automatic retry runs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_after: Option<UnixMillis>,
     /// How long the live session has been up, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_ms: Option<u64>,
     /// stdio: the server's process id (filled in by the driver).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// stdio: the last lines of stderr (filled in by the driver).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stderr_tail: Vec<String>,
 }
 
@@ -167,7 +167,7 @@ impl ServerStatus {
     /// empty for the driver to fill.
     pub fn new(lifecycle: &Lifecycle, now: Instant, wall_now: SystemTime) -> ServerStatus {
         let spec = lifecycle.spec();
-        let redact = |m: &BTreeMap<String, String>| m.keys().map(|k| (k.clone(), REDACTED)).collect();
+        let redact = |m: &BTreeMap<String, String>| m.keys().map(|k| (k.clone(), REDACTED.to_owned())).collect();
         let wall = |t: Instant| wall_millis(t, now, wall_now);
         ServerStatus {
             name: spec.name.clone(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use rmcp::RoleClient;
-use rmcp::service::Peer;
+use rmcp::service::{Peer, ServiceError};
 use roster_core::{Failure, ServerSpec, ServerType};
 
 /// Opens sessions to MCP servers.
@@ -52,6 +52,12 @@ pub trait Session: Send + Sync + 'static {
 
     /// The rmcp client peer, for listing and calling tools.
     fn peer(&self) -> Option<Peer<RoleClient>>;
+
+    /// Classifies the failure of a request made through [`Session::peer`], by the
+    /// adapter's own rules (a 401 in the middle of a session is auth required).
+    fn classify(&self, error: &ServiceError) -> Failure {
+        Failure::transient(error.to_string())
+    }
 
     /// The server's process id, for stdio.
     fn pid(&self) -> Option<u32> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use roster_core::{Challenge, ChangeKind, Field, ServerSpec, ServerStatus, Settings, State, ValidationError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -19,7 +19,7 @@ use crate::service::{AuthHook, Service, Shared};
 pub const MAX_CONCURRENT_CONNECTS: usize = 5;
 
 /// How a supervisor runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SupervisorConfig {
     /// The lifecycle's numbers, for every server.
     pub settings: Settings,
@@ -43,7 +43,7 @@ impl Default for SupervisorConfig {
 }
 
 /// What [`Supervisor::apply`] does to one server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// New: registered, and started when it says `auto_start`.
@@ -66,19 +66,19 @@ pub enum Action {
 }
 
 /// One line of a [`Plan`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// The server.
     pub server: String,
     /// What happens to it.
     pub action: Action,
     /// The fields that differ (why).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<Field>,
 }
 
 /// What applying a configuration does, server by server (sorted by name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// One step per server in the old or the new configuration.
     pub steps: Vec<Step>,

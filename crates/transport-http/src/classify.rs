@@ -77,18 +77,28 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// TLS and certificate errors → permanent (retrying cannot fix them); a bad URL →
 /// permanent; refused, reset, DNS, timeouts and broken bodies → transient.
 pub fn classify_reqwest(error: &reqwest::Error) -> Failure {
-    let text = chain(error);
+    let url = error.url().map(|u| format!(" to {u}")).unwrap_or_default();
+    let cause = root_cause(error);
     if is_tls(error) {
-        Failure::permanent(format!("TLS error: {text}"))
+        Failure::permanent(format!("TLS error{url}: {}", chain(error)))
     } else if error.is_builder() {
-        Failure::permanent(format!("invalid request: {text}"))
+        Failure::permanent(format!("invalid request{url}: {cause}"))
     } else if error.is_timeout() {
-        Failure::transient(format!("timed out: {text}"))
+        Failure::transient(format!("timed out{url}: {cause}"))
     } else if error.is_connect() {
-        Failure::transient(format!("cannot connect: {text}"))
+        Failure::transient(format!("cannot connect{url}: {cause}"))
     } else {
-        Failure::transient(text)
+        Failure::transient(chain(error))
     }
+}
+
+/// The innermost error of a chain: what actually happened ("Connection refused").
+pub fn root_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut last = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// Whether a rustls error is anywhere in the chain, including inside `io::Error`

@@ -150,13 +150,21 @@ pub fn classify(error: &HttpError) -> Failure {
             Some(inner) => classify_streamable(inner, Phase::StreamableInitialize),
             None => classify_init(e),
         },
-        HttpError::Request(e) => match e.as_ref() {
-            ServiceError::TransportSend(dte) => match dte.error.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
-                Some(inner) => classify_streamable(inner, Phase::Other),
-                None => Failure::transient(error.to_string()),
-            },
-            _ => Failure::transient(error.to_string()),
+        HttpError::Request(e) => classify_request(e),
+    }
+}
+
+/// A request on a live session, classified from the transport error inside it (a
+/// 401 mid-session is auth required); the server's own rejection is permanent.
+pub fn classify_request(error: &ServiceError) -> Failure {
+    let text = service_text(error);
+    match error {
+        ServiceError::TransportSend(dte) => match dte.error.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+            Some(inner) => classify_streamable(inner, Phase::Other),
+            None => Failure::transient(text),
         },
+        ServiceError::McpError(_) => Failure::permanent(text),
+        _ => Failure::transient(text),
     }
 }
 
@@ -327,5 +335,9 @@ impl Session for HttpSession {
 
     fn peer(&self) -> Option<Peer<RoleClient>> {
         Some(self.client.peer().clone())
+    }
+
+    fn classify(&self, error: &ServiceError) -> Failure {
+        classify_request(error)
     }
 }

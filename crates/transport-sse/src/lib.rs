@@ -140,13 +140,20 @@ pub fn classify(error: &SseError) -> Failure {
             },
             _ => classify_init(e),
         },
-        SseError::Request(e) => match e.as_ref() {
-            ServiceError::TransportSend(dte) => match as_sse(dte.error.as_ref()) {
-                Some(inner) => classify(inner),
-                None => Failure::transient(text),
-            },
-            _ => Failure::transient(text),
+        SseError::Request(e) => classify_request(e),
+    }
+}
+
+/// A request on a live session, classified from the transport error inside it;
+/// the server's own rejection is permanent.
+pub fn classify_request(error: &ServiceError) -> Failure {
+    match error {
+        ServiceError::TransportSend(dte) => match as_sse(dte.error.as_ref()) {
+            Some(inner) => classify(inner),
+            None => Failure::transient(service_text(error)),
         },
+        ServiceError::McpError(_) => Failure::permanent(service_text(error)),
+        _ => Failure::transient(service_text(error)),
     }
 }
 
@@ -440,6 +447,10 @@ impl Session for SseSession {
 
     fn peer(&self) -> Option<Peer<RoleClient>> {
         Some(self.client.peer().clone())
+    }
+
+    fn classify(&self, error: &ServiceError) -> Failure {
+        classify_request(error)
     }
 }
 

@@ -113,7 +113,16 @@ pub fn classify(error: &StdioError) -> Failure {
             // rmcp's enum is non-exhaustive: an error it adds later is retried.
             _ => Failure::transient(message),
         },
-        StdioError::Request(_) => Failure::transient(message),
+        StdioError::Request(e) => classify_request(e),
+    }
+}
+
+/// A request on a live session: the server's own rejection (an unknown tool, bad
+/// arguments) is permanent; a timeout or a closed transport is transient.
+pub fn classify_request(error: &ServiceError) -> Failure {
+    match error {
+        ServiceError::McpError(_) => Failure::permanent(error.to_string()),
+        _ => Failure::transient(error.to_string()),
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmcp::RoleClient;
-use rmcp::service::{Peer, ServiceExt};
+use rmcp::service::{Peer, ServiceError, ServiceExt};
 use roster_core::{Failure, ServerSpec};
 use roster_supervisor::mcp::{self, McpClient};
 use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
@@ -34,7 +34,7 @@ use tracing::debug;
 mod error;
 mod process;
 
-pub use error::{StdioError, classify};
+pub use error::{StdioError, classify, classify_request};
 pub use process::{BASE_ENV_ALLOWLIST, STDERR_BYTES, STDERR_LINES};
 use process::{Exit, Group, KillGuard, StderrLog};
 
@@ -235,6 +235,10 @@ impl Session for StdioSession {
 
     fn peer(&self) -> Option<Peer<RoleClient>> {
         Some(self.client.peer().clone())
+    }
+
+    fn classify(&self, error: &ServiceError) -> Failure {
+        classify_request(error)
     }
 
     fn pid(&self) -> Option<u32> {

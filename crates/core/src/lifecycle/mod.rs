@@ -28,7 +28,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::change::{ChangeKind, configuration_changed};
@@ -147,7 +147,7 @@ impl Settings {
 /// `failed` and `unreachable` are left by a retry at `next_retry_after`, an
 /// explicit start or restart, or a definition change; `auth_required` only by the
 /// last two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Never started.
@@ -202,7 +202,7 @@ impl fmt::Display for State {
 }
 
 /// Health of a server (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Not known (not up, or down by request).
@@ -389,7 +389,7 @@ pub enum StartError {
 
 /// An event published to subscribers (SPEC §10): one per state or health change,
 /// and one per lifecycle reason, each exactly once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LifecycleEvent {
     /// The lifecycle reason, or `None` for a plain state or health change.
     pub reason: Option<Reason>,
@@ -402,7 +402,7 @@ pub struct LifecycleEvent {
     /// Health after.
     pub health: Health,
     /// The error, where one applies.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -47,7 +47,18 @@ fn mcp_service(faults: &Faults) -> McpService {
     )
 }
 
-pub(crate) async fn serve(sse: bool, faults: Faults) -> Result<(), Box<dyn std::error::Error>> {
+/// Where the `listening on` line goes: stdout for the HTTP modes, stderr when the
+/// stdio server also serves HTTP (its stdout is the MCP channel).
+pub(crate) enum Announce {
+    Stdout,
+    Stderr,
+}
+
+pub(crate) async fn serve(
+    sse: bool,
+    faults: Faults,
+    announce: Announce,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", faults.port)).await?;
     let port = listener.local_addr()?.port();
     let shared = Arc::new(Shared {
@@ -68,7 +79,10 @@ pub(crate) async fn serve(sse: bool, faults: Faults) -> Result<(), Box<dyn std::
         .route("/.well-known/oauth-protected-resource", get(resource_metadata))
         .route("/control/forget-sessions", post(forget_sessions))
         .with_state(shared);
-    println!("listening on http://127.0.0.1:{port}");
+    match announce {
+        Announce::Stdout => println!("listening on http://127.0.0.1:{port}"),
+        Announce::Stderr => eprintln!("listening on http://127.0.0.1:{port}"),
+    }
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -20,6 +20,7 @@
 //!   --grandchild inherit|null   spawn a sleeper with stdout inherited or to /dev/null
 //!   --stderr-mib N          write N MiB to stderr before serving
 //!   --garbage-lines N       print N lines of garbage on stdout before serving
+//!   --serve-http PORT       also serve Streamable HTTP on 127.0.0.1:PORT (for demos)
 //!
 //! HTTP and SSE switches:
 //!   --port P                listen on P (default: any free port)
@@ -38,7 +39,8 @@
 //! ```
 //!
 //! Tools: `echo {text}`, `add {a, b}`, `sleep {ms}`, `getenv {name}`, `cwd {}`,
-//! `header {name}` (the value of an HTTP request header, HTTP mode).
+//! `header {name}` (the value of an HTTP request header, HTTP mode), `fail {text}`
+//! (a tool result with `isError: true`).
 
 #![allow(missing_docs)]
 
@@ -47,7 +49,7 @@ use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
@@ -77,6 +79,7 @@ struct Faults {
     slow: Option<u64>,
     drop_after: Option<u64>,
     foreign_endpoint: bool,
+    serve_http: Option<u16>,
 }
 
 fn parse(args: &[String]) -> Result<Faults, String> {
@@ -113,6 +116,7 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--slow" => f.slow = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--drop-after" => f.drop_after = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--foreign-endpoint" => f.foreign_endpoint = true,
+            "--serve-http" => f.serve_http = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             other => return Err(format!("unknown switch {other}")),
         }
     }
@@ -160,6 +164,11 @@ impl Fixture {
     #[tool(description = "Returns its text")]
     fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
         text
+    }
+
+    #[tool(description = "Reports a tool error with its text")]
+    fn fail(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> CallToolResult {
+        CallToolResult::error(vec![ContentBlock::text(text)])
     }
 
     #[tool(description = "Adds two integers")]
@@ -254,6 +263,14 @@ async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error
     if let Some(how) = &faults.grandchild {
         spawn_grandchild(how, args)?;
     }
+    if let Some(port) = faults.serve_http {
+        let http = Faults { port, serve_http: None, ..Faults::default() };
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(false, http, http::Announce::Stderr).await {
+                eprintln!("roster-fixture: cannot serve HTTP on port {port}: {e}");
+            }
+        });
+    }
     if faults.stderr_mib > 0 {
         let line = format!("{}\n", "e".repeat(1023));
         let mut err = std::io::stderr().lock();
@@ -311,7 +328,7 @@ async fn main() {
                     std::process::exit(2);
                 }
             };
-            if let Err(e) = http::serve(mode == "sse", faults).await {
+            if let Err(e) = http::serve(mode == "sse", faults, http::Announce::Stdout).await {
                 eprintln!("roster-fixture: {e}");
                 std::process::exit(1);
             }

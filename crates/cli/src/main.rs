@@ -1,0 +1,166 @@
+//! `roster`: keeps MCP servers alive.
+//!
+//! Runs the MCP configurations people already have (roster's TOML, Claude
+//! Desktop / Cursor `mcpServers` JSON, VS Code `servers` JSON), shows what happens
+//! as it happens, stops cleanly, and is scriptable with stable JSON and exit codes:
+//! 0 ok, 1 a tool reported an error, 2 usage or configuration error, 3 auth
+//! required, 4 transient failure, 5 permanent failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+mod config;
+mod control;
+mod oneshot;
+mod output;
+mod paths;
+mod up;
+
+/// Exit codes, stable for scripts.
+pub(crate) mod exit {
+    /// Everything worked.
+    pub(crate) const OK: u8 = 0;
+    /// The call succeeded, but the tool reported an error.
+    pub(crate) const TOOL_ERROR: u8 = 1;
+    /// Bad usage, a bad configuration, or nothing to talk to.
+    pub(crate) const USAGE: u8 = 2;
+    /// The server wants credentials.
+    pub(crate) const AUTH: u8 = 3;
+    /// A transient failure: trying again may work.
+    pub(crate) const TRANSIENT: u8 = 4;
+    /// A permanent failure: it will not work until something changes.
+    pub(crate) const PERMANENT: u8 = 5;
+}
+
+/// roster keeps MCP servers alive: it starts them, health-checks them with MCP
+/// ping, restarts them with backoff, and tells you what happened.
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// The configuration: roster TOML, or an MCP client's JSON (Claude Desktop,
+    /// Cursor, VS Code).
+    #[arg(long, short = 'c', global = true, value_name = "PATH", default_value = "roster.toml")]
+    pub(crate) config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// How logs (on stderr, filtered by RUST_LOG) are written.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Validate the configuration and list the servers it would run.
+    Check,
+    /// Supervise the servers in the foreground until Ctrl-C or SIGTERM.
+    Up {
+        /// Do not reload the configuration when the file changes.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// The status of every server of a running `up`.
+    Status,
+    /// Start a server of a running `up`.
+    Start {
+        /// The server's name.
+        name: String,
+    },
+    /// Stop a server of a running `up`.
+    Stop {
+        /// The server's name.
+        name: String,
+    },
+    /// Restart a server of a running `up`.
+    Restart {
+        /// The server's name.
+        name: String,
+    },
+    /// Follow the events of a running `up`.
+    Events,
+    /// What reloading the configuration file would do now, and why.
+    Plan,
+    /// Connect to one server, ping it, disconnect.
+    Ping {
+        #[command(flatten)]
+        target: oneshot::TargetArgs,
+    },
+    /// Connect to one server, list its tools, disconnect.
+    Tools {
+        #[command(flatten)]
+        target: oneshot::TargetArgs,
+    },
+    /// Connect to one server, call a tool, disconnect.
+    Call {
+        /// The tool's name.
+        tool: String,
+        #[command(flatten)]
+        target: oneshot::TargetArgs,
+        /// The arguments, as a JSON object.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        args: String,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    // rmcp logs every failed connection as an error; roster reports them itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rmcp=off".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(output::stderr_color()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "roster", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    // One thread: a supervisor waits on pipes, sockets and timers; it never computes.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roster: cannot start the runtime: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let code = runtime.block_on(run(&cli));
+    ExitCode::from(code)
+}
+
+async fn run(cli: &Cli) -> u8 {
+    match &cli.command {
+        Command::Check => up::check(cli),
+        Command::Up { no_watch } => up::up(cli, !*no_watch).await,
+        Command::Status => control::status(cli).await,
+        Command::Start { name } => control::act(cli, "start", name).await,
+        Command::Stop { name } => control::act(cli, "stop", name).await,
+        Command::Restart { name } => control::act(cli, "restart", name).await,
+        Command::Events => control::events(cli).await,
+        Command::Plan => control::plan(cli).await,
+        Command::Ping { target } => oneshot::run(cli, target, oneshot::Op::Ping).await,
+        Command::Tools { target } => oneshot::run(cli, target, oneshot::Op::Tools).await,
+        Command::Call { tool, target, args } => {
+            oneshot::run(cli, target, oneshot::Op::Call { tool: tool.clone(), args: args.clone() }).await
+        }
+        Command::Completions { .. } => exit::OK,
+    }
+}
