@@ -140,7 +140,9 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
         },
         Op::Ping | Op::Tools => None,
     };
-    let connector = match transports() {
+    // Only what the target needs: an HTTP client (with its TLS roots) costs
+    // milliseconds that a stdio one-shot should not pay.
+    let connector = match transports(&[spec.server_type]) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("roster: {e}");

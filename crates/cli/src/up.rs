@@ -18,14 +18,21 @@ use crate::config::{self, Config, Diagnostic};
 use crate::output::{self, Tone, paint};
 use crate::{Cli, control, exit, paths};
 
-/// Every transport, the remote ones on one shared HTTP client.
-pub(crate) fn transports() -> Result<Transports, String> {
-    let options = HttpOptions::default();
-    let client = build_client(&options).map_err(|e| e.to_string())?;
-    Ok(Transports::new()
-        .with(ServerType::Stdio, Arc::new(StdioConnector::new()))
-        .with(ServerType::StreamableHttp, Arc::new(HttpConnector::new(client.clone(), &options)))
-        .with(ServerType::Sse, Arc::new(SseConnector::new(client, options))))
+/// The transports for `types` (every one for `up`), the remote ones on one shared
+/// HTTP client.
+pub(crate) fn transports(types: &[ServerType]) -> Result<Transports, String> {
+    let mut transports = Transports::new();
+    if types.contains(&ServerType::Stdio) {
+        transports = transports.with(ServerType::Stdio, Arc::new(StdioConnector::new()));
+    }
+    if types.iter().any(|t| t.is_remote()) {
+        let options = HttpOptions::default();
+        let client = build_client(&options).map_err(|e| e.to_string())?;
+        transports = transports
+            .with(ServerType::StreamableHttp, Arc::new(HttpConnector::new(client.clone(), &options)))
+            .with(ServerType::Sse, Arc::new(SseConnector::new(client, options)));
+    }
+    Ok(transports)
 }
 
 fn print_diagnostics(cli: &Cli, errors: &[Diagnostic]) {
@@ -193,7 +200,8 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         eprintln!("roster: cannot restrict {}: {e}", socket.display());
         return exit::USAGE;
     }
-    let transports = match transports() {
+    // Every type: a reload may add any.
+    let transports = match transports(&ServerType::ALL) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("roster: {e}");
