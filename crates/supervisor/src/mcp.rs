@@ -6,10 +6,13 @@ use rmcp::RoleClient;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest, ProtocolVersion, ServerResult,
 };
-use rmcp::service::{Peer, PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::{ClientInitializeError, Peer, PeerRequestOptions, RunningService, ServiceError};
+use roster_core::Failure;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::ports::CloseError;
 
 /// The protocol version roster offers over stdio and Streamable HTTP: the latest
 /// one that still has `initialize` (rmcp's own default has none).
@@ -19,6 +22,29 @@ pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2025_11_25;
 pub fn client_config(version: ProtocolVersion) -> ClientConfig {
     ClientConfig::new(ClientCapabilities::default(), Implementation::new("roster", env!("CARGO_PKG_VERSION")))
         .with_protocol_version(version)
+}
+
+/// The handshake's protocol-level failures, the same for every transport: a
+/// closed connection or a transport error is transient, a cancellation is not a
+/// failure, a rejected or incompatible handshake is permanent. (Each adapter
+/// looks inside `TransportError` itself first: only it knows its error types.)
+pub fn classify_init(error: &ClientInitializeError, message: String) -> Failure {
+    match error {
+        ClientInitializeError::Cancelled => Failure::cancelled(message),
+        ClientInitializeError::ConnectionClosed(_) | ClientInitializeError::TransportError { .. } => {
+            Failure::transient(message)
+        }
+        ClientInitializeError::JsonRpcError(_)
+        | ClientInitializeError::ExpectedInitResponse(_)
+        | ClientInitializeError::ExpectedInitResult(_)
+        | ClientInitializeError::ConflictInitResponseId(..)
+        | ClientInitializeError::UncorrelatedErrorResponse { .. }
+        | ClientInitializeError::NoCompatibleProtocolVersion { .. }
+        | ClientInitializeError::NoPreferredProtocolVersion
+        | ClientInitializeError::LegacyFallbackFailed { .. } => Failure::permanent(message),
+        // rmcp's enum is non-exhaustive: what it adds later is retried.
+        _ => Failure::transient(message),
+    }
 }
 
 /// Sends an MCP `ping` and waits at most `timeout` for the empty result (rmcp has
@@ -91,6 +117,19 @@ impl McpClient {
     pub async fn close(&self, bound: Duration) -> bool {
         self.cancel.cancel();
         tokio::time::timeout(bound, self.ended()).await.is_ok()
+    }
+
+    /// [`McpClient::close`] as a [`Session::close`](crate::Session::close) reports it:
+    /// an error naming `what` when the bound passed.
+    ///
+    /// # Errors
+    /// When the session did not end within `bound`.
+    pub async fn close_within(&self, bound: Duration, what: &str) -> Result<(), CloseError> {
+        if self.close(bound).await {
+            Ok(())
+        } else {
+            Err(CloseError(format!("closing {what} took longer than {bound:?}")))
+        }
     }
 }
 

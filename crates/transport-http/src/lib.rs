@@ -168,25 +168,9 @@ pub fn classify_request(error: &ServiceError) -> Failure {
     }
 }
 
-/// The handshake's protocol-level failures, shared by every remote transport.
+/// The handshake's protocol-level failures (see [`mcp::classify_init`]).
 pub fn classify_init(e: &ClientInitializeError) -> Failure {
-    let text = format!("initialize failed: {e}");
-    match e {
-        ClientInitializeError::Cancelled => Failure::cancelled(text),
-        ClientInitializeError::ConnectionClosed(_) | ClientInitializeError::TransportError { .. } => {
-            Failure::transient(text)
-        }
-        ClientInitializeError::JsonRpcError(_)
-        | ClientInitializeError::ExpectedInitResponse(_)
-        | ClientInitializeError::ExpectedInitResult(_)
-        | ClientInitializeError::ConflictInitResponseId(..)
-        | ClientInitializeError::UncorrelatedErrorResponse { .. }
-        | ClientInitializeError::NoCompatibleProtocolVersion { .. }
-        | ClientInitializeError::NoPreferredProtocolVersion
-        | ClientInitializeError::LegacyFallbackFailed { .. } => Failure::permanent(text),
-        // rmcp's enum is non-exhaustive: what it adds later is retried.
-        _ => Failure::transient(text),
-    }
+    mcp::classify_init(e, format!("initialize failed: {e}"))
 }
 
 /// rmcp's Streamable HTTP errors (from roster's backend) into classes.
@@ -326,11 +310,7 @@ impl Session for HttpSession {
 
     async fn close(&self) -> Result<(), CloseError> {
         // Ends the session; rmcp sends DELETE for it on the way out.
-        if self.client.close(CLOSE_BOUND).await {
-            Ok(())
-        } else {
-            Err(CloseError(format!("closing the session with {} took longer than {CLOSE_BOUND:?}", self.url)))
-        }
+        self.client.close_within(CLOSE_BOUND, &format!("the session with {}", self.url)).await
     }
 
     fn peer(&self) -> Option<Peer<RoleClient>> {

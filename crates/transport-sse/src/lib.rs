@@ -438,11 +438,7 @@ impl Session for SseSession {
     }
 
     async fn close(&self) -> Result<(), CloseError> {
-        if self.client.close(CLOSE_BOUND).await {
-            Ok(())
-        } else {
-            Err(CloseError(format!("closing the SSE session with {} took longer than {CLOSE_BOUND:?}", self.url)))
-        }
+        self.client.close_within(CLOSE_BOUND, &format!("the SSE session with {}", self.url)).await
     }
 
     fn peer(&self) -> Option<Peer<RoleClient>> {

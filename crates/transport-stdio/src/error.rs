@@ -97,22 +97,7 @@ pub fn classify(error: &StdioError) -> Failure {
         StdioError::MissingPipe(_) | StdioError::ExitedDuringInit { .. } | StdioError::InitTimeout { .. } => {
             Failure::transient(message)
         }
-        StdioError::Initialize { source, .. } => match source.as_ref() {
-            ClientInitializeError::ConnectionClosed(_) | ClientInitializeError::TransportError { .. } => {
-                Failure::transient(message)
-            }
-            ClientInitializeError::Cancelled => Failure::cancelled(message),
-            ClientInitializeError::JsonRpcError(_)
-            | ClientInitializeError::ExpectedInitResponse(_)
-            | ClientInitializeError::ExpectedInitResult(_)
-            | ClientInitializeError::ConflictInitResponseId(..)
-            | ClientInitializeError::UncorrelatedErrorResponse { .. }
-            | ClientInitializeError::NoCompatibleProtocolVersion { .. }
-            | ClientInitializeError::NoPreferredProtocolVersion
-            | ClientInitializeError::LegacyFallbackFailed { .. } => Failure::permanent(message),
-            // rmcp's enum is non-exhaustive: an error it adds later is retried.
-            _ => Failure::transient(message),
-        },
+        StdioError::Initialize { source, .. } => roster_supervisor::mcp::classify_init(source, message),
         StdioError::Request(e) => classify_request(e),
     }
 }
