@@ -30,7 +30,15 @@ pub(crate) struct Request {
 /// Serves the control socket until the listener is dropped.
 pub(crate) async fn serve(listener: UnixListener, sup: Arc<Supervisor>, config_path: std::path::PathBuf) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (sup, path) = (sup.clone(), config_path.clone());
         tokio::spawn(async move {
             if let Err(e) = handle(stream, &sup, &path).await {
