@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,51 +27,17 @@ fn fixture() -> &'static str {
     })
 }
 
-/// A marker for the processes of one test; dropping it kills what still carries it.
-struct Tag(String);
+use roster_tests::Tag;
 
-impl Tag {
-    fn new() -> Tag {
-        static N: AtomicU64 = AtomicU64::new(0);
-        Tag(format!("roster-cli-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
-    }
-
-    fn processes(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        dir.filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
-                    .unwrap_or(true);
-                !zombie && cmdline.split(|b| *b == 0).any(|a| a == self.0.as_bytes())
-            })
-            .collect()
-    }
-
-    fn assert_gone(&self) {
-        let until = Instant::now() + Duration::from_secs(3);
-        while !self.processes().is_empty() {
-            assert!(Instant::now() < until, "processes left behind: {:?}", self.processes());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// TOML for a stdio fixture server with this tag.
-    fn stdio_toml(&self, name: &str, extra_args: &[&str]) -> String {
-        let args: Vec<String> =
-            ["stdio", "--tag", &self.0].iter().chain(extra_args).map(|a| format!("{a:?}")).collect();
-        format!("[servers.{name}]\ncommand = {:?}\nargs = [{}]\n", fixture(), args.join(", "))
-    }
+/// TOML for a stdio fixture server carrying `tag`.
+fn stdio_toml(tag: &Tag, name: &str, extra_args: &[&str]) -> String {
+    let args: Vec<String> =
+        ["stdio", "--tag", tag.as_str()].iter().chain(extra_args).map(|a| format!("{a:?}")).collect();
+    format!("[servers.{name}]\ncommand = {:?}\nargs = [{}]\n", fixture(), args.join(", "))
 }
 
-impl Drop for Tag {
-    fn drop(&mut self) {
-        for pid in self.processes() {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
-    }
+fn assert_gone(tag: &Tag) {
+    tag.assert_gone_within(Duration::from_secs(3));
 }
 
 /// A fixture serving HTTP or SSE; killed when dropped.
@@ -85,7 +50,7 @@ impl Remote {
     fn start(tag: &Tag, mode: &str, switches: &[&str]) -> Remote {
         let mut child = Command::new(fixture())
             .arg(mode)
-            .args(["--tag", &tag.0])
+            .args(["--tag", tag.as_str()])
             .args(switches)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -312,7 +277,7 @@ fn up_runs_stdio_http_and_sse_servers() {
     let sse = Remote::start(&tag, "sse", &[]);
     let toml = format!(
         "{FAST}{}\n[servers.web]\nurl = \"{}/mcp\"\n\n[servers.legacy]\ntype = \"sse\"\nurl = \"{}/sse\"\n",
-        tag.stdio_toml("local", &[]),
+        stdio_toml(&tag, "local", &[]),
         http.base,
         sse.base
     );
@@ -325,13 +290,13 @@ fn up_runs_stdio_http_and_sse_servers() {
     assert!(ok, "{:#?}", up.status());
     assert_eq!(up.terminate(), 0);
     drop((http, sse));
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn a_killed_server_fails_and_comes_back_after_the_backoff() {
     let tag = Tag::new();
-    let up = Up::start(&format!("{FAST}{}", tag.stdio_toml("fs", &[])), &[]);
+    let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
     up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
     let pid = up.server("fs")["pid"].as_u64().expect("a pid");
     let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
@@ -343,20 +308,20 @@ fn a_killed_server_fails_and_comes_back_after_the_backoff() {
     assert_ne!(now["pid"].as_u64(), Some(pid), "a new process");
     assert_eq!(now["crash_count"], 1);
     assert_eq!(up.terminate(), 0);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn an_edited_file_restarts_only_the_changed_server_and_plan_says_why() {
     let tag = Tag::new();
-    let first = format!("{FAST}{}{}", tag.stdio_toml("a", &[]), tag.stdio_toml("b", &[]));
+    let first = format!("{FAST}{}{}", stdio_toml(&tag, "a", &[]), stdio_toml(&tag, "b", &[]));
     // Without watching: `plan` shows what a reload would do.
     let up = Up::start(&first, &["--no-watch"]);
     assert!(wait_until(Duration::from_secs(10), || up.status().iter().all(|s| s["state"] == "running")));
     let out = up.cli(&["plan"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "no changes");
-    let second = format!("{FAST}{}{}", tag.stdio_toml("a", &[]), tag.stdio_toml("b", &["--slow-ping", "1"]));
+    let second = format!("{FAST}{}{}", stdio_toml(&tag, "a", &[]), stdio_toml(&tag, "b", &["--slow-ping", "1"]));
     std::fs::write(&up.config, &second).unwrap();
     let out = up.cli(&["plan"]);
     assert_eq!(stdout(&out).trim(), "b: restart (args)", "{}", stderr(&out));
@@ -384,13 +349,13 @@ fn an_edited_file_restarts_only_the_changed_server_and_plan_says_why() {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(up.status().len(), 2);
     assert_eq!(up.terminate(), 0);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn stop_start_and_restart_through_the_socket() {
     let tag = Tag::new();
-    let up = Up::start(&format!("{FAST}{}", tag.stdio_toml("fs", &[])), &[]);
+    let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
     up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
     let out = up.cli(&["stop", "fs"]);
     assert_eq!((code(&out), stdout(&out).trim()), (0, "fs: stopped"), "{}", stderr(&out));
@@ -408,13 +373,13 @@ fn stop_start_and_restart_through_the_socket() {
     let out = up.cli(&["start", "fs"]);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
     assert_eq!(up.terminate(), 0);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn events_follow_the_stream() {
     let tag = Tag::new();
-    let up = Up::start(&format!("{FAST}{}", tag.stdio_toml("fs", &[])), &[]);
+    let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
     up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
     let mut events = Command::new(ROSTER)
         .args(["--json", "--config", up.config(), "events"])
@@ -438,13 +403,13 @@ fn events_follow_the_stream() {
     let _ = events.kill();
     let _ = events.wait();
     assert_eq!(up.terminate(), 0);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn a_second_up_on_the_same_config_refuses() {
     let tag = Tag::new();
-    let up = Up::start(&format!("{FAST}{}", tag.stdio_toml("fs", &[])), &[]);
+    let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
     let out = roster(&["--config", up.config(), "up"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
@@ -452,27 +417,27 @@ fn a_second_up_on_the_same_config_refuses() {
     let out = roster(&["--config", "/nonexistent/roster.toml", "status"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("no `roster up` is running"), "{}", stderr(&out));
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
 fn up_says_when_no_server_would_start() {
     let tag = Tag::new();
-    let toml = tag.stdio_toml("fs", &[]);
+    let toml = stdio_toml(&tag, "fs", &[]);
     let up = Up::start(&toml, &[]);
     up.wait_for(Duration::from_secs(5), |v| {
         v["note"].as_str().is_some_and(|n| n.contains("no server starts on its own"))
     });
     assert_eq!(up.server("fs")["state"], "unknown");
     assert_eq!(up.terminate(), 0);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 // ----- one-shots ---------------------------------------------------------------------
 
 fn with_fixture(tag: &Tag, args: &[&str], switches: &[&str]) -> Output {
     let mut all: Vec<&str> = args.to_vec();
-    all.extend_from_slice(&["--", fixture(), "stdio", "--tag", &tag.0]);
+    all.extend_from_slice(&["--", fixture(), "stdio", "--tag", tag.as_str()]);
     all.extend_from_slice(switches);
     roster(&all)
 }
@@ -496,7 +461,7 @@ fn one_shots_over_stdio() {
     assert_eq!(json(&out)["result"]["isError"], true);
     let out = with_fixture(&tag, &["call", "no-such-tool"], &[]);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
@@ -524,7 +489,7 @@ fn one_shot_failures_have_their_exit_codes() {
     // 4: a refused port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     assert_eq!(code(&roster(&["ping", &format!("http://127.0.0.1:{port}/mcp")])), 4);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
@@ -558,7 +523,7 @@ fn one_shots_over_http_and_sse() {
     let out = roster(&["ping", &format!("{}/mcp", locked.base)]);
     assert!(stderr(&out).contains("resource metadata:"), "{}", stderr(&out));
     drop((http, sse, locked));
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]
@@ -566,12 +531,12 @@ fn a_one_shot_by_name_uses_the_configuration() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("roster.toml");
-    std::fs::write(&config, tag.stdio_toml("fx", &[])).unwrap();
+    std::fs::write(&config, stdio_toml(&tag, "fx", &[])).unwrap();
     let out = roster(&["--config", config.to_str().unwrap(), "call", "echo", "fx", "--args", r#"{"text": "by name"}"#]);
     assert_eq!(stdout(&out).lines().next(), Some("by name"), "{}", stderr(&out));
     let out = roster(&["--config", config.to_str().unwrap(), "ping", "nope"]);
     assert_eq!(code(&out), 2);
-    tag.assert_gone();
+    assert_gone(&tag);
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Helpers: the fixture's path, process tags and the leftover check, settings
 //! with short timings.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use roster_core::{Backoff, ServerSpec, Settings};
@@ -27,66 +26,26 @@ pub(crate) fn fast_config() -> SupervisorConfig {
     }
 }
 
-/// A marker passed to every process a test starts (`--tag`), so that the test can
-/// find them in /proc. Dropping it kills whatever still carries it, so that a
-/// failing test leaves nothing behind either; [`Tag::assert_gone`] is the check.
-pub(crate) struct Tag(String);
+pub(crate) use roster_tests::Tag;
 
-impl Tag {
-    pub(crate) fn new() -> Tag {
-        static N: AtomicU64 = AtomicU64::new(0);
-        Tag(format!("roster-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-
+/// What the e2e tests need of a tag beyond the shared helper.
+pub(crate) trait TagExt {
     /// A stdio spec running the fixture with this tag and `switches`.
-    pub(crate) fn stdio(&self, name: &str, switches: &[&str]) -> ServerSpec {
+    fn stdio(&self, name: &str, switches: &[&str]) -> ServerSpec;
+    /// Waits up to 2 s for every tagged process to be gone; panics naming them if
+    /// not. (Blocking is fine: what is left dies by signal, not by this runtime.)
+    async fn assert_gone(&self);
+}
+
+impl TagExt for Tag {
+    fn stdio(&self, name: &str, switches: &[&str]) -> ServerSpec {
         let mut spec = ServerSpec::stdio(name, FIXTURE);
         spec.args = ["stdio", "--tag", self.as_str()].iter().chain(switches).map(|s| (*s).to_owned()).collect();
         spec
     }
 
-    /// Live processes (not zombies) carrying the tag.
-    pub(crate) fn processes(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        dir.filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-                    .unwrap_or(true);
-                !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == self.0.as_bytes())
-            })
-            .collect()
-    }
-
-    /// Waits up to `limit` for every tagged process to be gone; panics naming them if not.
-    pub(crate) async fn assert_gone_within(&self, limit: Duration) {
-        let until = Instant::now() + limit;
-        loop {
-            let left = self.processes();
-            if left.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < until, "processes left behind: {left:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub(crate) async fn assert_gone(&self) {
-        self.assert_gone_within(Duration::from_secs(2)).await;
-    }
-}
-
-impl Drop for Tag {
-    fn drop(&mut self) {
-        for pid in self.processes() {
-            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+    async fn assert_gone(&self) {
+        self.assert_gone_within(Duration::from_secs(2));
     }
 }
 

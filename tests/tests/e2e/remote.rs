@@ -8,7 +8,7 @@ use rmcp::model::CallToolRequestParams;
 use roster_core::{Challenge, FailureKind, Health, Reason, ServerSpec, ServerType, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Subscription, Supervisor};
 
-use crate::common::{FixtureServer, Tag, all_transports, eventually, fast_config, fast_settings};
+use crate::common::{FixtureServer, Tag, TagExt, all_transports, eventually, fast_config, fast_settings};
 
 /// Both remote transports: the fixture's mode and the definition's type.
 const MODES: [(&str, ServerType); 2] = [("http", ServerType::StreamableHttp), ("sse", ServerType::Sse)];

@@ -8,7 +8,7 @@ use roster_core::{FailureKind, Health, Reason, ServerSpec, StartError, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Supervisor};
 use roster_transport_stdio::{StdioConnector, StdioOptions};
 
-use crate::common::{Tag, eventually, fast_config, fast_settings, stdio_transports};
+use crate::common::{Tag, TagExt, eventually, fast_config, fast_settings, stdio_transports};
 
 fn options() -> ServiceOptions {
     ServiceOptions { settings: fast_settings(), ..ServiceOptions::default() }
