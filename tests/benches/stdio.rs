@@ -67,9 +67,7 @@ async fn kill_to_failed() -> Duration {
     svc.start().await.expect("start");
     while events.try_recv().is_some() {}
     let pid = svc.status().pid.expect("pid");
-    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("kill");
-    // `kill` itself takes a fork and an exec; measure from its return, which is
-    // after the signal was delivered.
+    roster_tests::kill(pid);
     let sent = Instant::now();
     loop {
         match events.recv().await {

@@ -60,7 +60,24 @@ impl Default for Tag {
 impl Drop for Tag {
     fn drop(&mut self) {
         for pid in self.processes() {
-            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            kill(pid);
         }
+    }
+}
+
+/// SIGKILL to `pid` (as a crashing server would die).
+pub fn kill(pid: u32) {
+    send(pid, rustix::process::Signal::KILL);
+}
+
+/// SIGTERM to `pid` (as a service manager stops a daemon).
+pub fn terminate(pid: u32) {
+    send(pid, rustix::process::Signal::TERM);
+}
+
+fn send(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        // ESRCH: it is gone already, which is what the caller wants.
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }

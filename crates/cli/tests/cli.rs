@@ -175,7 +175,7 @@ impl Up {
 
     /// SIGTERM, then the exit code.
     fn terminate(mut self) -> i32 {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        roster_tests::terminate(self.child.id());
         let until = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -299,7 +299,7 @@ fn a_killed_server_fails_and_comes_back_after_the_backoff() {
     let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
     up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
     let pid = up.server("fs")["pid"].as_u64().expect("a pid");
-    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    roster_tests::kill(u32::try_from(pid).expect("a pid"));
     let failed = up.wait_event("fs", "MCPServerFailed", Duration::from_secs(5));
     assert!(failed["event"]["error"].as_str().unwrap_or_default().contains("signal: 9"), "{failed}");
     up.wait_event("fs", "MCPServerRecoverySucceeded", Duration::from_secs(5));
