@@ -169,6 +169,15 @@ async fn request(
     }
 }
 
+/// Sends `req` and returns the answer when it says ok; otherwise reports the
+/// failure and returns the exit code.
+async fn ask(cli: &Cli, req: Request) -> Result<(Value, AnswerLines), u8> {
+    let (answer, lines) = request(cli, &req).await?;
+    if answer["ok"] == true { Ok((answer, lines)) } else { Err(fail(cli, &answer)) }
+}
+
+type AnswerLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+
 fn fail(cli: &Cli, answer: &Value) -> u8 {
     let class: Option<FailureKind> = answer.get("class").and_then(|c| serde_json::from_value(c.clone()).ok());
     if cli.json {
@@ -186,13 +195,10 @@ fn fail(cli: &Cli, answer: &Value) -> u8 {
 
 /// `roster status`.
 pub(crate) async fn status(cli: &Cli) -> u8 {
-    let answer = match request(cli, &Request { cmd: "status".into(), server: None }).await {
+    let answer = match ask(cli, Request { cmd: "status".into(), server: None }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
-    if answer["ok"] != true {
-        return fail(cli, &answer);
-    }
     if cli.json {
         println!("{}", json!({"servers": answer["servers"]}));
     } else {
@@ -205,13 +211,10 @@ pub(crate) async fn status(cli: &Cli) -> u8 {
 
 /// `roster start|stop|restart NAME`.
 pub(crate) async fn act(cli: &Cli, cmd: &str, name: &str) -> u8 {
-    let answer = match request(cli, &Request { cmd: cmd.into(), server: Some(name.into()) }).await {
+    let answer = match ask(cli, Request { cmd: cmd.into(), server: Some(name.into()) }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
-    if answer["ok"] != true {
-        return fail(cli, &answer);
-    }
     if cli.json {
         println!("{answer}");
     } else {
@@ -223,13 +226,10 @@ pub(crate) async fn act(cli: &Cli, cmd: &str, name: &str) -> u8 {
 
 /// `roster events`: follows the stream until `up` ends or Ctrl-C.
 pub(crate) async fn events(cli: &Cli) -> u8 {
-    let (answer, mut lines) = match request(cli, &Request { cmd: "events".into(), server: None }).await {
-        Ok(x) => x,
+    let mut lines = match ask(cli, Request { cmd: "events".into(), server: None }).await {
+        Ok((_, lines)) => lines,
         Err(code) => return code,
     };
-    if answer["ok"] != true {
-        return fail(cli, &answer);
-    }
     let color = output::stdout_color();
     while let Ok(Some(line)) = lines.next_line().await {
         if cli.json {
@@ -251,13 +251,10 @@ pub(crate) async fn events(cli: &Cli) -> u8 {
 
 /// `roster plan`.
 pub(crate) async fn plan(cli: &Cli) -> u8 {
-    let answer = match request(cli, &Request { cmd: "plan".into(), server: None }).await {
+    let answer = match ask(cli, Request { cmd: "plan".into(), server: None }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
-    if answer["ok"] != true {
-        return fail(cli, &answer);
-    }
     if cli.json {
         println!("{}", json!({"plan": answer["plan"]}));
     } else {

@@ -296,7 +296,7 @@ pub struct HttpSession {
 #[async_trait]
 impl Session for HttpSession {
     async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
-        self.client.ping(timeout).await.map_err(|e| classify(&HttpError::Request(Box::new(e))))
+        self.client.ping(timeout).await.map_err(|e| classify_request(&e))
     }
 
     fn closed(&self) -> BoxFuture<Failure> {

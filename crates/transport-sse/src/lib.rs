@@ -422,7 +422,7 @@ pub struct SseSession {
 #[async_trait]
 impl Session for SseSession {
     async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
-        self.client.ping(timeout).await.map_err(|e| classify(&SseError::Request(Box::new(e))))
+        self.client.ping(timeout).await.map_err(|e| classify_request(&e))
     }
 
     fn closed(&self) -> BoxFuture<Failure> {

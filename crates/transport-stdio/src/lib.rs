@@ -187,7 +187,7 @@ impl StdioSession {
 #[async_trait]
 impl Session for StdioSession {
     async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
-        self.client.ping(timeout).await.map_err(|e| classify(&StdioError::Request(e)))
+        self.client.ping(timeout).await.map_err(|e| classify_request(&e))
     }
 
     fn closed(&self) -> BoxFuture<Failure> {
