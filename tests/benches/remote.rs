@@ -20,6 +20,7 @@ use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use roster_core::{ServerSpec, ServerType, Settings, State};
 use roster_supervisor::{Connector, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_tests::bench::{bare_ping_cycle, median, ms, rss_kib};
 use roster_transport_http::classify::{Phase, StatusInfo, classify_status};
 use roster_transport_http::{HttpConnector, HttpOptions, build_client};
 use tokio::io::AsyncBufReadExt;
@@ -47,15 +48,6 @@ async fn fixture(switches: &[&str]) -> Fixture {
     Fixture { _child: child, url: format!("{base}/mcp") }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 async fn roster_cycle(svc: &Service) -> Duration {
     let t = Instant::now();
     svc.start().await.expect("start");
@@ -67,30 +59,14 @@ async fn roster_cycle(svc: &Service) -> Duration {
 /// A bare rmcp client as its docs build one: `from_uri`, which makes a reqwest
 /// client (and its TLS configuration) for every transport.
 async fn bare_cycle(url: &str) -> Duration {
-    let t = Instant::now();
-    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
-    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
-        .serve(transport)
-        .await
-        .expect("initialize");
-    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
-    client.cancel().await.expect("close");
-    t.elapsed()
+    bare_ping_cycle(|| StreamableHttpClientTransport::from_uri(url.to_owned())).await
 }
 
 /// A bare rmcp client on a shared reqwest client (rmcp's own reqwest backend), the
 /// like-for-like comparison with roster's shared client.
 async fn bare_shared_cycle(client: &reqwest::Client, url: &str) -> Duration {
-    let t = Instant::now();
     let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
-    let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
-    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
-        .serve(transport)
-        .await
-        .expect("initialize");
-    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
-    client.cancel().await.expect("close");
-    t.elapsed()
+    bare_ping_cycle(|| StreamableHttpClientTransport::with_client(client.clone(), config)).await
 }
 
 /// The same load without roster: `servers` bare rmcp sessions on one shared
@@ -148,15 +124,6 @@ fn proc_stat() -> (u64, u64) {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let get = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
     (get(11), get(12))
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn ticks_per_second() -> f64 {

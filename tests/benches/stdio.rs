@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::ServiceExt;
 use rmcp::transport::TokioChildProcess;
 use roster_core::{Reason, ServerSpec, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_tests::bench::{bare_ping_cycle, median, ms, rss_kib};
 use roster_transport_stdio::StdioConnector;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
@@ -25,15 +25,6 @@ fn spec(name: &str) -> ServerSpec {
     let mut s = ServerSpec::stdio(name, FIXTURE);
     s.args = vec!["stdio".into()];
     s
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 /// One start + ping + stop of a server roster already supervises (as `roster up`
@@ -48,17 +39,12 @@ async fn roster_cycle(svc: &Service) -> Duration {
 }
 
 async fn bare_cycle() -> Duration {
-    let t = Instant::now();
-    let mut cmd = tokio::process::Command::new(FIXTURE);
-    cmd.arg("stdio");
-    let transport = TokioChildProcess::new(cmd).expect("spawn");
-    let client = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
-        .serve(transport)
-        .await
-        .expect("initialize");
-    roster_supervisor::mcp::ping(client.peer(), Duration::from_secs(10)).await.expect("ping");
-    client.cancel().await.expect("close");
-    t.elapsed()
+    bare_ping_cycle(|| {
+        let mut cmd = tokio::process::Command::new(FIXTURE);
+        cmd.arg("stdio");
+        TokioChildProcess::new(cmd).expect("spawn")
+    })
+    .await
 }
 
 async fn kill_to_failed() -> Duration {
@@ -103,15 +89,6 @@ fn spawn_cost(with_hook: bool) -> Duration {
         let _ = child.wait();
     }
     median(times)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn hundred_servers() -> (Duration, u64, u64) {

@@ -81,3 +81,57 @@ fn send(pid: u32, signal: rustix::process::Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
+
+/// Helpers shared by the benchmarks.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    use rmcp::RoleClient;
+    use rmcp::ServiceExt;
+    use rmcp::transport::IntoTransport;
+
+    /// The median of `values` (the upper one for an even count).
+    pub fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
+        values.sort();
+        values[values.len() / 2]
+    }
+
+    /// `1.23 ms`.
+    pub fn ms(d: Duration) -> String {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+
+    /// This process's resident set size, in KiB.
+    pub fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// One initialize + ping + close of a bare rmcp client over the transport that
+    /// `make` builds (its building is timed too).
+    pub async fn bare_ping_cycle<T, E, A>(make: impl FnOnce() -> T) -> Duration
+    where
+        T: IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let t = Instant::now();
+        let client = bare_config().serve(make()).await.expect("initialize");
+        let request = rmcp::model::ClientRequest::PingRequest(rmcp::model::PingRequest::default());
+        client.send_request(request).await.expect("ping");
+        client.cancel().await.expect("close");
+        t.elapsed()
+    }
+
+    /// What a bare client offers: the same protocol version as roster.
+    fn bare_config() -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::default(),
+            rmcp::model::Implementation::new("bare-bench", "0"),
+        )
+        .with_protocol_version(rmcp::model::ProtocolVersion::V_2025_11_25)
+    }
+}

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use roster_tests::bench::{median, ms};
+
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
 const ROUNDS: usize = 30;
 
@@ -41,20 +43,6 @@ fn peak_rss(program: &str, args: &[&str]) -> u64 {
         .output()
         .expect("time runs");
     String::from_utf8_lossy(&out.stderr).lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn median_u64(mut v: Vec<u64>) -> u64 {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 struct Server(std::process::Child, String);
@@ -89,8 +77,8 @@ fn compare(label: &str, goal: &str, roster: &[&str], bare_bin: &str, bare: &[&st
         b.push(run(bare_bin, bare).0);
     }
     let (r, b) = (median(r), median(b));
-    let rss_r = median_u64((0..5).map(|_| peak_rss(ROSTER, roster)).collect());
-    let rss_b = median_u64((0..5).map(|_| peak_rss(bare_bin, bare)).collect());
+    let rss_r = median((0..5).map(|_| peak_rss(ROSTER, roster)).collect());
+    let rss_b = median((0..5).map(|_| peak_rss(bare_bin, bare)).collect());
     println!(
         "{label}: roster {} vs bare rmcp {} (ratio {:.3}, goal {goal}); peak RSS roster {rss_r} KiB, bare {rss_b} KiB",
         ms(r),

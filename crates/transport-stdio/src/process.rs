@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -141,15 +141,11 @@ pub(crate) async fn watch_exit(
     group.finish();
     cancel.cancel();
     let text = match status {
-        Ok(status) => describe(status),
+        Ok(status) => status.to_string(),
         Err(e) => format!("exit status unknown ({e})"),
     };
     debug!(status = %text, "server process exited");
     exit.send_replace(Some(text));
-}
-
-fn describe(status: ExitStatus) -> String {
-    status.to_string()
 }
 
 /// The last lines a server wrote to stderr, bounded in lines and bytes.
