@@ -6,7 +6,9 @@
 //!    classification itself.
 //! 3. 1,000 remote servers under one supervisor, pinged every second for a
 //!    minute: the supervisor's RSS per server and its CPU time, scaled to the
-//!    default 30 s interval.
+//!    default 30 s interval; the same load as bare rmcp sessions, and as rmcp's
+//!    service layer over the thinnest Streamable HTTP transport (`floor`), each
+//!    in a process of its own.
 //!
 //! Run: `cargo bench -p roster-tests --bench remote` (figures go to BENCHMARKS.md).
 //! `ROSTER_BENCH_SCALE_SECS` shortens the scale run (default 60).
@@ -187,6 +189,149 @@ async fn scale(url: &str, servers: usize, secs: u64) {
     sup.shutdown().await;
 }
 
+/// rmcp's fixed cost per session, apart from its Streamable HTTP worker: rmcp's
+/// service layer (`serve`, `Peer`) over the thinnest transport that can carry
+/// initialize and ping — each message one POST, the session id kept, the reply
+/// (JSON or an SSE stream) queued for `receive`; no `GET` stream, no channels, no
+/// session recovery, no error typing. Not a transport for use: a measuring stick
+/// for how far below rmcp's own client a session can go while rmcp is the client.
+mod floor {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use rmcp::RoleClient;
+    use rmcp::ServiceExt;
+    use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+    use roster_tests::bench::rss_kib;
+    use tokio::sync::Notify;
+
+    struct Shared {
+        inbox: Mutex<VecDeque<RxJsonRpcMessage<RoleClient>>>,
+        arrived: Notify,
+        session: Mutex<Option<Arc<str>>>,
+    }
+
+    struct Thin {
+        client: reqwest::Client,
+        url: Arc<str>,
+        shared: Arc<Shared>,
+    }
+
+    async fn post(client: reqwest::Client, url: Arc<str>, shared: Arc<Shared>, body: Vec<u8>) -> std::io::Result<()> {
+        let session = shared.session.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut request = client
+            .post(&*url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .body(body);
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", &*id).header("mcp-protocol-version", "2025-11-25");
+        }
+        let response =
+            request.send().await.map_err(std::io::Error::other)?.error_for_status().map_err(std::io::Error::other)?;
+        if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            *shared.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(id.into());
+        }
+        let is_sse = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if response.status() == reqwest::StatusCode::ACCEPTED {
+            return Ok(());
+        }
+        if is_sse {
+            let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+            while let Some(event) = events.next().await {
+                let event = event.map_err(std::io::Error::other)?;
+                if let Some(data) = event.data.filter(|d| !d.is_empty()) {
+                    deliver(&shared, serde_json::from_str(&data)?);
+                }
+            }
+        } else {
+            deliver(&shared, serde_json::from_slice(&response.bytes().await.map_err(std::io::Error::other)?)?);
+        }
+        Ok(())
+    }
+
+    fn deliver(shared: &Shared, message: RxJsonRpcMessage<RoleClient>) {
+        shared.inbox.lock().unwrap_or_else(PoisonError::into_inner).push_back(message);
+        shared.arrived.notify_one();
+    }
+
+    impl rmcp::transport::Transport<RoleClient> for Thin {
+        type Error = std::io::Error;
+
+        fn send(
+            &mut self,
+            item: TxJsonRpcMessage<RoleClient>,
+        ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+            let body = serde_json::to_vec(&item);
+            let (client, url, shared) = (self.client.clone(), self.url.clone(), self.shared.clone());
+            async move { post(client, url, shared, body?).await }
+        }
+
+        fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
+            let shared = self.shared.clone();
+            async move {
+                loop {
+                    if let Some(message) = shared.inbox.lock().unwrap_or_else(PoisonError::into_inner).pop_front() {
+                        return Some(message);
+                    }
+                    shared.arrived.notified().await;
+                }
+            }
+        }
+
+        async fn close(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `servers` sessions over [`Thin`], each pinged every second by a plain
+    /// task for `secs`. Returns RSS KiB per session.
+    pub(crate) async fn scale(url: &str, servers: usize, secs: u64) -> f64 {
+        let client =
+            roster_transport_http::build_client(&roster_transport_http::HttpOptions::default()).expect("client");
+        let url: Arc<str> = url.into();
+        let before = rss_kib();
+        let mut sessions = Vec::new();
+        for _ in 0..servers {
+            let shared = Arc::new(Shared {
+                inbox: Mutex::new(VecDeque::new()),
+                arrived: Notify::new(),
+                session: Mutex::new(None),
+            });
+            let transport = Thin { client: client.clone(), url: url.clone(), shared };
+            let running = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+                .serve(transport)
+                .await
+                .expect("initialize");
+            sessions.push(running);
+        }
+        let pingers: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                let peer = s.peer().clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await.expect("ping");
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let after = rss_kib();
+        for p in pingers {
+            p.abort();
+        }
+        after.saturating_sub(before) as f64 / servers as f64
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     if let Ok(which) = std::env::var("ROSTER_BENCH_SCALE") {
@@ -196,6 +341,9 @@ fn main() {
             if which == "bare" {
                 let per = bare_scale(&server.url, 1000, secs).await;
                 println!("  the same 1000 sessions as bare rmcp clients on a shared client, pinged every 1 s by plain tasks (own process): {per:.1} KiB per session");
+            } else if which == "floor" {
+                let per = floor::scale(&server.url, 1000, secs).await;
+                println!("  the same 1000 sessions as rmcp's service layer over the thinnest Streamable HTTP transport (own process): {per:.1} KiB per session");
             } else {
                 scale(&server.url, 1000, secs).await;
             }
@@ -269,7 +417,7 @@ fn main() {
         drop(ok);
         // Each scale run in a process of its own, so that neither inherits the
         // other's freed memory.
-        for which in ["roster", "bare"] {
+        for which in ["roster", "bare", "floor"] {
             let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
                 .env("ROSTER_BENCH_SCALE", which)
                 .output()
