@@ -16,6 +16,7 @@
 #![allow(missing_docs)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
@@ -71,30 +72,34 @@ async fn bare_shared_cycle(client: &reqwest::Client, url: &str) -> Duration {
     bare_ping_cycle(|| StreamableHttpClientTransport::with_client(client.clone(), config)).await
 }
 
-/// The same load without roster: `servers` bare rmcp sessions on one shared
-/// client, each pinged every second by a plain task. Returns RSS KiB per session.
-async fn bare_scale(url: &str, servers: usize, secs: u64) -> f64 {
-    let client = build_client(&HttpOptions::default()).expect("client");
+/// The same load without roster: `servers` rmcp client sessions over the
+/// transports `make` builds, each pinged every second by a plain task for `secs`.
+/// Returns RSS KiB per session.
+async fn rmcp_scale<T, E, A>(servers: usize, secs: u64, mut make: impl FnMut() -> T) -> f64
+where
+    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let before = rss_kib();
     let mut sessions = Vec::new();
     for _ in 0..servers {
-        let config =
-            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
-        let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
         let running = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
-            .serve(transport)
+            .serve(make())
             .await
             .expect("initialize");
         sessions.push(running);
     }
+    let failed = Arc::new(AtomicUsize::new(0));
     let pingers: Vec<_> = sessions
         .iter()
         .map(|s| {
-            let peer = s.peer().clone();
+            let (peer, failed) = (s.peer().clone(), failed.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await;
+                    if roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await.is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
@@ -107,7 +112,19 @@ async fn bare_scale(url: &str, servers: usize, secs: u64) -> f64 {
     for s in sessions {
         let _ = s.cancel().await;
     }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "pings failed");
     after.saturating_sub(before) as f64 / servers as f64
+}
+
+/// Bare rmcp sessions on one shared client.
+async fn bare_scale(url: &str, servers: usize, secs: u64) -> f64 {
+    let client = build_client(&HttpOptions::default()).expect("client");
+    rmcp_scale(servers, secs, || {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+        StreamableHttpClientTransport::with_client(client.clone(), config)
+    })
+    .await
 }
 
 async fn time_to_failure(connector: &HttpConnector, url: &str) -> Duration {
@@ -198,13 +215,10 @@ async fn scale(url: &str, servers: usize, secs: u64) {
 mod floor {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex, PoisonError};
-    use std::time::Duration;
 
     use futures::StreamExt;
     use rmcp::RoleClient;
-    use rmcp::ServiceExt;
     use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
-    use roster_tests::bench::rss_kib;
     use tokio::sync::Notify;
 
     struct Shared {
@@ -290,45 +304,21 @@ mod floor {
         }
     }
 
-    /// `servers` sessions over [`Thin`], each pinged every second by a plain
-    /// task for `secs`. Returns RSS KiB per session.
+    /// `servers` sessions over [`Thin`] under the same load as the bare ones.
     pub(crate) async fn scale(url: &str, servers: usize, secs: u64) -> f64 {
         let client =
             roster_transport_http::build_client(&roster_transport_http::HttpOptions::default()).expect("client");
         let url: Arc<str> = url.into();
-        let before = rss_kib();
-        let mut sessions = Vec::new();
-        for _ in 0..servers {
-            let shared = Arc::new(Shared {
+        super::rmcp_scale(servers, secs, || Thin {
+            client: client.clone(),
+            url: url.clone(),
+            shared: Arc::new(Shared {
                 inbox: Mutex::new(VecDeque::new()),
                 arrived: Notify::new(),
                 session: Mutex::new(None),
-            });
-            let transport = Thin { client: client.clone(), url: url.clone(), shared };
-            let running = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
-                .serve(transport)
-                .await
-                .expect("initialize");
-            sessions.push(running);
-        }
-        let pingers: Vec<_> = sessions
-            .iter()
-            .map(|s| {
-                let peer = s.peer().clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await.expect("ping");
-                    }
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-        let after = rss_kib();
-        for p in pingers {
-            p.abort();
-        }
-        after.saturating_sub(before) as f64 / servers as f64
+            }),
+        })
+        .await
     }
 }
 
