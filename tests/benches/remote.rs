@@ -241,21 +241,23 @@ mod floor {
             .header(http::header::ACCEPT, "application/json, text/event-stream")
             .body(body);
         if let Some(id) = session {
-            request = request.header("mcp-session-id", &*id).header("mcp-protocol-version", "2025-11-25");
+            request = request
+                .header("mcp-session-id", &*id)
+                .header("mcp-protocol-version", roster_supervisor::mcp::PROTOCOL_VERSION.as_str());
         }
         let response =
             request.send().await.map_err(std::io::Error::other)?.error_for_status().map_err(std::io::Error::other)?;
         if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
             *shared.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(id.into());
         }
+        if response.status() == reqwest::StatusCode::ACCEPTED {
+            return Ok(());
+        }
         let is_sse = response
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("text/event-stream"));
-        if response.status() == reqwest::StatusCode::ACCEPTED {
-            return Ok(());
-        }
         if is_sse {
             let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
             while let Some(event) = events.next().await {
@@ -405,8 +407,8 @@ fn main() {
         drop((unauthorized, unavailable));
 
         drop(ok);
-        // Each scale run in a process of its own, so that neither inherits the
-        // other's freed memory.
+        // Each scale run in a process of its own, so that none inherits
+        // another's freed memory.
         for which in ["roster", "bare", "floor"] {
             let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
                 .env("ROSTER_BENCH_SCALE", which)
