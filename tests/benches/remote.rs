@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
-use roster_core::{ServerSpec, ServerType, Settings, State};
-use roster_supervisor::{Connector, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_core::{NonZeroDuration, ServerSpec, ServerType, Settings, State, ValidSpec};
+use roster_http::classify::{Phase, StatusInfo, classify_status};
+use roster_http::{HttpClients, HttpOptions};
+use roster_supervisor::{Connector, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports, Unsupported};
 use roster_tests::bench::{bare_ping_cycle, median, ms, rss_kib};
-use roster_transport_http::classify::{Phase, StatusInfo, classify_status};
-use roster_transport_http::{HttpConnector, HttpOptions, build_client};
+use roster_transport_http::HttpConnector;
 use tokio::io::AsyncBufReadExt;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
@@ -83,7 +84,7 @@ where
     let before = rss_kib();
     let mut sessions = Vec::new();
     for _ in 0..servers {
-        let running = roster_supervisor::mcp::client_config(roster_supervisor::mcp::PROTOCOL_VERSION)
+        let running = roster_transport::mcp::client_config(roster_transport::mcp::PROTOCOL_VERSION)
             .serve(make())
             .await
             .expect("initialize");
@@ -97,7 +98,7 @@ where
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if roster_supervisor::mcp::ping(&peer, Duration::from_secs(10)).await.is_err() {
+                    if roster_transport::mcp::ping(&peer, Duration::from_secs(10)).await.is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -118,7 +119,7 @@ where
 
 /// Bare rmcp sessions on one shared client.
 async fn bare_scale(url: &str, servers: usize, secs: u64) -> f64 {
-    let client = build_client(&HttpOptions::default()).expect("client");
+    let client = plain_client();
     rmcp_scale(servers, secs, || {
         let config =
             rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.to_owned());
@@ -155,18 +156,16 @@ fn ticks_per_second() -> f64 {
 }
 
 async fn scale(url: &str, servers: usize, secs: u64) {
-    let options = HttpOptions::default();
-    let client = build_client(&options).expect("client");
-    let transports = Transports::new().with(ServerType::StreamableHttp, Arc::new(HttpConnector::new(client, &options)));
-    let settings = Settings { health_check_interval: Duration::from_secs(1), ..Settings::default() };
+    let transports = http_only(HttpConnector::new(HttpClients::new(HttpOptions::default()).expect("clients")));
+    let settings = Settings { health_check_interval: NonZeroDuration::from_secs(1), ..Settings::default() };
     let config = SupervisorConfig { settings, max_concurrent_connects: 50, ..SupervisorConfig::default() };
     let before = rss_kib();
     let sup = Supervisor::new(Arc::new(transports), config);
-    let specs: Vec<ServerSpec> = (0..servers)
+    let specs: Vec<ValidSpec> = (0..servers)
         .map(|i| {
             let mut s = ServerSpec::remote(format!("r{i:04}"), ServerType::StreamableHttp, url);
             s.auto_start = true;
-            s
+            s.validated().expect("a valid definition")
         })
         .collect();
     let t = Instant::now();
@@ -243,7 +242,7 @@ mod floor {
         if let Some(id) = session {
             request = request
                 .header("mcp-session-id", &*id)
-                .header("mcp-protocol-version", roster_supervisor::mcp::PROTOCOL_VERSION.as_str());
+                .header("mcp-protocol-version", roster_transport::mcp::PROTOCOL_VERSION.as_str());
         }
         let response =
             request.send().await.map_err(std::io::Error::other)?.error_for_status().map_err(std::io::Error::other)?;
@@ -308,8 +307,7 @@ mod floor {
 
     /// `servers` sessions over [`Thin`] under the same load as the bare ones.
     pub(crate) async fn scale(url: &str, servers: usize, secs: u64) -> f64 {
-        let client =
-            roster_transport_http::build_client(&roster_transport_http::HttpOptions::default()).expect("client");
+        let client = super::plain_client();
         let url: Arc<str> = url.into();
         super::rmcp_scale(servers, secs, || Thin {
             client: client.clone(),
@@ -322,6 +320,15 @@ mod floor {
         })
         .await
     }
+}
+
+/// The reqwest client roster uses for `http://` servers, for the bare runs.
+fn plain_client() -> reqwest::Client {
+    HttpClients::new(HttpOptions::default()).expect("clients").for_url("http://127.0.0.1/").expect("client")
+}
+
+fn http_only(connector: HttpConnector) -> Transports {
+    Transports::new(Arc::new(Unsupported), Arc::new(connector), Arc::new(Unsupported))
 }
 
 fn main() {
@@ -344,11 +351,10 @@ fn main() {
     }
     rt.block_on(async {
         let ok = fixture(&[]).await;
-        let options = HttpOptions::default();
-        let connector = HttpConnector::new(build_client(&options).expect("client"), &options);
-        let transports = Transports::new().with(ServerType::StreamableHttp, Arc::new(connector.clone()));
+        let connector = HttpConnector::new(HttpClients::new(HttpOptions::default()).expect("clients"));
+        let transports = http_only(connector.clone());
         let svc = Service::new(
-            ServerSpec::remote("bench", ServerType::StreamableHttp, &ok.url),
+            ServerSpec::remote("bench", ServerType::StreamableHttp, &ok.url).validated().expect("valid"),
             Arc::new(transports),
             ServiceOptions::default(),
         );

@@ -13,18 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::transport::TokioChildProcess;
-use roster_core::{Reason, ServerSpec, State};
-use roster_supervisor::{Received, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports};
+use roster_core::{Reason, ServerSpec, State, ValidSpec};
+use roster_supervisor::{Received, Service, ServiceOptions, Supervisor, SupervisorConfig, Transports, Unsupported};
 use roster_tests::bench::{bare_ping_cycle, median, ms, rss_kib};
 use roster_transport_stdio::StdioConnector;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_roster-fixture");
 const ROUNDS: usize = 50;
 
-fn spec(name: &str) -> ServerSpec {
+fn spec(name: &str) -> ValidSpec {
     let mut s = ServerSpec::stdio(name, FIXTURE);
     s.args = vec!["stdio".into()];
-    s
+    s.validated().expect("a valid definition")
 }
 
 /// One start + ping + stop of a server roster already supervises (as `roster up`
@@ -93,13 +93,13 @@ fn spawn_cost(with_hook: bool) -> Duration {
 
 async fn hundred_servers() -> (Duration, u64, u64) {
     let before = rss_kib();
-    let transports = Transports::new().with(roster_core::ServerType::Stdio, Arc::new(StdioConnector::new()));
+    let transports = Transports::new(Arc::new(StdioConnector::new()), Arc::new(Unsupported), Arc::new(Unsupported));
     let sup = Supervisor::new(Arc::new(transports), SupervisorConfig::default());
-    let specs: Vec<ServerSpec> = (0..100)
+    let specs: Vec<ValidSpec> = (0..100)
         .map(|i| {
-            let mut s = spec(&format!("s{i:03}"));
+            let mut s = spec(&format!("s{i:03}")).into_inner();
             s.auto_start = true;
-            s
+            s.validated().expect("a valid definition")
         })
         .collect();
     let t = Instant::now();

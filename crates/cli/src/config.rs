@@ -10,10 +10,11 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use roster_core::{Backoff, ServerSpec, ServerType, Settings};
+use roster_core::{Backoff, NonZeroDuration, ServerSpec, ServerType, Settings, ValidSpec};
 use roster_supervisor::SupervisorConfig;
 use serde::Serialize;
 use serde_json::Value;
+use std::num::NonZeroU32;
 
 /// A position in a file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize)]
@@ -59,7 +60,7 @@ pub(crate) enum Format {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) format: Format,
-    pub(crate) servers: Vec<ServerSpec>,
+    pub(crate) servers: Vec<ValidSpec>,
     pub(crate) supervisor: SupervisorConfig,
     pub(crate) warnings: Vec<Diagnostic>,
 }
@@ -243,7 +244,7 @@ fn unknown_key(key: &str, known: &[&str]) -> String {
     }
 }
 
-fn read_toml(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ServerSpec>, SupervisorConfig) {
+fn read_toml(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ValidSpec>, SupervisorConfig) {
     for (key, (pos, _)) in &root.keys {
         if key != "servers" && key != "defaults" {
             out.error(*pos, None, unknown_key(key, &["servers", "defaults"]));
@@ -284,6 +285,14 @@ fn duration(value: &Value) -> Result<Duration, String> {
     }
 }
 
+fn non_zero(value: &Value) -> Result<NonZeroU32, String> {
+    count(value).and_then(|n| NonZeroU32::new(n).ok_or_else(|| "must be at least 1".to_owned()))
+}
+
+fn period(value: &Value) -> Result<NonZeroDuration, String> {
+    duration(value).and_then(|d| NonZeroDuration::new(d).ok_or_else(|| "must be greater than zero".to_owned()))
+}
+
 fn count(value: &Value) -> Result<u32, String> {
     value.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| "must be a whole number".to_owned())
 }
@@ -306,11 +315,11 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, Optio
             "max_backoff" => duration(v).map(|d| max = d),
             "backoff_multiplier" => v.as_f64().map(|m| multiplier = m).ok_or_else(|| "must be a number".to_owned()),
             "jitter" => v.as_f64().map(|j| jitter = j).ok_or_else(|| "must be a number between 0 and 1".to_owned()),
-            "unreachable_threshold" => count(v).map(|n| settings.unreachable_threshold = n),
+            "unreachable_threshold" => non_zero(v).map(|n| settings.unreachable_threshold = n),
             "restart_grace" => duration(v).map(|d| settings.restart_grace = d),
-            "health_check_interval" => duration(v).map(|d| settings.health_check_interval = d),
-            "ping_timeout" => duration(v).map(|d| settings.ping_timeout = d),
-            "unhealthy_threshold" => count(v).map(|n| settings.unhealthy_threshold = n),
+            "health_check_interval" => period(v).map(|d| settings.health_check_interval = d),
+            "ping_timeout" => period(v).map(|d| settings.ping_timeout = d),
+            "unhealthy_threshold" => non_zero(v).map(|n| settings.unhealthy_threshold = n),
             "stable_period" => duration(v).map(|d| settings.stable_period = d),
             "max_concurrent_connects" => count(v).map(|n| config.max_concurrent_connects = n as usize),
             "shutdown_timeout" => duration(v).map(|d| config.shutdown_timeout = d),
@@ -325,13 +334,11 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, Optio
         Ok(b) => settings.backoff = b,
         Err(e) => out.error(node.pos, None, format!("defaults: {e}")),
     }
-    if let Err(e) = settings.validate() {
-        out.error(node.pos, None, format!("defaults: {e}"));
-    }
-    if config.max_concurrent_connects == 0 {
-        out.error(node.pos, None, "defaults: max_concurrent_connects must be at least 1");
-    }
     config.settings = settings;
+    for e in config.check().err().unwrap_or_default() {
+        let at = node.keys.get(e.setting).map_or(node.pos, |(p, _)| *p);
+        out.error(at, None, format!("defaults.{e}"));
+    }
     (config, auto_start)
 }
 
@@ -368,7 +375,7 @@ fn read_server(
     dialect: Dialect,
     default_auto_start: Option<bool>,
     out: &mut Diagnostics,
-) -> Option<ServerSpec> {
+) -> Option<ValidSpec> {
     let server = Some(name);
     if !node.value.is_object() {
         out.error(pos, server, "must be a table of settings");
@@ -447,17 +454,19 @@ fn read_server(
     if out.errors.len() > before {
         return None;
     }
-    if let Err(errors) = spec.validate() {
-        for e in errors {
-            let at = node.keys.get(e.field.as_str()).map_or(pos, |(p, _)| *p);
-            // The server's name is already part of the diagnostic.
-            let mut e = e;
-            e.server = String::new();
-            out.error(at, server, e.to_string());
+    match spec.validated() {
+        Ok(spec) => Some(spec),
+        Err(errors) => {
+            for e in errors {
+                let at = node.keys.get(e.field.as_str()).map_or(pos, |(p, _)| *p);
+                // The server's name is already part of the diagnostic.
+                let mut e = e;
+                e.server = String::new();
+                out.error(at, server, e.to_string());
+            }
+            None
         }
-        return None;
     }
-    Some(spec)
 }
 
 fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, mut on_error: impl FnMut(serde_json::Error)) {
@@ -557,7 +566,7 @@ fn json_node(value: Value, pos: Pos, path: &[String], positions: &BTreeMap<Vec<S
     Node { value, pos, keys }
 }
 
-fn read_json(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ServerSpec>, SupervisorConfig) {
+fn read_json(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ValidSpec>, SupervisorConfig) {
     let (format, key) = if root.keys.contains_key("mcpServers") {
         (Format::McpServersJson, "mcpServers")
     } else if root.keys.contains_key("servers") {
@@ -697,7 +706,7 @@ initial_backoff = "soon"
         )
         .unwrap();
         assert_eq!(c.format, Format::McpServersJson);
-        let by_name: BTreeMap<&str, &ServerSpec> = c.servers.iter().map(|s| (s.name.as_str(), s)).collect();
+        let by_name: BTreeMap<&str, &ServerSpec> = c.servers.iter().map(|s| (s.name.as_str(), s.spec())).collect();
         assert_eq!(by_name["filesystem"].server_type, ServerType::Stdio);
         assert!(by_name["filesystem"].auto_start, "clients start every server");
         assert_eq!(by_name["remote"].server_type, ServerType::StreamableHttp);

@@ -108,12 +108,12 @@ async fn handle(stream: UnixStream, sup: &Supervisor, config_path: &Path) -> std
 fn start_error(e: &StartError) -> Value {
     let class = match e {
         StartError::AlreadyRunning { .. } => None,
-        StartError::AuthRequired { .. } => Some(FailureKind::AuthRequired),
+        StartError::NeedsCredentials { .. } => Some(FailureKind::NeedsCredentials),
         StartError::Unreachable { cause, .. } | StartError::Failed(cause) => Some(cause.kind()),
         StartError::Cancelled => Some(FailureKind::Cancelled),
     };
     let challenge = match e {
-        StartError::AuthRequired { challenge, .. } => serde_json::to_value(challenge).ok(),
+        StartError::NeedsCredentials { challenge, .. } => serde_json::to_value(challenge).ok(),
         StartError::AlreadyRunning { .. }
         | StartError::Unreachable { .. }
         | StartError::Failed(_)

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::CallToolRequestParams;
 use roster_core::{Failure, FailureClass, ServerSpec, ServerType};
-use roster_supervisor::{Connector, Session};
+use roster_supervisor::Session;
 use serde_json::{Value, json};
 
 use crate::output::{self, Tone, paint};
-use crate::up::transports;
+use crate::up::connector;
 use crate::{Cli, config, exit};
 
 /// How a URL target is spoken to.
@@ -75,7 +75,7 @@ fn resolve(cli: &Cli, t: &TargetArgs) -> Result<ServerSpec, String> {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 format!("{} has errors:\n  {}", cli.config.display(), lines.join("\n  "))
             })?;
-            let found = config.servers.into_iter().find(|s| s.name == target);
+            let found = config.servers.into_iter().map(roster_core::ValidSpec::into_inner).find(|s| s.name == target);
             found.ok_or_else(|| format!("no server named {target:?} in {}", cli.config.display()))?
         }
     };
@@ -96,7 +96,7 @@ fn elapsed_ms(started: Instant) -> u64 {
 /// Prints a failure and returns its exit code.
 fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
     let challenge = match &failure.class {
-        FailureClass::AuthRequired(c) => Some(c.as_ref()),
+        FailureClass::NeedsCredentials(c) => Some(c.as_ref()),
         FailureClass::Transient { .. } | FailureClass::Permanent | FailureClass::Cancelled => None,
     };
     if cli.json {
@@ -142,7 +142,7 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
     };
     // Only what the target needs: an HTTP client (with its TLS roots) costs
     // milliseconds that a stdio one-shot should not pay.
-    let connector = match transports(&[spec.server_type]) {
+    let connector = match connector(spec.server_type, roster_http::HttpOptions::default()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("roster: {e}");

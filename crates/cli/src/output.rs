@@ -54,7 +54,7 @@ pub(crate) fn state_tone(state: State) -> Tone {
 /// The exit code for a failure class.
 pub(crate) fn exit_code(kind: FailureKind) -> u8 {
     match kind {
-        FailureKind::AuthRequired => exit::AUTH,
+        FailureKind::NeedsCredentials => exit::AUTH,
         FailureKind::Transient | FailureKind::Cancelled => exit::TRANSIENT,
         FailureKind::Permanent => exit::PERMANENT,
     }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use roster_core::{ServerSpec, ServerType, State};
-use roster_supervisor::{Received, Supervisor, Transports};
-use roster_transport_http::{HttpConnector, HttpOptions, build_client};
+use roster_http::{HttpClients, HttpOptions};
+use roster_supervisor::{Connector, Received, Supervisor, Transports};
+use roster_transport_http::HttpConnector;
 use roster_transport_sse::SseConnector;
 use roster_transport_stdio::StdioConnector;
 use serde_json::json;
@@ -18,21 +19,25 @@ use crate::config::{self, Config, Diagnostic};
 use crate::output::{self, Tone, paint};
 use crate::{Cli, control, exit, paths};
 
-/// The transports for `types` (every one for `up`), the remote ones on one shared
-/// HTTP client.
-pub(crate) fn transports(types: &[ServerType]) -> Result<Transports, String> {
-    let mut transports = Transports::new();
-    if types.contains(&ServerType::Stdio) {
-        transports = transports.with(ServerType::Stdio, Arc::new(StdioConnector::new()));
-    }
-    if types.iter().any(|t| t.is_remote()) {
-        let options = HttpOptions::default();
-        let client = build_client(&options).map_err(|e| e.to_string())?;
-        transports = transports
-            .with(ServerType::StreamableHttp, Arc::new(HttpConnector::new(client.clone(), &options)))
-            .with(ServerType::Sse, Arc::new(SseConnector::new(client, options)));
-    }
-    Ok(transports)
+/// Every transport, the remote ones on one set of shared HTTP clients.
+pub(crate) fn transports(options: HttpOptions) -> Result<Transports, String> {
+    let clients = HttpClients::new(options).map_err(|e| e.to_string())?;
+    Ok(Transports::new(
+        Arc::new(StdioConnector::new()),
+        Arc::new(HttpConnector::new(clients.clone())),
+        Arc::new(SseConnector::new(clients)),
+    ))
+}
+
+/// The one transport a one-shot needs: a stdio one-shot builds no HTTP client.
+pub(crate) fn connector(server_type: ServerType, options: HttpOptions) -> Result<Arc<dyn Connector>, String> {
+    Ok(match server_type {
+        ServerType::Stdio => Arc::new(StdioConnector::new()),
+        ServerType::StreamableHttp => {
+            Arc::new(HttpConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?))
+        }
+        ServerType::Sse => Arc::new(SseConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)),
+    })
 }
 
 fn print_diagnostics(cli: &Cli, errors: &[Diagnostic]) {
@@ -92,7 +97,7 @@ pub(crate) fn check(cli: &Cli) -> u8 {
         Err(code) => return code,
     };
     if cli.json {
-        let servers: Vec<_> = config.servers.iter().map(summary).collect();
+        let servers: Vec<_> = config.servers.iter().map(|s| summary(s)).collect();
         println!("{}", json!({"ok": true, "format": config.format, "servers": servers, "warnings": config.warnings}));
         return exit::OK;
     }
@@ -201,7 +206,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         return exit::USAGE;
     }
     // Every type: a reload may add any.
-    let transports = match transports(&ServerType::ALL) {
+    let transports = match transports(HttpOptions::default()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("roster: {e}");

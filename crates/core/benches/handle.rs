@@ -36,7 +36,7 @@ impl Sim {
                 } else {
                     ServerSpec::remote(format!("r{i}"), ServerType::StreamableHttp, "https://example.com/mcp")
                 };
-                Lifecycle::new(spec, Settings::default(), i as u64)
+                Lifecycle::new(spec.validated().expect("a valid definition"), Settings::default(), i as u64)
             })
             .collect();
         let inbox = (0..SERVERS).map(|i| (i, Event::StartRequested)).collect();
@@ -83,10 +83,10 @@ impl Sim {
             Effect::Connect { generation, .. } if roll < 500 => {
                 Event::ConnectFailed { generation, failure: Failure::transient("connection refused") }
             }
-            Effect::Connect { generation, .. } => Event::Connected { generation },
-            Effect::Disconnect { generation } => Event::Disconnected { generation },
+            Effect::Connect { generation, .. } => Event::ConnectSucceeded { generation },
+            Effect::CloseSession { generation } => Event::SessionClosed { generation },
             Effect::Ping { generation, .. } if roll < 5 => {
-                Event::TransportClosed { generation, failure: Failure::transient("process exited") }
+                Event::SessionLost { generation, failure: Failure::transient("process exited") }
             }
             Effect::Ping { generation, .. } if roll < 200 => {
                 Event::PingFailed { generation, failure: Failure::transient("timed out") }

@@ -53,12 +53,12 @@ fn describe(event: &Event) -> String {
         Event::StopRequested => "stop requested".into(),
         Event::RestartRequested => "restart requested".into(),
         Event::HealthCheckRequested => "health check requested".into(),
-        Event::Connected { generation } => format!("connected {generation}"),
+        Event::ConnectSucceeded { generation } => format!("connect {generation} succeeded"),
         Event::ConnectFailed { generation, failure } => format!("connect {generation} failed ({})", failure.kind()),
-        Event::TransportClosed { generation, failure } => {
-            format!("session {generation} closed ({})", failure.kind())
+        Event::SessionLost { generation, failure } => {
+            format!("session {generation} lost ({})", failure.kind())
         }
-        Event::Disconnected { generation } => format!("disconnected {generation}"),
+        Event::SessionClosed { generation } => format!("session {generation} closed"),
         Event::PingSucceeded { generation } => format!("ping {generation} ok"),
         Event::PingFailed { generation, .. } => format!("ping {generation} failed"),
         Event::SpecChanged(_) => "definition changed".into(),
@@ -70,7 +70,7 @@ fn effect_text(effect: &Effect) -> String {
     match effect {
         Effect::Connect { generation, timeout } => format!("connect {generation} within {}s", timeout.as_secs()),
         Effect::CancelConnect { generation } => format!("cancel attempt {generation}"),
-        Effect::Disconnect { generation } => format!("close session {generation}"),
+        Effect::CloseSession { generation } => format!("close session {generation}"),
         Effect::Ping { generation, timeout } => format!("ping {generation} within {}s", timeout.as_secs()),
         Effect::CallAuthHook(c) => {
             format!("call auth hook (resource_metadata: {})", c.resource_metadata.as_deref().unwrap_or("none"))
@@ -90,7 +90,7 @@ fn connect_of(t: &Transition) -> Generation {
         .find_map(|e| match e {
             Effect::Connect { generation, .. } => Some(*generation),
             Effect::CancelConnect { .. }
-            | Effect::Disconnect { .. }
+            | Effect::CloseSession { .. }
             | Effect::Ping { .. }
             | Effect::CallAuthHook(_)
             | Effect::Publish(_)
@@ -106,7 +106,7 @@ fn main() {
 
     println!("— a remote server: failures, backoff, unreachable, 401, recovery, stop —");
     let mut api = Lifecycle::new(
-        ServerSpec::remote("api", ServerType::StreamableHttp, "https://api.example/mcp"),
+        ServerSpec::remote("api", ServerType::StreamableHttp, "https://api.example/mcp").validated().expect("valid"),
         Settings::default(),
         1,
     );
@@ -126,44 +126,51 @@ fn main() {
     );
     let _ = demo.feed(
         &mut api,
-        Event::ConnectFailed { generation: g, failure: Failure::auth_required(challenge, "HTTP 401 Unauthorized") },
+        Event::ConnectFailed { generation: g, failure: Failure::needs_credentials(challenge, "HTTP 401 Unauthorized") },
     );
     let mut spec = api.spec().clone();
     spec.headers.insert("Authorization".into(), "Bearer <token from login>".into());
-    g = connect_of(&demo.feed(&mut api, Event::SpecChanged(Box::new(spec))));
+    g = connect_of(&demo.feed(&mut api, Event::SpecChanged(Box::new(spec.validated().expect("a valid definition")))));
     demo.pass(Duration::from_millis(80));
-    let _ = demo.feed(&mut api, Event::Connected { generation: g });
+    let _ = demo.feed(&mut api, Event::ConnectSucceeded { generation: g });
     let _ = demo.wait(&mut api);
     demo.pass(Duration::from_millis(2));
     let _ = demo.feed(&mut api, Event::PingSucceeded { generation: g });
     let _ = demo.feed(&mut api, Event::StopRequested);
     demo.pass(Duration::from_millis(5));
-    let _ = demo.feed(&mut api, Event::Disconnected { generation: g });
+    let _ = demo.feed(&mut api, Event::SessionClosed { generation: g });
 
     println!();
     println!("— a stdio server: crash, crash again, definition change, stop —");
     demo.t0 = demo.now;
-    let mut fs = Lifecycle::new(ServerSpec::stdio("fs", "mcp-server-filesystem"), Settings::default(), 2);
+    let mut fs = Lifecycle::new(
+        ServerSpec::stdio("fs", "mcp-server-filesystem").validated().expect("valid"),
+        Settings::default(),
+        2,
+    );
     let mut g = connect_of(&demo.feed(&mut fs, Event::StartRequested));
     demo.pass(Duration::from_millis(120));
-    let _ = demo.feed(&mut fs, Event::Connected { generation: g });
+    let _ = demo.feed(&mut fs, Event::ConnectSucceeded { generation: g });
     for _ in 0..2 {
         demo.pass(Duration::from_secs(4));
         let failure = Failure::transient("process exited with exit status: 1; stderr: Error: EACCES /data");
-        let _ = demo.feed(&mut fs, Event::TransportClosed { generation: g, failure });
+        let _ = demo.feed(&mut fs, Event::SessionLost { generation: g, failure });
+        // Recovery waits until nothing of the old process is left.
+        demo.pass(Duration::from_millis(10));
+        let _ = demo.feed(&mut fs, Event::SessionClosed { generation: g });
         g = connect_of(&demo.wait(&mut fs));
         demo.pass(Duration::from_millis(110));
-        let _ = demo.feed(&mut fs, Event::Connected { generation: g });
+        let _ = demo.feed(&mut fs, Event::ConnectSucceeded { generation: g });
     }
     let mut spec = fs.spec().clone();
     spec.args = vec!["/srv/data".into()];
-    let _ = demo.feed(&mut fs, Event::SpecChanged(Box::new(spec)));
+    let _ = demo.feed(&mut fs, Event::SpecChanged(Box::new(spec.validated().expect("a valid definition"))));
     demo.pass(Duration::from_millis(15));
-    let _ = demo.feed(&mut fs, Event::Disconnected { generation: g });
+    let _ = demo.feed(&mut fs, Event::SessionClosed { generation: g });
     g = connect_of(&demo.wait(&mut fs));
     demo.pass(Duration::from_millis(100));
-    let _ = demo.feed(&mut fs, Event::Connected { generation: g });
+    let _ = demo.feed(&mut fs, Event::ConnectSucceeded { generation: g });
     let _ = demo.feed(&mut fs, Event::StopRequested);
     demo.pass(Duration::from_millis(8));
-    let _ = demo.feed(&mut fs, Event::Disconnected { generation: g });
+    let _ = demo.feed(&mut fs, Event::SessionClosed { generation: g });
 }

@@ -1,12 +1,15 @@
-//! Which configuration changes need a restart (SPEC §8).
+//! Which configuration changes need a restart (SPEC §8), and what a change does
+//! to a server given what it is doing.
 //!
 //! [`configuration_changed`] compares two definitions of the same server and
 //! says whether the new one needs a restart, can be swapped in place
 //! (metadata only), or is the same. Unlike the reference, which stops at the
 //! first difference, it lists every field that differs, so a reload plan can
-//! say why.
+//! say why. [`Lifecycle::change_outcome`](crate::Lifecycle::change_outcome) then
+//! decides the [`ChangeAction`] from the server's phase: the machine applies
+//! exactly that decision, and a reload plan prints exactly that decision.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::{Field, ServerSpec};
 
@@ -38,6 +41,48 @@ impl Change {
     pub fn needs_restart(&self) -> bool {
         self.kind == ChangeKind::Restart
     }
+}
+
+/// What a new definition does to a server now: the one decision that both
+/// applying a change and planning it use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    /// Nothing that matters differs.
+    Unchanged,
+    /// Only metadata differs: swapped in place, nothing restarts.
+    Metadata,
+    /// The connection differs and the server is up, starting, failed, unreachable or
+    /// waiting for credentials: restarted with the new definition. A restart already
+    /// in progress is joined: its coming start uses the new definition.
+    Restart,
+    /// The server is down (never started, or stopped by request) and `auto_start`
+    /// was switched on: swapped in and started.
+    Start,
+    /// The server is down, or being stopped: swapped in, not started.
+    Update,
+}
+
+impl ChangeAction {
+    /// The wire name (`unchanged`, `metadata`, `restart`, `start`, `update`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Unchanged => "unchanged",
+            ChangeAction::Metadata => "metadata",
+            ChangeAction::Restart => "restart",
+            ChangeAction::Start => "start",
+            ChangeAction::Update => "update",
+        }
+    }
+}
+
+/// What a definition change does, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecChange {
+    /// What happens to the server.
+    pub action: ChangeAction,
+    /// Which fields differ.
+    pub change: Change,
 }
 
 /// Compares `old` with `new` per SPEC §8.

@@ -38,8 +38,8 @@ impl Failure {
     }
 
     /// The server wants credentials (HTTP 401, or 403 `insufficient_scope`).
-    pub fn auth_required(challenge: Challenge, message: impl Into<String>) -> Failure {
-        Failure { class: FailureClass::AuthRequired(Box::new(challenge)), message: message.into() }
+    pub fn needs_credentials(challenge: Challenge, message: impl Into<String>) -> Failure {
+        Failure { class: FailureClass::NeedsCredentials(Box::new(challenge)), message: message.into() }
     }
 
     /// The caller cancelled (stop, shutdown): not a failure of the server at all.
@@ -75,8 +75,10 @@ pub enum FailureClass {
     /// Spawn errors (not found, permission denied), TLS, bad URL, other HTTP 4xx,
     /// initialize rejected, protocol version mismatch.
     Permanent,
-    /// HTTP 401 during the handshake, with the parsed challenge.
-    AuthRequired(Box<Challenge>),
+    /// HTTP 401 (or 403 `insufficient_scope`), with the parsed challenge: a login
+    /// (or a scope step-up) can fix it, a retry cannot. Wire name `auth_required`.
+    #[serde(rename = "auth_required")]
+    NeedsCredentials(Box<Challenge>),
     /// The caller cancelled: not a failure.
     Cancelled,
 }
@@ -87,7 +89,7 @@ impl FailureClass {
         match self {
             FailureClass::Transient { .. } => FailureKind::Transient,
             FailureClass::Permanent => FailureKind::Permanent,
-            FailureClass::AuthRequired(_) => FailureKind::AuthRequired,
+            FailureClass::NeedsCredentials(_) => FailureKind::NeedsCredentials,
             FailureClass::Cancelled => FailureKind::Cancelled,
         }
     }
@@ -101,8 +103,9 @@ pub enum FailureKind {
     Transient,
     /// See [`FailureClass::Permanent`].
     Permanent,
-    /// See [`FailureClass::AuthRequired`].
-    AuthRequired,
+    /// See [`FailureClass::NeedsCredentials`]. Wire name `auth_required`.
+    #[serde(rename = "auth_required")]
+    NeedsCredentials,
     /// See [`FailureClass::Cancelled`].
     Cancelled,
 }
@@ -113,7 +116,7 @@ impl FailureKind {
         match self {
             FailureKind::Transient => "transient",
             FailureKind::Permanent => "permanent",
-            FailureKind::AuthRequired => "auth_required",
+            FailureKind::NeedsCredentials => "auth_required",
             FailureKind::Cancelled => "cancelled",
         }
     }
@@ -508,10 +511,10 @@ mod tests {
             serde_json::to_value(&f).unwrap(),
             serde_json::json!({"class":"transient","retry_after":7000,"message":"HTTP 503"})
         );
-        let f = Failure::auth_required(Challenge::parse(r#"Bearer realm="r""#), "401");
+        let f = Failure::needs_credentials(Challenge::parse(r#"Bearer realm="r""#), "401");
         let v = serde_json::to_value(&f).unwrap();
         assert_eq!(v["class"], "auth_required");
-        assert_eq!(f.kind(), FailureKind::AuthRequired);
+        assert_eq!(f.kind(), FailureKind::NeedsCredentials);
     }
 
     proptest! {

@@ -26,7 +26,7 @@
 //! use roster_core::{Effect, Event, Failure, Lifecycle, ServerSpec, ServerType, Settings, State};
 //!
 //! let spec = ServerSpec::remote("api", ServerType::StreamableHttp, "https://api.example/mcp");
-//! let mut server = Lifecycle::new(spec, Settings::default(), 7);
+//! let mut server = Lifecycle::new(spec.validated().expect("a valid definition"), Settings::default(), 7);
 //! let t0 = Instant::now();
 //!
 //! let t = server.handle(t0, Event::StartRequested);
@@ -49,14 +49,14 @@ pub mod spec;
 pub mod status;
 
 pub use backoff::{Backoff, BackoffError};
-pub use change::{Change, ChangeKind, configuration_changed};
+pub use change::{Change, ChangeAction, ChangeKind, SpecChange, configuration_changed};
 pub use failure::{AuthChallenge, Challenge, Failure, FailureClass, FailureKind, parse_www_authenticate};
 pub use lifecycle::{
-    Effect, Event, Generation, Health, Lifecycle, LifecycleEvent, Reply, Settings, SettingsError, StartError, State,
-    Transition,
+    Effect, Event, Generation, Health, Lifecycle, LifecycleEvent, NonZeroDuration, Reason, Reply, Settings,
+    SettingsError, StartError, State, Transition,
 };
-pub use spec::{AuthConfig, AuthType, Field, ServerSpec, ServerType, ValidationError};
-pub use status::{Reason, ServerStatus};
+pub use spec::{AuthConfig, AuthType, Field, ServerSpec, ServerType, ValidSpec, ValidationError, redact_url};
+pub use status::ServerStatus;
 
 /// An arbitrary base instant for this crate's own tests: the core never reads a clock,
 /// but a test needs some `Instant` to count from.

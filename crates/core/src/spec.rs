@@ -271,7 +271,7 @@ impl fmt::Debug for ServerSpec {
             .field("cwd", &self.cwd)
             .field("inherit_env", &self.inherit_env)
             .field("pass_env", &self.pass_env)
-            .field("url", &self.url)
+            .field("url", &self.display_url())
             .field("headers", &RedactedMap(&self.headers))
             .field("auto_start", &self.auto_start)
             .field("timeout", &self.timeout)
@@ -337,6 +337,22 @@ impl ServerSpec {
             Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
             Some(_) | None => self.server_type.default_timeout(),
         }
+    }
+
+    /// Checks every rule of SPEC §1 and returns the definition as a [`ValidSpec`].
+    ///
+    /// # Errors
+    /// As [`ServerSpec::validate`]; the definition is dropped then.
+    pub fn validated(self) -> Result<ValidSpec, Vec<ValidationError>> {
+        self.validate()?;
+        Ok(ValidSpec(self))
+    }
+
+    /// `url` as it may be shown (status, events, errors, logs): the userinfo
+    /// password, every query value and the fragment replaced by `<redacted>`; the
+    /// user name and the query's names stay visible.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
     }
 
     /// Checks every rule of SPEC §1 and returns every violation, in field order.
@@ -454,6 +470,60 @@ impl ServerSpec {
     }
 }
 
+/// A [`ServerSpec`] that passed [`ServerSpec::validate`]. Only
+/// [`ServerSpec::validated`] makes one, so code that holds a `ValidSpec` never
+/// validates again: a reload validates each definition once.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ValidSpec(ServerSpec);
+
+impl ValidSpec {
+    /// The definition.
+    pub fn spec(&self) -> &ServerSpec {
+        &self.0
+    }
+
+    /// The definition, to edit (it must be validated again to become a `ValidSpec`).
+    pub fn into_inner(self) -> ServerSpec {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidSpec {
+    type Target = ServerSpec;
+    fn deref(&self) -> &ServerSpec {
+        &self.0
+    }
+}
+
+impl AsRef<ServerSpec> for ValidSpec {
+    fn as_ref(&self) -> &ServerSpec {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ValidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TryFrom<ServerSpec> for ValidSpec {
+    type Error = Vec<ValidationError>;
+    fn try_from(spec: ServerSpec) -> Result<ValidSpec, Vec<ValidationError>> {
+        spec.validated()
+    }
+}
+
+impl<'de> Deserialize<'de> for ValidSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ServerSpec::deserialize(d)?.validated().map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            serde::de::Error::custom(text.join("; "))
+        })
+    }
+}
+
 fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>) {
     if !server_type.is_remote() {
         if auth.kind != AuthType::None
@@ -498,26 +568,74 @@ fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>)
 }
 
 /// Checks an `http://` / `https://` URL with a host and no whitespace (the CRD's
-/// `^https?://[^\s/$.?#].[^\s]*$`, plus a non-empty host).
+/// `^https?://[^\s/$.?#].[^\s]*$`), parsed as a WHATWG URL (so the port must be a
+/// number up to 65535 and the host must be a valid host).
 fn check_http_url(url: &str) -> Result<(), &'static str> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or("must start with http:// or https://")?;
-    if url.chars().any(char::is_whitespace) {
-        return Err("must not contain whitespace");
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters");
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    let host = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or_default()
-    } else {
-        host.split(':').next().unwrap_or_default()
-    };
-    if host.is_empty() || host.starts_with(['.', '$', '?', '#']) {
+    if rest.starts_with(['/', '.', '$', '?', '#']) || rest.is_empty() {
         return Err("must name a host");
     }
-    Ok(())
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        url::ParseError::InvalidPort => "has an invalid port (a number from 0 to 65535)",
+        url::ParseError::EmptyHost => "must name a host",
+        url::ParseError::InvalidIpv4Address | url::ParseError::InvalidIpv6Address => "has an invalid IP address",
+        url::ParseError::InvalidDomainCharacter | url::ParseError::IdnaError => "has an invalid host name",
+        _ => "is not a valid URL",
+    })?;
+    match parsed.host_str() {
+        Some(host) if !host.is_empty() && !host.starts_with('.') => Ok(()),
+        Some(_) | None => Err("must name a host"),
+    }
+}
+
+/// `url` as it may be shown: the userinfo password, every query value and the
+/// fragment replaced by `<redacted>`; the scheme, user name, host, port, path and
+/// query names stay. A text that is not a URL is shown as `<invalid URL>`, since
+/// it might hold anything.
+pub fn redact_url(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "<invalid URL>".to_owned();
+    };
+    let mut out = format!("{}://", parsed.scheme());
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        out.push_str(parsed.username());
+        if parsed.password().is_some() {
+            out.push(':');
+            out.push_str(REDACTED);
+        }
+        out.push('@');
+    }
+    if let Some(host) = parsed.host_str() {
+        out.push_str(host);
+    }
+    if let Some(port) = parsed.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(parsed.path());
+    if let Some(query) = parsed.query() {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                None if pair.is_empty() => String::new(),
+                // A bare word may be a token (`?s3cret`): only names with `=` stay.
+                None => REDACTED.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    if parsed.fragment().is_some() {
+        out.push('#');
+        out.push_str(REDACTED);
+    }
+    out
 }
 
 fn check_issuer(issuer: &str) -> Result<(), &'static str> {
@@ -840,6 +958,48 @@ mod tests {
         for bad in ["", "localhost", "ftp://x", "http://", "http:///path", "http://a b", "https://.x", "http://:80"] {
             assert!(check_http_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ports_and_hosts_must_be_valid() {
+        for bad in ["http://127.0.0.1:99999/mcp", "http://h:65536", "http://h:port/x", "http://300.1.1.1/"] {
+            assert!(check_http_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_http_url("http://h:65535/x"), Ok(()));
+        let spec = ServerSpec::remote("r", ServerType::StreamableHttp, "http://127.0.0.1:99999/mcp");
+        assert_eq!(messages(&spec), ["has an invalid port (a number from 0 to 65535)"]);
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_secrets() {
+        let cases = [
+            ("https://api.example/mcp", "https://api.example/mcp"),
+            ("http://bob:s3cret@h:8080/p", "http://bob:<redacted>@h:8080/p"),
+            ("http://bob@h/p", "http://bob@h/p"),
+            ("http://h/p?token=abc&x=1", "http://h/p?token=<redacted>&x=<redacted>"),
+            ("http://h/p?s3cret", "http://h/p?<redacted>"),
+            ("http://h/p#access_token=abc", "http://h/p#<redacted>"),
+            ("not a url s3cret", "<invalid URL>"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let spec = ServerSpec::remote("r", ServerType::StreamableHttp, "http://u:pw@h/mcp?key=k");
+        assert!(!format!("{spec:?}").contains("pw") && !format!("{spec:?}").contains("key=k"));
+        assert_eq!(spec.display_url(), "http://u:<redacted>@h/mcp?key=<redacted>");
+    }
+
+    #[test]
+    fn only_validated_specs_become_valid_specs() {
+        let good = ServerSpec::stdio("fs", "echo").validated().unwrap();
+        assert_eq!(good.command, "echo");
+        assert_eq!(good.spec(), &ServerSpec::stdio("fs", "echo"));
+        assert_eq!(good.clone().into_inner(), ServerSpec::stdio("fs", "echo"));
+        assert!(ValidSpec::try_from(ServerSpec::stdio("fs", "")).is_err());
+        let parsed: ValidSpec = serde_json::from_str(r#"{"name":"x","type":"stdio","command":"c"}"#).unwrap();
+        assert_eq!(parsed.name, "x");
+        let err = serde_json::from_str::<ValidSpec>(r#"{"name":"x","type":"stdio"}"#).unwrap_err();
+        assert!(err.to_string().contains("command is required for stdio type"), "{err}");
     }
 
     #[test]

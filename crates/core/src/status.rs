@@ -1,11 +1,10 @@
-//! The status snapshot of one server (SPEC §9) and the event reasons (SPEC §10).
+//! The status snapshot of one server (SPEC §9).
 //!
 //! A [`ServerStatus`] is plain data, built from a [`Lifecycle`] at a given
-//! instant. The values of `env` and `headers` never enter it: only their keys,
-//! each mapped to `<redacted>`.
+//! instant. No secret enters it: the values of `env` and `headers` are replaced by
+//! `<redacted>`, and so are the password, query values and fragment of `url`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -13,79 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::failure::{Challenge, FailureKind};
 use crate::lifecycle::{Health, Lifecycle, State};
 use crate::spec::{REDACTED, ServerType};
-
-/// Why an event was published (SPEC §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Reason {
-    /// A start began.
-    #[serde(rename = "MCPServerStarting")]
-    Starting,
-    /// A start succeeded.
-    #[serde(rename = "MCPServerStarted")]
-    Started,
-    /// The server is down by request (or as part of a restart).
-    #[serde(rename = "MCPServerStopped")]
-    Stopped,
-    /// A start failed, or the running server died.
-    #[serde(rename = "MCPServerFailed")]
-    Failed,
-    /// The server answered 401.
-    #[serde(rename = "MCPServerAuthRequired")]
-    AuthRequired,
-    /// The server went from healthy to unhealthy (once per episode).
-    #[serde(rename = "MCPServerHealthCheckFailed")]
-    HealthCheckFailed,
-    /// A restart began (by request, definition change, retry or crash recovery).
-    #[serde(rename = "MCPServerRecoveryStarted")]
-    RecoveryStarted,
-    /// The start of a restart succeeded.
-    #[serde(rename = "MCPServerRecoverySucceeded")]
-    RecoverySucceeded,
-    /// The start of a restart failed.
-    #[serde(rename = "MCPServerRecoveryFailed")]
-    RecoveryFailed,
-    /// The start of a restart got a 401.
-    #[serde(rename = "MCPServerRecoveryAwaitingAuth")]
-    RecoveryAwaitingAuth,
-}
-
-impl Reason {
-    /// Every reason.
-    pub const ALL: [Reason; 10] = [
-        Reason::Starting,
-        Reason::Started,
-        Reason::Stopped,
-        Reason::Failed,
-        Reason::AuthRequired,
-        Reason::HealthCheckFailed,
-        Reason::RecoveryStarted,
-        Reason::RecoverySucceeded,
-        Reason::RecoveryFailed,
-        Reason::RecoveryAwaitingAuth,
-    ];
-
-    /// The wire name (`MCPServerStarting`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Starting => "MCPServerStarting",
-            Reason::Started => "MCPServerStarted",
-            Reason::Stopped => "MCPServerStopped",
-            Reason::Failed => "MCPServerFailed",
-            Reason::AuthRequired => "MCPServerAuthRequired",
-            Reason::HealthCheckFailed => "MCPServerHealthCheckFailed",
-            Reason::RecoveryStarted => "MCPServerRecoveryStarted",
-            Reason::RecoverySucceeded => "MCPServerRecoverySucceeded",
-            Reason::RecoveryFailed => "MCPServerRecoveryFailed",
-            Reason::RecoveryAwaitingAuth => "MCPServerRecoveryAwaitingAuth",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = u64;
@@ -110,7 +36,7 @@ pub struct ServerStatus {
     /// stdio: its arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// remote: the endpoint.
+    /// remote: the endpoint, its password, query values and fragment redacted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// stdio: the configured variables, values redacted.
@@ -177,7 +103,7 @@ impl ServerStatus {
             auto_start: spec.auto_start,
             command: spec.command.clone(),
             args: spec.args.clone(),
-            url: spec.url.clone(),
+            url: if spec.url.is_empty() { String::new() } else { spec.display_url() },
             env: redact(&spec.env),
             headers: redact(&spec.headers),
             timeout_secs: spec.connect_timeout().as_secs(),
@@ -192,13 +118,15 @@ impl ServerStatus {
             restart_count: lifecycle.restart_count(),
             last_attempt: lifecycle.last_attempt().and_then(wall),
             next_retry_after: lifecycle.next_retry_after().and_then(wall),
-            uptime_ms: lifecycle
-                .up_since()
-                .map(|since| u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)),
+            uptime_ms: lifecycle.up_since().map(|since| millis(now.saturating_duration_since(since))),
             pid: None,
             stderr_tail: Vec::new(),
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The wall-clock time of `t`, given that `now` is `wall_now`.
@@ -222,7 +150,7 @@ mod tests {
         let mut stdio = ServerSpec::stdio("fs", "server");
         stdio.env.insert("API_KEY".into(), "hunter2".into());
         for spec in [spec, stdio] {
-            let l = Lifecycle::new(spec, Settings::default(), 0);
+            let l = Lifecycle::new(spec.validated().unwrap(), Settings::default(), 0);
             let json = serde_json::to_string(&ServerStatus::new(&l, crate::test_instant(), UNIX_EPOCH)).unwrap();
             assert!(!json.contains("s3cret") && !json.contains("hunter2"), "{json}");
             assert!(json.contains("<redacted>"), "{json}");
@@ -230,21 +158,25 @@ mod tests {
     }
 
     #[test]
+    fn url_credentials_and_query_values_are_never_serialized() {
+        let spec =
+            ServerSpec::remote("api", ServerType::Sse, "https://bob:s3cret@x.example:8443/sse?token=hunter2&v=1#frag");
+        let l = Lifecycle::new(spec.validated().unwrap(), Settings::default(), 0);
+        let st = ServerStatus::new(&l, crate::test_instant(), UNIX_EPOCH);
+        assert_eq!(st.url, "https://bob:<redacted>@x.example:8443/sse?token=<redacted>&v=<redacted>#<redacted>");
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains("s3cret") && !json.contains("hunter2") && !json.contains("frag"), "{json}");
+    }
+
+    #[test]
     fn times_are_wall_clock_millis() {
         let t0 = crate::test_instant();
         let wall0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut l = Lifecycle::new(ServerSpec::stdio("s", "x"), Settings::default(), 0);
+        let mut l = Lifecycle::new(ServerSpec::stdio("s", "x").validated().unwrap(), Settings::default(), 0);
         let _ = l.handle(t0, Event::StartRequested);
         let st = ServerStatus::new(&l, t0 + Duration::from_secs(2), wall0 + Duration::from_secs(2));
         assert_eq!(st.last_attempt, Some(1_700_000_000_000));
         assert_eq!(st.state, State::Starting);
         assert_eq!(st.timeout_secs, 10);
-    }
-
-    #[test]
-    fn reason_wire_names() {
-        for r in Reason::ALL {
-            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
-        }
     }
 }

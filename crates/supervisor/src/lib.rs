@@ -8,25 +8,27 @@
 //! ([`Supervisor::subscribe`]), limits concurrent connects, and stops everything
 //! on [`Supervisor::shutdown`].
 //!
-//! Transports plug in through the [ports](ports): a [`Connector`] opens a
-//! [`Session`]. [`Transports`] dispatches on the server's type, so any adapter
-//! can be swapped for a fake. With the `mock` feature, mockall mocks of the ports
-//! (`MockConnector`, `MockSession`) are available.
+//! Transports plug in through the ports of `roster-transport` (re-exported
+//! here): a [`Connector`] opens a [`Session`]; [`Transports`] routes each
+//! server to the adapter of its type.
 //!
-//! Time comes from [`TokioClock`]: under `#[tokio::test(start_paused = true)]`
-//! the lifecycle sees paused time move as a test advances it.
+//! Time is this crate's own port, [`Clock`]: every timer of a service and of
+//! the supervisor goes through it. [`TokioClock`], the default, follows tokio's
+//! clock, so under `#[tokio::test(start_paused = true)]` the lifecycle sees
+//! paused time move as a test advances it.
 
 #![forbid(unsafe_code)]
 
 pub mod events;
-pub mod mcp;
 pub mod ports;
 mod service;
 mod supervisor;
 
 pub use events::{Received, ServerEvent, Subscription};
-pub use ports::{BoxFuture, Clock, CloseError, Connector, Session, TokioClock, Transports};
-#[cfg(any(test, feature = "mock"))]
-pub use ports::{MockConnector, MockSession};
+pub use ports::{Clock, TokioClock};
+pub use roster_transport::{BoxFuture, CloseError, Connector, Session, Transports, Unsupported};
 pub use service::{AuthHook, HealthReport, Service, ServiceGone, ServiceOptions};
-pub use supervisor::{Action, MAX_CONCURRENT_CONNECTS, Plan, ShutdownReport, Step, Supervisor, SupervisorConfig};
+pub use supervisor::{
+    Action, CONCURRENT_CONNECTS_RANGE, EVENT_BUFFER_RANGE, MAX_CONCURRENT_CONNECTS, Plan, SHUTDOWN_TIMEOUT_RANGE,
+    ShutdownReport, Step, Supervisor, SupervisorConfig,
+};

@@ -2,34 +2,42 @@
 //!
 //! The task waits on requests, on results from the ports, on the session's
 //! death and on one timer at [`Lifecycle::poll_timeout`]; it feeds each to the
-//! core and executes the effects in order. Status is published to a `watch`
-//! channel after every transition, so reading it never waits on a connect.
+//! core and executes the effects in order, all of them, before it takes the next
+//! input. After every transition it publishes a copy of the lifecycle to a
+//! `watch` channel: status reads, predicates and plans are computed from that
+//! copy by the core's own functions, so they never wait on a connect and never
+//! decide anything the core did not.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rmcp::RoleClient;
 use rmcp::service::Peer;
+use roster_core::lifecycle::NO_CLIENT;
 use roster_core::{
     Challenge, Change, Effect, Event, Failure, Generation, Health, Lifecycle, Reply, ServerSpec, ServerStatus,
-    Settings, StartError, State, ValidationError, configuration_changed,
+    Settings, SpecChange, StartError, State, ValidSpec, ValidationError,
 };
+use roster_transport::{Connector, Session};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::events::{EventBus, Subscription};
-use crate::ports::{Clock, Connector, Session, TokioClock};
+use crate::ports::{Clock, TokioClock};
 
 /// How long the driver waits beyond an adapter's own bound before it gives up on a
-/// connect or a close (a safety net: adapters bound themselves).
+/// connect or a ping (a safety net: adapters bound themselves).
 const BACKSTOP: Duration = Duration::from_secs(1);
-/// Longest the driver lets a close run before it drops the session regardless.
+/// Longest the driver lets a close run before it kills and drops the session.
 const CLOSE_BACKSTOP: Duration = Duration::from_secs(30);
 
-/// Called when a server answers 401: with the definition current at that moment
-/// and the parsed challenge, before the `auth_required` state is published.
+/// Called when a server wants credentials: with the definition current at that
+/// moment and the parsed challenge, before anyone can see the `auth_required`
+/// state (status, events, replies). A hook that panics is logged; the server's
+/// lifecycle goes on.
 pub type AuthHook = Arc<dyn Fn(&ServerSpec, &Challenge) + Send + Sync>;
 
 /// What services of one supervisor share.
@@ -77,23 +85,22 @@ enum Command {
     Stop(oneshot::Sender<()>),
     Restart(oneshot::Sender<Result<(), StartError>>),
     CheckHealth(oneshot::Sender<HealthReport>),
-    Update(Box<ServerSpec>, oneshot::Sender<Change>),
+    Update(Box<ValidSpec>, oneshot::Sender<SpecChange>),
+    Kill,
 }
 
 enum Report {
     Connected(Generation, Arc<dyn Session>),
     ConnectFailed(Generation, Failure),
-    TransportClosed(Generation, Failure),
-    Disconnected(Generation),
+    SessionLost(Generation, Failure),
+    SessionClosed(Generation),
     Pinged(Generation, Result<(), Failure>),
 }
 
-/// What status readers see.
+/// What readers see: the lifecycle as of the last transition, and its sessions.
 #[derive(Clone)]
 struct Snapshot {
-    status: ServerStatus,
-    spec: Arc<ServerSpec>,
-    up_since: Option<Instant>,
+    lifecycle: Lifecycle,
     session: Option<Arc<dyn Session>>,
     /// The latest session, live or not: its stderr tail stays visible after it died.
     latest: Option<Arc<dyn Session>>,
@@ -112,10 +119,7 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service")
-            .field("name", &self.name)
-            .field("state", &self.snapshot.borrow().status.state)
-            .finish()
+        f.debug_struct("Service").field("name", &self.name).field("state", &self.state()).finish()
     }
 }
 
@@ -125,7 +129,7 @@ impl Service {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn new(spec: ServerSpec, connector: Arc<dyn Connector>, options: ServiceOptions) -> Service {
+    pub fn new(spec: ValidSpec, connector: Arc<dyn Connector>, options: ServiceOptions) -> Service {
         let shared = Arc::new(Shared {
             connector,
             settings: options.settings,
@@ -136,7 +140,7 @@ impl Service {
         Service::spawn(spec, shared, 0)
     }
 
-    pub(crate) fn spawn(spec: ServerSpec, shared: Arc<Shared>, seed: u64) -> Service {
+    pub(crate) fn spawn(spec: ValidSpec, shared: Arc<Shared>, seed: u64) -> Service {
         let name: Arc<str> = spec.name.as_str().into();
         let lifecycle = Lifecycle::new(spec, shared.settings, seed);
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -150,8 +154,12 @@ impl Service {
     /// Installs the auth-required hook (SPEC §3.5), replacing any earlier one.
     #[must_use]
     pub fn with_auth_required_hook(self, hook: impl Fn(&ServerSpec, &Challenge) + Send + Sync + 'static) -> Service {
-        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+        self.set_hook(Arc::new(hook));
         self
+    }
+
+    pub(crate) fn set_hook(&self, hook: AuthHook) {
+        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = Some(hook);
     }
 
     /// The server's name.
@@ -175,7 +183,8 @@ impl Service {
         self.send(Command::Start(None));
     }
 
-    /// Stops the server (cancelling an attempt in flight) and waits until it is down.
+    /// Stops the server (cancelling an attempt in flight) and waits until it is
+    /// down and nothing of its last session is left.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stop(tx));
@@ -183,7 +192,7 @@ impl Service {
     }
 
     /// Restarts: stops what runs, waits the grace period if it stopped something,
-    /// starts, and waits for the outcome.
+    /// starts, and waits for the outcome. A restart in progress is joined.
     ///
     /// # Errors
     /// Why the server did not come up again.
@@ -193,6 +202,13 @@ impl Service {
         rx.await.unwrap_or(Err(StartError::Cancelled))
     }
 
+    /// Kills what runs of the server now, without the grace of a stop: the
+    /// processes of a stdio server die at once. The server then goes through its
+    /// lifecycle as after a crash (or, while stopping, finishes the stop).
+    pub fn kill(&self) {
+        self.send(Command::Kill);
+    }
+
     /// Pings the server now and returns what it found.
     pub async fn check_health(&self) -> HealthReport {
         let (tx, rx) = oneshot::channel();
@@ -200,13 +216,21 @@ impl Service {
         rx.await.unwrap_or(HealthReport { health: Health::Unknown, error: Some(ServiceGone.to_string()) })
     }
 
-    /// Swaps in a new definition atomically (readers see the old or the new one);
-    /// restarts the server when SPEC §8 says the change needs it.
+    /// Swaps in a new definition atomically (readers see the old or the new one)
+    /// and does what the core decides for it ([`Lifecycle::change_outcome`]).
     ///
     /// # Errors
-    /// The definition's validation errors; nothing is changed then.
-    pub async fn update_configuration(&self, spec: ServerSpec) -> Result<Change, Vec<ValidationError>> {
-        spec.validate()?;
+    /// The definition's validation errors (or a rename); nothing is changed then.
+    pub async fn update_configuration(&self, spec: ServerSpec) -> Result<SpecChange, Vec<ValidationError>> {
+        let spec = spec.validated()?;
+        self.update(spec).await
+    }
+
+    /// [`Service::update_configuration`] for a definition that is validated already.
+    ///
+    /// # Errors
+    /// A rename: a definition keeps its name.
+    pub async fn update(&self, spec: ValidSpec) -> Result<SpecChange, Vec<ValidationError>> {
         if spec.name != *self.name {
             return Err(vec![ValidationError::new(
                 spec.name.clone(),
@@ -214,79 +238,90 @@ impl Service {
                 format!("cannot rename server {:?}: a definition keeps its name", self.name),
             )]);
         }
+        let predicted = self.change_outcome(&spec);
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Update(Box::new(spec.clone()), tx));
-        Ok(rx.await.unwrap_or_else(|_| configuration_changed(&spec, &spec)))
+        self.send(Command::Update(Box::new(spec), tx));
+        // A service that is gone changed nothing; say what it would have done.
+        Ok(rx.await.unwrap_or(predicted))
     }
 
-    /// Whether `new` differs from the current definition in a way that needs a restart (SPEC §8).
+    /// What `new` would do to the server now: the core's own decision, as
+    /// [`Service::update`] would apply it.
+    pub fn change_outcome(&self, new: &ServerSpec) -> SpecChange {
+        self.snapshot.borrow().lifecycle.change_outcome(new)
+    }
+
+    /// Whether `new` differs from the current definition in a way that needs a
+    /// restart, and which fields differ (SPEC §8).
     pub fn configuration_changed(&self, new: &ServerSpec) -> Change {
-        configuration_changed(&self.snapshot.borrow().spec, new)
+        self.change_outcome(new).change
     }
 
-    /// Validates the current definition.
+    /// Validates the current definition: always true, since a service only ever
+    /// holds a [`ValidSpec`]. Kept for hosts that mirror the reference's API.
     ///
     /// # Errors
-    /// Every problem found.
+    /// Never.
     pub fn validate_configuration(&self) -> Result<(), Vec<ValidationError>> {
-        self.snapshot.borrow().spec.validate()
+        Ok(())
     }
 
     /// The current definition.
-    pub fn spec(&self) -> Arc<ServerSpec> {
-        self.snapshot.borrow().spec.clone()
+    pub fn spec(&self) -> ServerSpec {
+        self.snapshot.borrow().lifecycle.spec().clone()
     }
 
     /// A snapshot of the server (SPEC §9), secrets redacted. Never waits.
     pub fn status(&self) -> ServerStatus {
         let snap = self.snapshot.borrow().clone();
-        let mut status = snap.status.clone();
-        status.uptime_ms = snap.up_since.map(|since| {
-            u64::try_from(self.shared.clock.now().saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
-        });
+        let mut status = ServerStatus::new(&snap.lifecycle, self.shared.clock.now(), self.shared.clock.wall());
         status.pid = snap.session.as_ref().and_then(|s| s.pid());
         status.stderr_tail = snap.latest.as_ref().map(|s| s.stderr_tail()).unwrap_or_default();
         status
     }
 
+    fn read<T>(&self, f: impl FnOnce(&Lifecycle) -> T) -> T {
+        f(&self.snapshot.borrow().lifecycle)
+    }
+
     /// The state.
     pub fn state(&self) -> State {
-        self.snapshot.borrow().status.state
+        self.read(Lifecycle::state)
     }
 
     /// The health.
     pub fn health(&self) -> Health {
-        self.snapshot.borrow().status.health
+        self.read(Lifecycle::health)
     }
 
     /// Failed connection attempts in a row.
     pub fn consecutive_failures(&self) -> u32 {
-        self.snapshot.borrow().status.consecutive_failures
+        self.read(Lifecycle::consecutive_failures)
     }
 
     /// When the last start began.
     pub fn last_attempt(&self) -> Option<SystemTime> {
-        self.snapshot.borrow().status.last_attempt.map(from_unix_ms)
+        self.status().last_attempt.map(from_unix_ms)
     }
 
     /// When the next automatic retry runs.
     pub fn next_retry_after(&self) -> Option<SystemTime> {
-        self.snapshot.borrow().status.next_retry_after.map(from_unix_ms)
+        self.status().next_retry_after.map(from_unix_ms)
     }
 
     /// `running` or `connected`.
     pub fn is_running(&self) -> bool {
-        self.state().is_running()
+        self.read(Lifecycle::is_running)
     }
 
     /// Running and healthy.
     pub fn is_healthy(&self) -> bool {
-        self.is_running() && self.health() == Health::Healthy
+        self.read(Lifecycle::is_healthy)
     }
 
     /// State `unreachable`.
     pub fn is_unreachable(&self) -> bool {
-        self.state() == State::Unreachable
+        self.read(Lifecycle::is_unreachable)
     }
 
     /// A live session exists.
@@ -301,7 +336,7 @@ impl Service {
 
     /// How often a running server is probed.
     pub fn health_check_interval(&self) -> Duration {
-        self.shared.settings.health_check_interval
+        self.shared.settings.health_check_interval.get()
     }
 
     /// The service kind, as the reference names it.
@@ -318,7 +353,8 @@ impl Service {
     pub async fn wait_for(&self, mut pred: impl FnMut(&ServerStatus) -> bool) -> ServerStatus {
         let mut rx = self.snapshot.clone();
         loop {
-            let status = rx.borrow_and_update().status.clone();
+            rx.borrow_and_update();
+            let status = self.status();
             if pred(&status) || rx.changed().await.is_err() {
                 return self.status();
             }
@@ -333,21 +369,6 @@ impl Service {
 
 fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-fn snapshot_of(
-    lifecycle: &Lifecycle,
-    shared: &Shared,
-    session: Option<Arc<dyn Session>>,
-    latest: Option<Arc<dyn Session>>,
-) -> Snapshot {
-    Snapshot {
-        status: ServerStatus::new(lifecycle, shared.clock.now(), shared.clock.wall()),
-        spec: Arc::new(lifecycle.spec().clone()),
-        up_since: lifecycle.up_since(),
-        session,
-        latest,
-    }
 }
 
 struct SessionSlot {
@@ -366,6 +387,7 @@ struct Actor {
     start_waiters: Vec<oneshot::Sender<Result<(), StartError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     health_waiters: Vec<oneshot::Sender<HealthReport>>,
+    update_waiters: Vec<oneshot::Sender<SpecChange>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -376,7 +398,8 @@ impl Actor {
         hook: Arc<RwLock<Option<AuthHook>>>,
     ) -> (Actor, mpsc::UnboundedReceiver<Report>, watch::Receiver<Arc<Snapshot>>) {
         let (reports, report_rx) = mpsc::unbounded_channel();
-        let (snapshot, snapshot_rx) = watch::channel(Arc::new(snapshot_of(&lifecycle, &shared, None, None)));
+        let first = Snapshot { lifecycle: lifecycle.clone(), session: None, latest: None };
+        let (snapshot, snapshot_rx) = watch::channel(Arc::new(first));
         let actor = Actor {
             lifecycle,
             shared,
@@ -388,6 +411,7 @@ impl Actor {
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             health_waiters: Vec::new(),
+            update_waiters: Vec::new(),
             snapshot,
         };
         (actor, report_rx, snapshot_rx)
@@ -456,9 +480,18 @@ impl Actor {
                 self.feed(Event::HealthCheckRequested);
             }
             Command::Update(spec, reply) => {
-                let change = configuration_changed(self.lifecycle.spec(), &spec);
+                self.update_waiters.push(reply);
                 self.feed(Event::SpecChanged(spec));
-                let _ = reply.send(change);
+            }
+            Command::Kill => {
+                // Attempts die with their tasks; sessions are killed, and their
+                // closes (or exit watchers) then report as usual.
+                for (_, task) in self.attempts.drain() {
+                    task.abort();
+                }
+                for slot in self.sessions.values() {
+                    slot.session.kill();
+                }
             }
         }
     }
@@ -468,13 +501,13 @@ impl Actor {
             Report::Connected(generation, session) => {
                 self.attempts.remove(&generation);
                 self.sessions.insert(generation, SessionSlot { session: session.clone(), watcher: None });
-                self.feed(Event::Connected { generation });
+                self.feed(Event::ConnectSucceeded { generation });
                 if self.lifecycle.session() == Some(generation) {
                     let reports = self.reports.clone();
                     let closed = session.closed();
                     let watcher = tokio::spawn(async move {
                         let failure = closed.await;
-                        let _ = reports.send(Report::TransportClosed(generation, failure));
+                        let _ = reports.send(Report::SessionLost(generation, failure));
                     });
                     if let Some(slot) = self.sessions.get_mut(&generation) {
                         slot.watcher = Some(watcher.abort_handle());
@@ -485,8 +518,11 @@ impl Actor {
                 self.attempts.remove(&generation);
                 self.feed(Event::ConnectFailed { generation, failure });
             }
-            Report::TransportClosed(generation, failure) => self.feed(Event::TransportClosed { generation, failure }),
-            Report::Disconnected(generation) => self.feed(Event::Disconnected { generation }),
+            Report::SessionLost(generation, failure) => self.feed(Event::SessionLost { generation, failure }),
+            Report::SessionClosed(generation) => {
+                self.sessions.remove(&generation);
+                self.feed(Event::SessionClosed { generation });
+            }
             Report::Pinged(generation, Ok(())) => self.feed(Event::PingSucceeded { generation }),
             Report::Pinged(generation, Err(failure)) => self.feed(Event::PingFailed { generation, failure }),
         }
@@ -499,7 +535,8 @@ impl Actor {
             debug!(from = %transition.from, to = %transition.to, "transition");
         }
         // Status readers must never lag behind what they are told: the snapshot is
-        // published after any auth hook and before the first event or reply.
+        // published after the auth hook (which the core puts first) and before the
+        // first event or reply.
         let mut published = false;
         for effect in transition.effects {
             if !published && matches!(effect, Effect::Publish(_) | Effect::Reply(_)) {
@@ -516,7 +553,7 @@ impl Actor {
         if let Some(session) = &session {
             self.latest = Some(session.clone());
         }
-        let snapshot = snapshot_of(&self.lifecycle, &self.shared, session, self.latest.clone());
+        let snapshot = Snapshot { lifecycle: self.lifecycle.clone(), session, latest: self.latest.clone() };
         self.snapshot.send_replace(Arc::new(snapshot));
     }
 
@@ -528,14 +565,9 @@ impl Actor {
                     task.abort();
                 }
             }
-            Effect::Disconnect { generation } => self.disconnect(generation),
+            Effect::CloseSession { generation } => self.close(generation),
             Effect::Ping { generation, timeout } => self.ping(generation, timeout),
-            Effect::CallAuthHook(challenge) => {
-                let hook = self.hook.read().unwrap_or_else(PoisonError::into_inner).clone();
-                if let Some(hook) = hook {
-                    hook(self.lifecycle.spec(), &challenge);
-                }
-            }
+            Effect::CallAuthHook(challenge) => self.call_hook(&challenge),
             Effect::Publish(event) => {
                 match (&event.reason, &event.error) {
                     (Some(reason), Some(error)) => info!(%reason, state = %event.state, %error, "event"),
@@ -559,6 +591,24 @@ impl Actor {
                     let _ = waiter.send(HealthReport { health, error: error.clone() });
                 }
             }
+            Effect::Reply(Reply::Updated(outcome)) => {
+                // Updates are fed one at a time, so the oldest waiter is this one's.
+                if !self.update_waiters.is_empty() {
+                    let _ = self.update_waiters.remove(0).send(outcome);
+                }
+            }
+        }
+    }
+
+    /// SPEC §3.5: the host's hook, isolated: a panic in it is the host's bug, not
+    /// a reason to stop supervising the server.
+    fn call_hook(&self, challenge: &Challenge) {
+        let hook = self.hook.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(hook) = hook {
+            let spec = self.lifecycle.spec();
+            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(spec, challenge))).is_err() {
+                warn!("the auth-required hook panicked; the server's lifecycle goes on");
+            }
         }
     }
 
@@ -571,12 +621,12 @@ impl Actor {
             // (tokio's semaphore is fair). The timeout starts once the attempt may run.
             let Ok(_permit) = shared.permits.clone().acquire_owned().await else { return };
             let deadline = shared.clock.now() + timeout;
-            let attempt = shared.connector.connect(&spec, deadline);
-            let backstop = tokio::time::Instant::from_std(deadline + BACKSTOP);
-            let report = match tokio::time::timeout_at(backstop, attempt).await {
-                Ok(Ok(session)) => Report::Connected(generation, Arc::from(session)),
-                Ok(Err(failure)) => Report::ConnectFailed(generation, failure),
-                Err(_) => Report::ConnectFailed(
+            let report = tokio::select! {
+                result = shared.connector.connect(&spec, deadline) => match result {
+                    Ok(session) => Report::Connected(generation, Arc::from(session)),
+                    Err(failure) => Report::ConnectFailed(generation, failure),
+                },
+                () = shared.clock.sleep_until(deadline + BACKSTOP) => Report::ConnectFailed(
                     generation,
                     Failure::transient(format!(
                         "timed out after {}s connecting and initializing",
@@ -589,38 +639,50 @@ impl Actor {
         self.attempts.insert(generation, task.abort_handle());
     }
 
-    fn disconnect(&mut self, generation: Generation) {
+    fn close(&mut self, generation: Generation) {
         let reports = self.reports.clone();
         let Some(slot) = self.sessions.remove(&generation) else {
-            let _ = reports.send(Report::Disconnected(generation));
+            let _ = reports.send(Report::SessionClosed(generation));
             return;
         };
         if let Some(watcher) = slot.watcher {
             watcher.abort();
         }
-        let session = slot.session;
+        // Kept in the map while it closes: a kill reaches it, and the actor does
+        // not end before it is gone.
+        self.sessions.insert(generation, SessionSlot { session: slot.session.clone(), watcher: None });
+        let (session, clock) = (slot.session, self.shared.clock.clone());
+        let backstop = clock.now() + CLOSE_BACKSTOP;
         tokio::spawn(async move {
-            match tokio::time::timeout(CLOSE_BACKSTOP, session.close()).await {
-                Ok(Ok(())) => debug!(%generation, "session closed"),
-                Ok(Err(e)) => warn!(%generation, error = %e, "closing the session did not go cleanly"),
-                Err(_) => warn!(%generation, "closing the session took too long; dropping it"),
+            tokio::select! {
+                result = session.close() => match result {
+                    Ok(()) => debug!(%generation, "session closed"),
+                    Err(e) => warn!(%generation, error = %e, "closing the session did not go cleanly"),
+                },
+                () = clock.sleep_until(backstop) => {
+                    warn!(%generation, "closing the session took too long; killing it");
+                    session.kill();
+                }
             }
             drop(session);
-            let _ = reports.send(Report::Disconnected(generation));
+            let _ = reports.send(Report::SessionClosed(generation));
         });
     }
 
     fn ping(&mut self, generation: Generation, timeout: Duration) {
         let reports = self.reports.clone();
         let Some(session) = self.sessions.get(&generation).map(|slot| slot.session.clone()) else {
-            let _ =
-                reports.send(Report::Pinged(generation, Err(Failure::transient(roster_core::lifecycle::NO_CLIENT))));
+            let _ = reports.send(Report::Pinged(generation, Err(Failure::transient(NO_CLIENT))));
             return;
         };
+        let clock = self.shared.clock.clone();
+        let backstop = clock.now() + timeout + BACKSTOP;
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout + BACKSTOP, session.ping(timeout)).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::transient(format!("no answer within {}s", timeout.as_secs_f32()))),
+            let result = tokio::select! {
+                result = session.ping(timeout) => result,
+                () = clock.sleep_until(backstop) => {
+                    Err(Failure::transient(format!("no answer within {}s", timeout.as_secs_f32())))
+                }
             };
             let _ = reports.send(Report::Pinged(generation, result));
         });
@@ -644,8 +706,9 @@ impl Drop for Actor {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use roster_transport::{MockConnector, MockSession};
+
     use super::*;
-    use crate::ports::{MockConnector, MockSession};
 
     /// The race a test through the public API cannot force: an attempt succeeds,
     /// but its report reaches the service after a stop abandoned the attempt.
@@ -660,7 +723,8 @@ mod tests {
             bus: EventBus::new(16),
             clock: Arc::new(TokioClock),
         });
-        let lifecycle = Lifecycle::new(ServerSpec::stdio("fs", "server"), Settings::default(), 0);
+        let spec = ServerSpec::stdio("fs", "server").validated().unwrap();
+        let lifecycle = Lifecycle::new(spec, Settings::default(), 0);
         let (mut actor, mut reports, _snapshot) = Actor::new(lifecycle, shared, Arc::default());
         actor.on_command(Command::Start(None));
         let attempt = actor.lifecycle.attempt().expect("an attempt in flight");
@@ -677,9 +741,10 @@ mod tests {
         actor.on_report(Report::Connected(attempt, Arc::new(session)));
         assert_eq!(actor.lifecycle.state(), State::Stopped, "the late success does not bring the server up");
         match reports.recv().await {
-            Some(Report::Disconnected(g)) => assert_eq!(g, attempt),
+            Some(Report::SessionClosed(g)) => assert_eq!(g, attempt),
             Some(_) | None => panic!("expected the late session to be closed"),
         }
+        actor.on_report(Report::SessionClosed(attempt));
         assert!(closed.load(Ordering::SeqCst));
         assert!(actor.sessions.is_empty(), "nothing left open");
     }

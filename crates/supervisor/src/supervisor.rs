@@ -2,32 +2,47 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use roster_core::{Challenge, ChangeKind, Field, ServerSpec, ServerStatus, Settings, State, ValidationError};
+use roster_core::lifecycle::{MAX_DELAY, format_duration};
+use roster_core::{
+    Challenge, ChangeAction, Field, ServerSpec, ServerStatus, Settings, SettingsError, SpecChange, ValidSpec,
+    ValidationError,
+};
+use roster_transport::Connector;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::events::{EventBus, Subscription};
-use crate::ports::{Clock, Connector, TokioClock};
+use crate::ports::{Clock, TokioClock};
 use crate::service::{AuthHook, Service, Shared};
 
 /// `MAX_CONCURRENT_CONNECTS`: connection attempts that may run at once across a supervisor.
 pub const MAX_CONCURRENT_CONNECTS: usize = 5;
+/// Accepted `max_concurrent_connects`: 1 to 1,000.
+pub const CONCURRENT_CONNECTS_RANGE: RangeInclusive<usize> = 1..=1000;
+/// Accepted `event_buffer` (events buffered per subscriber): 16 to 100,000.
+pub const EVENT_BUFFER_RANGE: RangeInclusive<usize> = 16..=100_000;
+/// Accepted `shutdown_timeout`: 1 s to 1 h.
+pub const SHUTDOWN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+/// How long [`Supervisor::shutdown`] waits, after killing what outlived the
+/// timeout, for the kills to be reported.
+const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// How a supervisor runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SupervisorConfig {
     /// The lifecycle's numbers, for every server.
     pub settings: Settings,
-    /// Connection attempts that may run at once (at least 1).
+    /// Connection attempts that may run at once.
     pub max_concurrent_connects: usize,
     /// Events buffered per subscriber before it is told it missed some.
     pub event_capacity: usize,
-    /// How long [`Supervisor::shutdown`] waits for servers to stop.
+    /// How long [`Supervisor::shutdown`] waits for servers to stop before it kills them.
     pub shutdown_timeout: Duration,
 }
 
@@ -42,6 +57,37 @@ impl Default for SupervisorConfig {
     }
 }
 
+impl SupervisorConfig {
+    /// Checks every number against its documented range (the lifecycle's own, see
+    /// [`Settings::check`], and this config's `*_RANGE` constants).
+    ///
+    /// # Errors
+    /// One [`SettingsError`] per value out of range, named as configuration files name it.
+    pub fn check(&self) -> Result<(), Vec<SettingsError>> {
+        let mut errors = self.settings.check().err().unwrap_or_default();
+        let mut count = |setting: &'static str, value: usize, range: RangeInclusive<usize>| {
+            if !range.contains(&value) {
+                let message = format!("must be between {} and {}, got {value}", range.start(), range.end());
+                errors.push(SettingsError { setting, message });
+            }
+        };
+        count("max_concurrent_connects", self.max_concurrent_connects, CONCURRENT_CONNECTS_RANGE);
+        count("event_buffer", self.event_capacity, EVENT_BUFFER_RANGE);
+        if !SHUTDOWN_TIMEOUT_RANGE.contains(&self.shutdown_timeout) {
+            errors.push(SettingsError {
+                setting: "shutdown_timeout",
+                message: format!(
+                    "must be between {} and {}, got {}",
+                    format_duration(*SHUTDOWN_TIMEOUT_RANGE.start()),
+                    format_duration(*SHUTDOWN_TIMEOUT_RANGE.end()),
+                    format_duration(self.shutdown_timeout)
+                ),
+            });
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
 /// What [`Supervisor::apply`] does to one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,9 +99,9 @@ pub enum Action {
     },
     /// Gone from the configuration: stopped and dropped.
     Remove,
-    /// Its connection changed while it is up, starting or failing: restarted.
+    /// Its connection changed while it is up, starting, failing or restarting: restarted.
     Restart,
-    /// Its connection changed while it is down by request: swapped in, not started.
+    /// Its connection changed while it is down or being stopped: swapped in, not started.
     Update,
     /// `auto_start` was switched on while it is down: swapped in and started.
     Start,
@@ -63,6 +109,18 @@ pub enum Action {
     Metadata,
     /// Nothing changed.
     Unchanged,
+}
+
+impl From<ChangeAction> for Action {
+    fn from(action: ChangeAction) -> Action {
+        match action {
+            ChangeAction::Unchanged => Action::Unchanged,
+            ChangeAction::Metadata => Action::Metadata,
+            ChangeAction::Restart => Action::Restart,
+            ChangeAction::Start => Action::Start,
+            ChangeAction::Update => Action::Update,
+        }
+    }
 }
 
 /// One line of a [`Plan`].
@@ -75,6 +133,17 @@ pub struct Step {
     /// The fields that differ (why).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<Field>,
+}
+
+impl Step {
+    fn change(server: String, outcome: SpecChange) -> Step {
+        let fields = match outcome.action {
+            ChangeAction::Metadata => outcome.change.metadata_fields,
+            ChangeAction::Unchanged => Vec::new(),
+            ChangeAction::Restart | ChangeAction::Start | ChangeAction::Update => outcome.change.restart_fields,
+        };
+        Step { server, action: outcome.action.into(), fields }
+    }
 }
 
 /// What applying a configuration does, server by server (sorted by name).
@@ -94,9 +163,10 @@ impl Plan {
 /// What [`Supervisor::shutdown`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Servers that stopped in time.
+    /// Servers that stopped in time, sorted.
     pub stopped: Vec<String>,
-    /// Servers still stopping when the timeout passed.
+    /// Servers still stopping when the shutdown timeout passed, sorted: they were
+    /// killed.
     pub timed_out: Vec<String>,
 }
 
@@ -105,6 +175,9 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     config: SupervisorConfig,
     services: Mutex<BTreeMap<String, Service>>,
+    /// Servers being stopped by a removal or a shutdown: still reachable by
+    /// [`Supervisor::kill_all`].
+    leaving: Mutex<BTreeMap<String, Service>>,
     hook: Option<AuthHook>,
 }
 
@@ -116,21 +189,37 @@ impl std::fmt::Debug for Supervisor {
 
 impl Supervisor {
     /// A supervisor with no servers, connecting through `connector` (usually a
-    /// [`crate::Transports`]).
+    /// [`roster_transport::Transports`]). Values outside the documented ranges
+    /// (see [`SupervisorConfig::check`]) are brought into them.
     pub fn new(connector: Arc<dyn Connector>, config: SupervisorConfig) -> Supervisor {
         Supervisor::with_clock(connector, config, Arc::new(TokioClock))
     }
 
-    /// Like [`Supervisor::new`] with another clock.
+    /// Like [`Supervisor::new`] with another clock: every timer of the supervisor
+    /// and its services goes through it.
     pub fn with_clock(connector: Arc<dyn Connector>, config: SupervisorConfig, clock: Arc<dyn Clock>) -> Supervisor {
+        let config = SupervisorConfig {
+            max_concurrent_connects: config
+                .max_concurrent_connects
+                .clamp(*CONCURRENT_CONNECTS_RANGE.start(), *CONCURRENT_CONNECTS_RANGE.end()),
+            event_capacity: config.event_capacity.clamp(*EVENT_BUFFER_RANGE.start(), *EVENT_BUFFER_RANGE.end()),
+            shutdown_timeout: config.shutdown_timeout.min(MAX_DELAY),
+            settings: config.settings,
+        };
         let shared = Arc::new(Shared {
             connector,
             settings: config.settings,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_connects.max(1))),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_connects)),
             bus: EventBus::new(config.event_capacity),
             clock,
         });
-        Supervisor { shared, config, services: Mutex::new(BTreeMap::new()), hook: None }
+        Supervisor {
+            shared,
+            config,
+            services: Mutex::new(BTreeMap::new()),
+            leaving: Mutex::new(BTreeMap::new()),
+            hook: None,
+        }
     }
 
     /// Installs an auth-required hook on every server this supervisor runs.
@@ -143,6 +232,11 @@ impl Supervisor {
         self
     }
 
+    /// The configuration in force (values brought into their ranges).
+    pub fn config(&self) -> &SupervisorConfig {
+        &self.config
+    }
+
     /// Subscribes to every server's events, in one numbered stream.
     pub fn subscribe(&self) -> Subscription {
         self.shared.bus.subscribe()
@@ -150,55 +244,72 @@ impl Supervisor {
 
     /// The server named `name`.
     pub fn get(&self, name: &str) -> Option<Service> {
-        self.lock().get(name).cloned()
+        lock(&self.services).get(name).cloned()
     }
 
     /// The servers' names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        lock(&self.services).keys().cloned().collect()
     }
 
     /// A status snapshot of every server, sorted by name. Never waits on a connect.
     pub fn status(&self) -> Vec<ServerStatus> {
-        self.lock().values().map(Service::status).collect()
+        lock(&self.services).values().map(Service::status).collect()
     }
 
-    /// What [`Supervisor::apply`] would do with `specs` now, without doing it.
+    /// What [`Supervisor::apply`] would do with `specs` now, without doing it: for
+    /// each server the core's own decision ([`roster_core::Lifecycle::change_outcome`]).
     ///
     /// # Errors
-    /// Every validation error of every definition, and duplicate names.
-    pub fn plan(&self, specs: &[ServerSpec]) -> Result<Plan, Vec<ValidationError>> {
-        validate_all(specs)?;
-        let services = self.lock();
-        Ok(plan(&services, specs))
+    /// A name defined more than once.
+    pub fn plan(&self, specs: &[ValidSpec]) -> Result<Plan, Vec<ValidationError>> {
+        unique_names(specs)?;
+        let services = lock(&self.services);
+        let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let mut steps: Vec<Step> = services
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .map(|n| Step { server: n.clone(), action: Action::Remove, fields: Vec::new() })
+            .collect();
+        for spec in specs {
+            steps.push(match services.get(&spec.name) {
+                Some(service) => Step::change(spec.name.clone(), service.change_outcome(spec)),
+                None => {
+                    Step { server: spec.name.clone(), action: Action::Add { start: spec.auto_start }, fields: vec![] }
+                }
+            });
+        }
+        steps.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok(Plan { steps })
     }
 
     /// Reconciles the whole configuration: adds (and auto-starts) new servers,
-    /// stops and drops removed ones, restarts changed ones, updates metadata in
-    /// place. Validates everything first: on any error nothing is applied.
+    /// stops and drops removed ones, and hands each existing server its new
+    /// definition, which the core applies as it decides (restart, update, start,
+    /// metadata in place). The definitions are validated already ([`ValidSpec`]);
+    /// their names must be unique, or nothing is applied. The plan returned is what
+    /// the core decided, server by server.
     ///
     /// Returns once every change is under way; starts are not waited for, stops of
     /// removed servers are.
     ///
     /// # Errors
-    /// Every validation error of every definition, and duplicate names.
-    pub async fn apply(&self, specs: Vec<ServerSpec>) -> Result<Plan, Vec<ValidationError>> {
-        validate_all(&specs)?;
-        let mut removed = Vec::new();
+    /// A name defined more than once.
+    pub async fn apply(&self, specs: Vec<ValidSpec>) -> Result<Plan, Vec<ValidationError>> {
+        unique_names(&specs)?;
+        let mut steps = Vec::new();
         let mut updates = Vec::new();
-        let plan = {
-            let mut services = self.lock();
-            let plan = plan(&services, &specs);
+        let removed: Vec<Service> = {
+            let mut services = lock(&self.services);
             let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             let gone: Vec<String> = services.keys().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
-            for name in gone {
-                removed.extend(services.remove(&name));
-            }
+            let removed: Vec<Service> = gone.iter().filter_map(|name| services.remove(name)).collect();
             for spec in specs {
                 match services.get(&spec.name) {
                     Some(service) => updates.push((service.clone(), spec)),
                     None => {
                         let start = spec.auto_start;
+                        steps.push(Step { server: spec.name.clone(), action: Action::Add { start }, fields: vec![] });
                         let service = self.spawn(spec);
                         if start {
                             service.request_start();
@@ -207,123 +318,111 @@ impl Supervisor {
                     }
                 }
             }
-            plan
+            removed
         };
+        for (service, spec) in updates {
+            match service.update(spec).await {
+                Ok(outcome) => steps.push(Step::change(service.name().to_owned(), outcome)),
+                // Validated above, and names are the keys: a rename cannot get here.
+                Err(errors) => warn!(server = service.name(), ?errors, "definition not applied"),
+            }
+        }
+        for service in &removed {
+            steps.push(Step { server: service.name().to_owned(), action: Action::Remove, fields: Vec::new() });
+        }
+        steps.sort_by(|a, b| a.server.cmp(&b.server));
+        let plan = Plan { steps };
         for step in plan.changes() {
             info!(server = %step.server, action = ?step.action, fields = ?step.fields, "apply");
         }
-        for (service, spec) in updates {
-            if let Err(errors) = service.update_configuration(spec).await {
-                // Validated above; only a concurrent rename could get here.
-                warn!(server = service.name(), ?errors, "definition not applied");
-            }
-        }
-        let mut stops = JoinSet::new();
-        for service in removed {
-            stops.spawn(async move { service.stop().await });
-        }
-        while stops.join_next().await.is_some() {}
+        self.stop_all(removed).await;
         Ok(plan)
     }
 
-    /// Stops every server in parallel and waits, at most the configured shutdown
-    /// timeout; then drops them all (a server still stopping finishes on its own).
-    pub async fn shutdown(&self) -> ShutdownReport {
-        let services: Vec<Service> = std::mem::take(&mut *self.lock()).into_values().collect();
+    /// Stops `services` in parallel and waits, while [`Supervisor::kill_all`] can
+    /// still reach them.
+    async fn stop_all(&self, services: Vec<Service>) {
         let mut stops = JoinSet::new();
         for service in services {
+            lock(&self.leaving).insert(service.name().to_owned(), service.clone());
             stops.spawn(async move {
                 service.stop().await;
                 service.name().to_owned()
             });
         }
-        let mut report = ShutdownReport::default();
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, stops.join_next()).await {
-                Ok(Some(Ok(name))) => report.stopped.push(name),
-                Ok(Some(Err(e))) => warn!(error = %e, "a stop task failed"),
-                Ok(None) => break,
-                Err(_) => {
-                    warn!(remaining = stops.len(), "shutdown timed out; servers still stopping are dropped");
-                    break;
-                }
+        while let Some(done) = stops.join_next().await {
+            if let Ok(name) = done {
+                lock(&self.leaving).remove(&name);
             }
         }
-        // Whatever did not stop in time: its task keeps running until it is down.
-        stops.detach_all();
-        report.stopped.sort();
+    }
+
+    /// Stops every server in parallel and waits at most the configured shutdown
+    /// timeout; what is still stopping then is killed (and named in the report).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let services: Vec<Service> = std::mem::take(&mut *lock(&self.services)).into_values().collect();
+        let mut names: BTreeSet<String> = services.iter().map(|s| s.name().to_owned()).collect();
+        let clock = self.shared.clock.clone();
+        let deadline = clock.now() + self.config.shutdown_timeout;
+        let mut report = ShutdownReport::default();
+        let stopped = tokio::select! {
+            () = self.stop_all(services) => true,
+            () = clock.sleep_until(deadline) => false,
+        };
+        let left: Vec<Service> = std::mem::take(&mut *lock(&self.leaving)).into_values().collect();
+        if !stopped {
+            for service in &left {
+                warn!(server = service.name(), "still stopping when the shutdown timeout passed; killing it");
+                service.kill();
+                names.remove(service.name());
+                report.timed_out.push(service.name().to_owned());
+            }
+            // The kills are reported at once; wait for them, boundedly.
+            let mut waits = JoinSet::new();
+            for service in left {
+                waits.spawn(async move { service.stop().await });
+            }
+            let grace = clock.now() + KILL_GRACE;
+            tokio::select! {
+                () = async { while waits.join_next().await.is_some() {} } => {}
+                () = clock.sleep_until(grace) => warn!("killed servers did not report in time"),
+            }
+        }
+        report.stopped = names.into_iter().collect();
+        report.timed_out.sort();
         report
     }
 
-    fn spawn(&self, spec: ServerSpec) -> Service {
+    /// Kills every server now, including those being stopped: for stdio servers,
+    /// every process at once (a second Ctrl-C).
+    pub fn kill_all(&self) {
+        for service in lock(&self.services).values().chain(lock(&self.leaving).values()) {
+            service.kill();
+        }
+    }
+
+    fn spawn(&self, spec: ValidSpec) -> Service {
         let mut h = DefaultHasher::new();
         spec.name.hash(&mut h);
         let service = Service::spawn(spec, self.shared.clone(), h.finish());
-        match &self.hook {
-            Some(hook) => {
-                let hook = hook.clone();
-                service.with_auth_required_hook(move |spec, challenge| hook(spec, challenge))
-            }
-            None => service,
+        if let Some(hook) = &self.hook {
+            service.set_hook(hook.clone());
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {
-        self.services.lock().unwrap_or_else(PoisonError::into_inner)
+        service
     }
 }
 
-fn validate_all(specs: &[ServerSpec]) -> Result<(), Vec<ValidationError>> {
-    let mut errors = Vec::new();
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Each name at most once.
+fn unique_names(specs: &[ValidSpec]) -> Result<(), Vec<ValidationError>> {
     let mut seen = BTreeSet::new();
-    for spec in specs {
-        if let Err(mut e) = spec.validate() {
-            errors.append(&mut e);
-        }
-        if !spec.name.is_empty() && !seen.insert(spec.name.as_str()) {
-            errors.push(ValidationError::new(spec.name.clone(), Field::Name, "defined more than once"));
-        }
-    }
+    let errors: Vec<ValidationError> = specs
+        .iter()
+        .filter(|spec| !seen.insert(spec.name.as_str()))
+        .map(|spec| ValidationError::new(spec.name.clone(), Field::Name, "defined more than once"))
+        .collect();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
-}
-
-fn plan(services: &BTreeMap<String, Service>, specs: &[ServerSpec]) -> Plan {
-    let mut steps = Vec::new();
-    let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    for name in services.keys().filter(|n| !wanted.contains(n.as_str())) {
-        steps.push(Step { server: name.clone(), action: Action::Remove, fields: Vec::new() });
-    }
-    for spec in specs {
-        let Some(service) = services.get(&spec.name) else {
-            steps.push(Step {
-                server: spec.name.clone(),
-                action: Action::Add { start: spec.auto_start },
-                fields: Vec::new(),
-            });
-            continue;
-        };
-        let change = service.configuration_changed(spec);
-        let (action, fields) = match change.kind {
-            ChangeKind::None => (Action::Unchanged, Vec::new()),
-            ChangeKind::MetadataOnly => (Action::Metadata, change.metadata_fields),
-            ChangeKind::Restart => {
-                let auto_start_on = !service.spec().auto_start && spec.auto_start;
-                let action = match service.state() {
-                    State::Starting
-                    | State::Running
-                    | State::Connected
-                    | State::Failed
-                    | State::Unreachable
-                    | State::AuthRequired => Action::Restart,
-                    State::Stopped | State::Disconnected | State::Unknown if auto_start_on => Action::Start,
-                    State::Stopped | State::Disconnected | State::Unknown | State::Stopping => Action::Update,
-                };
-                (action, change.restart_fields)
-            }
-        };
-        steps.push(Step { server: spec.name.clone(), action, fields });
-    }
-    steps.sort_by(|a, b| a.server.cmp(&b.server));
-    Plan { steps }
 }

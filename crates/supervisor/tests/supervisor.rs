@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use roster_core::{Challenge, Failure, Health, Reason, ServerSpec, ServerType, Settings, StartError, State};
+use std::num::NonZeroU32;
+
+use roster_core::{Challenge, Failure, Health, Reason, ServerSpec, ServerType, Settings, StartError, State, ValidSpec};
 use roster_supervisor::{
-    Action, BoxFuture, CloseError, Connector, MockConnector, MockSession, Received, ServerEvent, Service,
-    ServiceOptions, Session, Subscription, Supervisor, SupervisorConfig,
+    Action, BoxFuture, CloseError, Connector, Received, ServerEvent, Service, ServiceOptions, Session, Subscription,
+    Supervisor, SupervisorConfig,
 };
+use roster_transport::{MockConnector, MockSession};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -55,7 +58,15 @@ fn healthy_session() -> MockSession {
 }
 
 fn service(spec: ServerSpec, connector: impl Connector) -> Service {
-    Service::new(spec, Arc::new(connector), ServiceOptions::default())
+    Service::new(valid(spec), Arc::new(connector), ServiceOptions::default())
+}
+
+fn valid(spec: ServerSpec) -> ValidSpec {
+    spec.validated().expect("a valid definition")
+}
+
+fn all_valid(specs: Vec<ServerSpec>) -> Vec<ValidSpec> {
+    specs.into_iter().map(valid).collect()
 }
 
 /// Every event buffered for `sub` now.
@@ -339,7 +350,7 @@ async fn the_auth_hook_runs_before_the_event_and_sees_the_current_definition() {
     connector.expect_connect().returning(|_, _| {
         let challenge =
             Challenge::parse(r#"Bearer resource_metadata="https://mcp.example/.well-known/oauth-protected-resource""#);
-        Err(Failure::auth_required(challenge, "HTTP 401 Unauthorized"))
+        Err(Failure::needs_credentials(challenge, "HTTP 401 Unauthorized"))
     });
     let mut spec = remote("api");
     spec.tool_prefix = "before-update".into();
@@ -363,7 +374,7 @@ async fn the_auth_hook_runs_before_the_event_and_sees_the_current_definition() {
     spec.tool_prefix = "after-update".into();
     svc.update_configuration(spec).await.unwrap();
     let err = svc.start().await.unwrap_err();
-    assert!(matches!(err, StartError::AuthRequired { .. }));
+    assert!(matches!(err, StartError::NeedsCredentials { .. }));
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     let (prefix, metadata, before) = &seen[0];
@@ -384,7 +395,7 @@ async fn status_answers_while_a_connect_hangs_forever() {
     let mut spec = remote("api");
     spec.auto_start = true;
     spec.timeout = Some(60);
-    sup.apply(vec![spec]).await.unwrap();
+    sup.apply(vec![valid(spec)]).await.unwrap();
     let svc = sup.get("api").unwrap();
     let _ = svc.wait_for(|s| s.state == State::Starting).await;
     for _ in 0..3 {
@@ -448,10 +459,10 @@ async fn health_check_failed_is_published_once_per_unhealthy_episode() {
         Ok(Box::new(mock_session(never(), ping, || Ok(()))))
     });
     let options = ServiceOptions {
-        settings: Settings { unhealthy_threshold: 100, ..Settings::default() },
+        settings: Settings { unhealthy_threshold: NonZeroU32::new(100).unwrap(), ..Settings::default() },
         ..ServiceOptions::default()
     };
-    let svc = Service::new(stdio("fs"), Arc::new(connector), options);
+    let svc = Service::new(valid(stdio("fs")), Arc::new(connector), options);
     let mut sub = svc.subscribe();
     svc.start().await.unwrap();
     for _ in 0..10 {
@@ -501,7 +512,7 @@ async fn apply_restarts_only_changed_servers_and_updates_metadata_in_place() {
         s
     };
     let first = vec![auto(stdio("a")), auto(stdio("b")), auto(remote("c")), auto(stdio("e")), stdio("idle")];
-    let plan = sup.apply(first.clone()).await.unwrap();
+    let plan = sup.apply(all_valid(first.clone())).await.unwrap();
     assert!(plan.steps.iter().all(|s| matches!(s.action, Action::Add { .. })));
     for name in ["a", "b", "c", "e"] {
         let _ = sup.get(name).unwrap().wait_for(|s| s.state.is_running()).await;
@@ -513,7 +524,9 @@ async fn apply_restarts_only_changed_servers_and_updates_metadata_in_place() {
     second[1].args = vec!["--verbose".into()];
     second[2].description = "the API".into();
     second.push(auto(stdio("d")));
-    let plan = sup.apply(second).await.unwrap();
+    let predicted = sup.plan(&all_valid(second.clone())).unwrap();
+    let plan = sup.apply(all_valid(second)).await.unwrap();
+    assert_eq!(predicted, plan, "the plan is the core's decision, before and after");
     let actions: Vec<(&str, Action)> = plan.steps.iter().map(|s| (s.server.as_str(), s.action)).collect();
     assert_eq!(
         actions,
@@ -543,22 +556,14 @@ async fn apply_restarts_only_changed_servers_and_updates_metadata_in_place() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn apply_validates_everything_first_and_applies_nothing_on_error() {
+async fn apply_refuses_a_name_given_twice_and_applies_nothing() {
     let counts: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
     let sup = Supervisor::new(Arc::new(counting_connector(counts.clone())), SupervisorConfig::default());
-    let mut bad = remote("api");
-    bad.url = "ftp://nope".into();
-    let errors = sup.apply(vec![stdio("ok"), bad, stdio(""), stdio("ok")]).await.unwrap_err();
+    let errors = sup.apply(all_valid(vec![stdio("ok"), stdio("other"), stdio("ok")])).await.unwrap_err();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        text,
-        [
-            "server \"api\": url: must start with http:// or https://",
-            "MCP server name is required",
-            "server \"ok\": name: defined more than once",
-        ]
-    );
+    assert_eq!(text, ["server \"ok\": name: defined more than once"]);
     assert!(sup.names().is_empty());
+    assert!(sup.plan(&all_valid(vec![stdio("ok"), stdio("ok")])).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -574,10 +579,9 @@ async fn at_most_five_connects_run_at_once_first_come_first_served() {
         .collect();
     for spec in specs {
         // One at a time, so that the order of arrival is known.
-        let mut all: Vec<ServerSpec> =
-            sup.names().into_iter().map(|n| (*sup.get(&n).unwrap().spec()).clone()).collect();
+        let mut all: Vec<ServerSpec> = sup.names().into_iter().map(|n| sup.get(&n).unwrap().spec()).collect();
         all.push(spec);
-        sup.apply(all).await.unwrap();
+        sup.apply(all_valid(all)).await.unwrap();
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -618,7 +622,7 @@ async fn shutdown_stops_every_server_in_parallel() {
             s
         })
         .collect();
-    sup.apply(specs).await.unwrap();
+    sup.apply(all_valid(specs)).await.unwrap();
     for name in sup.names() {
         let _ = sup.get(&name).unwrap().wait_for(|s| s.state == State::Running).await;
     }
@@ -627,4 +631,306 @@ async fn shutdown_stops_every_server_in_parallel() {
     assert!(report.timed_out.is_empty());
     assert_eq!(closed.load(Ordering::SeqCst), 20);
     assert!(sup.names().is_empty());
+}
+
+// ----- one process at a time, a shutdown that names what it had to kill --------------
+
+/// A session whose close takes `close_takes` (or forever), and that records kills.
+struct SlowClose {
+    close_takes: Option<Duration>,
+    dies: Mutex<Option<BoxFuture<Failure>>>,
+    killed: Arc<Notify>,
+    kills: Arc<AtomicUsize>,
+    closes: Calls,
+}
+
+#[async_trait::async_trait]
+impl Session for SlowClose {
+    async fn ping(&self, _timeout: Duration) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn closed(&self) -> BoxFuture<Failure> {
+        self.dies.lock().unwrap().take().unwrap_or_else(never)
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        let killed = self.killed.notified();
+        match self.close_takes {
+            Some(d) => tokio::select! {
+                () = tokio::time::sleep(d) => {}
+                () = killed => {}
+            },
+            None => killed.await,
+        }
+        self.closes.record();
+        Ok(())
+    }
+
+    fn kill(&self) {
+        self.kills.fetch_add(1, Ordering::SeqCst);
+        self.killed.notify_waiters();
+    }
+
+    fn peer(&self) -> Option<rmcp::service::Peer<rmcp::RoleClient>> {
+        None
+    }
+}
+
+#[derive(Clone, Default)]
+struct SlowCloses {
+    connects: Calls,
+    closes: Calls,
+    kills: Arc<AtomicUsize>,
+}
+
+impl SlowCloses {
+    /// A connector whose sessions close in `close_takes` (None: only when killed);
+    /// the first session dies after `first_dies`, if given.
+    fn connector(&self, close_takes: Option<Duration>, first_dies: Option<Duration>) -> MockConnector {
+        let mut connector = MockConnector::new();
+        let this = self.clone();
+        connector.expect_connect().returning(move |_, _| {
+            let first = this.connects.count() == 0;
+            this.connects.record();
+            let dies: Option<BoxFuture<Failure>> = match first_dies {
+                Some(after) if first => Some(Box::pin(async move {
+                    tokio::time::sleep(after).await;
+                    Failure::transient("session lost: 3 health checks failed in a row")
+                })),
+                Some(_) | None => None,
+            };
+            Ok(Box::new(SlowClose {
+                close_takes,
+                dies: Mutex::new(dies),
+                killed: Arc::new(Notify::new()),
+                kills: this.kills.clone(),
+                closes: this.closes.clone(),
+            }))
+        });
+        connector
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_starts_the_new_session_only_after_the_old_one_is_closed() {
+    let t0 = Instant::now();
+    let probe = SlowCloses::default();
+    let svc = service(stdio("fs"), probe.connector(Some(S(7)), Some(S(1))));
+    svc.start().await.unwrap();
+    tokio::time::sleep(S(10)).await;
+    // Lost at 1 s; the hung server takes 7 s to close; only then the new one starts.
+    assert_eq!(probe.closes.offsets(t0), [S(8)]);
+    assert_eq!(probe.connects.offsets(t0), [S(0), S(8)], "never two processes of one server");
+    assert_eq!(svc.state(), State::Running);
+    // The close of this stop takes 7 s too: the stop returns after it, not before.
+    let stopped_at = Instant::now();
+    svc.stop().await;
+    assert_eq!(Instant::now() - stopped_at, S(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_lost_session_closes_returns_once_it_is_gone() {
+    let t0 = Instant::now();
+    let probe = SlowCloses::default();
+    let svc = service(stdio("fs"), probe.connector(Some(S(7)), Some(S(1))));
+    svc.start().await.unwrap();
+    tokio::time::sleep(S(2)).await;
+    assert_eq!(svc.state(), State::Failed);
+    svc.stop().await;
+    assert_eq!(Instant::now() - t0, S(8), "the stop waited for the old process");
+    assert_eq!(probe.closes.offsets(t0), [S(8)]);
+    assert_eq!(svc.state(), State::Stopped);
+    assert_eq!(probe.connects.count(), 1, "and nothing restarted it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_names_and_kills_the_servers_that_outlive_its_timeout() {
+    let probe = SlowCloses::default();
+    let config = SupervisorConfig { shutdown_timeout: S(2), ..SupervisorConfig::default() };
+    let mut slow = MockConnector::new();
+    let quick = Arc::new(AtomicUsize::new(0));
+    let (stuck, q) = (probe.connector(None, None), quick.clone());
+    slow.expect_connect().returning(move |spec, deadline| {
+        if spec.name == "stuck" {
+            return tokio_test_block(stuck.connect(spec, deadline));
+        }
+        q.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(healthy_session()))
+    });
+    let sup = Supervisor::new(Arc::new(slow), config);
+    let specs = ["ok", "stuck"].map(|n| {
+        let mut s = stdio(n);
+        s.auto_start = true;
+        s
+    });
+    sup.apply(all_valid(specs.to_vec())).await.unwrap();
+    for name in ["ok", "stuck"] {
+        let _ = sup.get(name).unwrap().wait_for(|s| s.state == State::Running).await;
+    }
+    let t = Instant::now();
+    let report = sup.shutdown().await;
+    assert_eq!(report.stopped, ["ok"]);
+    assert_eq!(report.timed_out, ["stuck"]);
+    assert_eq!(probe.kills.load(Ordering::SeqCst), 1, "what outlived the timeout was killed");
+    assert_eq!(probe.closes.count(), 1, "and its close then finished");
+    assert!(Instant::now() - t < S(2) + S(3), "bounded: the timeout, then the kill's grace");
+}
+
+/// Runs a mocked connector's future to its end (it never waits).
+fn tokio_test_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the mocked connect waited"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn kill_all_reaches_servers_that_are_being_stopped() {
+    let probe = SlowCloses::default();
+    let sup = Arc::new(Supervisor::new(Arc::new(probe.connector(None, None)), SupervisorConfig::default()));
+    let mut spec = stdio("stuck");
+    spec.auto_start = true;
+    sup.apply(vec![valid(spec)]).await.unwrap();
+    let _ = sup.get("stuck").unwrap().wait_for(|s| s.state == State::Running).await;
+    let removal = tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.apply(Vec::new()).await }
+    });
+    tokio::time::sleep(S(1)).await;
+    assert!(!removal.is_finished(), "its close hangs");
+    sup.kill_all();
+    removal.await.unwrap().unwrap();
+    assert_eq!(probe.kills.load(Ordering::SeqCst), 1);
+}
+
+// ----- the auth hook: before anyone sees it, and isolated ------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_401_on_a_ping_runs_the_hook_before_status_or_events_show_it() {
+    let mut connector = MockConnector::new();
+    connector.expect_connect().returning(|_, _| {
+        let ping = |_| Err(Failure::needs_credentials(Challenge::parse("Bearer realm=\"r\""), "HTTP 401 Unauthorized"));
+        Ok(Box::new(mock_session(never(), ping, || Ok(()))))
+    });
+    let svc = service(remote("api"), connector);
+    let me: Arc<Mutex<Option<(Service, Subscription)>>> = Arc::default();
+    /// What the hook saw: the state readers saw, and the reasons published so far.
+    type Seen = Vec<(State, Vec<Reason>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let svc = svc.with_auth_required_hook({
+        let (me, seen) = (me.clone(), seen.clone());
+        move |_, _| {
+            let mut me = me.lock().unwrap();
+            let (svc, sub) = me.as_mut().unwrap();
+            seen.lock().unwrap().push((svc.state(), reasons(&drain(sub))));
+        }
+    });
+    svc.start().await.unwrap();
+    *me.lock().unwrap() = Some((svc.clone(), svc.subscribe()));
+    let report = svc.check_health().await;
+    assert_eq!(report.error.as_deref(), Some("MCP ping failed: HTTP 401 Unauthorized"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [(State::Connected, vec![])], "the hook ran while the old state was all anyone could see");
+    assert_eq!(svc.state(), State::AuthRequired);
+    let (_, mut sub) = me.lock().unwrap().take().unwrap();
+    assert_eq!(reasons(&drain(&mut sub)), [Reason::AuthRequired]);
+    svc.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hook_is_logged_and_the_lifecycle_goes_on() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let mut connector = MockConnector::new();
+    let a = attempts.clone();
+    connector.expect_connect().returning(move |_, _| {
+        if a.fetch_add(1, Ordering::SeqCst) == 0 {
+            Err(Failure::needs_credentials(Challenge::default(), "HTTP 401 Unauthorized"))
+        } else {
+            Ok(Box::new(healthy_session()))
+        }
+    });
+    let svc = service(remote("api"), connector).with_auth_required_hook(|_, _| panic!("the host's bug"));
+    let err = svc.start().await.unwrap_err();
+    assert!(matches!(err, StartError::NeedsCredentials { .. }), "{err}");
+    assert_eq!(svc.state(), State::AuthRequired, "status follows");
+    // The server is not stuck: commands are answered, and it can start.
+    svc.start().await.unwrap();
+    assert_eq!(svc.state(), State::Connected);
+    svc.stop().await;
+    assert_eq!(svc.state(), State::Disconnected);
+}
+
+// ----- every timer goes through the clock --------------------------------------------
+
+/// A clock that moves only when the test says so.
+#[derive(Clone, Default)]
+struct ManualClock(Arc<ManualState>);
+
+#[derive(Default)]
+struct ManualState {
+    offset: Mutex<Duration>,
+    moved: Notify,
+    base: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        *self.0.offset.lock().unwrap() += d;
+        self.0.moved.notify_waiters();
+    }
+}
+
+impl roster_supervisor::Clock for ManualClock {
+    fn now(&self) -> std::time::Instant {
+        *self.0.base.get_or_init(|| Instant::now().into_std()) + *self.0.offset.lock().unwrap()
+    }
+
+    fn wall(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + *self.0.offset.lock().unwrap()
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<()> {
+        let clock = self.clone();
+        Box::pin(async move {
+            loop {
+                let moved = clock.0.moved.notified();
+                if clock.now() >= deadline {
+                    return;
+                }
+                moved.await;
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervisor_with_another_clock_waits_on_that_clock_only() {
+    let calls = Calls::default();
+    let mut connector = MockConnector::new();
+    let c = calls.clone();
+    connector.expect_connect().returning(move |_, _| {
+        c.record();
+        Err(Failure::transient("connection refused"))
+    });
+    let clock = ManualClock::default();
+    let sup = Supervisor::with_clock(Arc::new(connector), SupervisorConfig::default(), Arc::new(clock.clone()));
+    let mut spec = stdio("fs");
+    spec.auto_start = true;
+    sup.apply(vec![valid(spec)]).await.unwrap();
+    let svc = sup.get("fs").unwrap();
+    let _ = svc.wait_for(|s| s.state == State::Failed).await;
+    tokio::time::sleep(S(3600)).await;
+    assert_eq!(calls.count(), 1, "tokio's time passing does not fire the retry");
+    clock.advance(S(29));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(calls.count(), 1);
+    clock.advance(S(1));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(calls.count(), 2, "the clock's 30 s fire it");
+    assert_eq!(svc.status().next_retry_after, Some(60_000 + 30_000), "status reads the clock too");
+    sup.shutdown().await;
 }

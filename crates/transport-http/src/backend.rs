@@ -6,13 +6,18 @@
 //! challenge, or an empty one), 403 with `insufficient_scope` → `InsufficientScope`,
 //! 404 on a session → `SessionExpired` (rmcp re-initializes once), anything else →
 //! `HttpStatus { status, retry_after }`.
+//!
+//! It also holds what a server sends to a size: a JSON response above the limit
+//! is refused before it is read whole, and an event stream (a POST's reply or the
+//! `GET` stream) fails at the first event above the limit. Either one also tells
+//! the session, which then fails at once with the reason.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
@@ -20,29 +25,73 @@ use rmcp::transport::streamable_http_client::{
     AuthRequiredError, HttpStatusError, InsufficientScopeError, StreamableHttpClient, StreamableHttpError,
     StreamableHttpPostResponse,
 };
+use roster_http::{EventStreamError, limit_events};
 use sse_stream::{Error as SseError, Sse, SseStream};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 const SESSION_ID: &str = "mcp-session-id";
 const LAST_EVENT_ID: &str = "last-event-id";
 const EVENT_STREAM: &str = "text/event-stream";
 const JSON: &str = "application/json";
-/// Largest JSON response read into memory (rmcp's own limit).
-const MAX_JSON_RESPONSE: usize = 16 * 1024 * 1024;
 
-/// A reqwest client that types every HTTP status. Cheap to clone (one connection
-/// pool shared by every session).
+/// A reqwest client that types every HTTP status, for one session. Cheap to clone
+/// (the connection pool is the shared client's).
 #[derive(Clone, Debug)]
 pub struct Backend {
     client: reqwest::Client,
     request_timeout: Duration,
+    max_message_size: usize,
+    /// Where the session hears that the server sent more than it may.
+    fault: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Backend {
     /// `client` for every request; POST and DELETE requests time out after
-    /// `request_timeout` (the long-lived GET stream does not).
-    pub fn new(client: reqwest::Client, request_timeout: Duration) -> Backend {
-        Backend { client, request_timeout }
+    /// `request_timeout` (the long-lived GET stream does not); responses and events
+    /// are held to `max_message_size` bytes, and a breach is told to `fault`.
+    pub fn new(
+        client: reqwest::Client,
+        request_timeout: Duration,
+        max_message_size: usize,
+        fault: Arc<watch::Sender<Option<String>>>,
+    ) -> Backend {
+        Backend { client, request_timeout, max_message_size, fault }
+    }
+
+    fn too_large(&self, what: &str) {
+        let why = format!("the server sent {what} larger than {} bytes", self.max_message_size);
+        warn!(%why, "dropping the session");
+        self.fault.send_replace(Some(why));
+    }
+
+    fn sse(&self, response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
+        let this = self.clone();
+        let body = limit_events(response.bytes_stream(), self.max_message_size).inspect_err(move |e| {
+            if let EventStreamError::TooLarge { .. } = e {
+                this.too_large("an event");
+            }
+        });
+        SseStream::from_bytes_stream(body).boxed()
+    }
+
+    async fn read_json(&self, response: reqwest::Response) -> Result<Vec<u8>, Error> {
+        let max = self.max_message_size;
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            self.too_large("a response");
+            return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: max });
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(StreamableHttpError::Client)?;
+            if body.len() + chunk.len() > max {
+                self.too_large("a response");
+                return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: max });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 
@@ -90,26 +139,6 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
-fn sse(response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
-    SseStream::from_bytes_stream(response.bytes_stream()).boxed()
-}
-
-async fn read_json(response: reqwest::Response) -> Result<Vec<u8>, Error> {
-    if response.content_length().is_some_and(|n| n > MAX_JSON_RESPONSE as u64) {
-        return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: MAX_JSON_RESPONSE });
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(StreamableHttpError::Client)?;
-        if body.len() + chunk.len() > MAX_JSON_RESPONSE {
-            return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: MAX_JSON_RESPONSE });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 impl StreamableHttpClient for Backend {
     type Error = reqwest::Error;
 
@@ -150,9 +179,9 @@ impl StreamableHttpClient for Backend {
             ClientJsonRpcMessage::Notification(_) | ClientJsonRpcMessage::Response(_) | ClientJsonRpcMessage::Error(_)
         );
         match media_type(response.headers()).as_deref() {
-            Some(EVENT_STREAM) => Ok(StreamableHttpPostResponse::Sse(sse(response), new_session)),
+            Some(EVENT_STREAM) => Ok(StreamableHttpPostResponse::Sse(self.sse(response), new_session)),
             Some(JSON) => {
-                let body = read_json(response).await?;
+                let body = self.read_json(response).await?;
                 match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
                     Ok(parsed) => Ok(StreamableHttpPostResponse::Json(parsed, new_session)),
                     Err(_) if awaits_nothing => Ok(StreamableHttpPostResponse::Accepted),
@@ -213,7 +242,7 @@ impl StreamableHttpClient for Backend {
             return Err(status_error(status, response.headers(), session_attached));
         }
         match media_type(response.headers()).as_deref() {
-            Some(EVENT_STREAM) => Ok(sse(response)),
+            Some(EVENT_STREAM) => Ok(self.sse(response)),
             other => Err(StreamableHttpError::UnexpectedContentType(other.map(str::to_owned))),
         }
     }

@@ -8,88 +8,53 @@
 //! is re-initialized once by rmcp, a second failure is reported. Closing sends
 //! `DELETE` for the session.
 //!
-//! TLS is rustls with the ring provider (no aws-lc). Timeouts: connect
-//! ([`HttpOptions::connect_timeout`]), initialize (the definition's `timeout`,
-//! 30 s by default), every POST and DELETE ([`HttpOptions::request_timeout`]),
-//! every ping (the core's `PING_TIMEOUT`).
+//! TLS is rustls with the ring provider (no aws-lc), and the trust roots are
+//! loaded only when an `https://` server needs them. Timeouts: connect, every POST
+//! and DELETE (both in `roster_http::HttpOptions`), initialize (the definition's
+//! `timeout`, 30 s by default), every ping (the core's `PING_TIMEOUT`).
+//!
+//! Every JSON response and every server-sent event is held to
+//! [`HttpOptions::max_message_size`](roster_http::HttpOptions): a server that sends
+//! more fails its session, transiently and with a message saying so.
 //!
 //! Failures are typed ([`HttpError`]) and classified once, by [`classify`]; the
-//! HTTP rules (statuses, `Retry-After`, TLS) live in [`classify`](mod@classify)
-//! and are shared with the SSE transport.
+//! HTTP rules (statuses, `Retry-After`, TLS) live in `roster-http` and are
+//! shared with the SSE transport.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
 use rmcp::RoleClient;
 use rmcp::service::{ClientInitializeError, Peer, ServiceError, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::NeverRetry;
 use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
 use roster_core::{Failure, ServerSpec};
-use roster_supervisor::mcp::{self, McpClient};
-use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
+use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
+use roster_http::{BuildError, HttpClients, InvalidHeader, header_map};
+use roster_transport::mcp::{self, McpClient};
+use roster_transport::{BoxFuture, CloseError, Connector, Session};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 mod backend;
-pub mod classify;
 
 pub use backend::Backend;
-use classify::{Phase, StatusInfo, classify_reqwest, classify_status};
 
 /// How long closing waits for rmcp to finish (its `DELETE` has 5 s of its own).
 const CLOSE_BOUND: Duration = Duration::from_secs(7);
-
-/// Settings of the shared HTTP client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpOptions {
-    /// TCP connect plus TLS handshake.
-    pub connect_timeout: Duration,
-    /// Every POST and DELETE, response body included (tool calls may stream for a while).
-    pub request_timeout: Duration,
-}
-
-impl Default for HttpOptions {
-    fn default() -> HttpOptions {
-        HttpOptions { connect_timeout: Duration::from_secs(10), request_timeout: Duration::from_secs(300) }
-    }
-}
-
-/// Builds the reqwest client every remote session of a supervisor shares:
-/// rustls with the ring provider, no redirects (a redirect would replay headers to
-/// another host or turn a POST into a GET), the connect timeout of `options`.
-///
-/// # Errors
-/// When reqwest cannot build its TLS configuration.
-pub fn build_client(options: &HttpOptions) -> Result<reqwest::Client, HttpError> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // Another part of the process may have installed one first; either serves.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("roster/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(HttpError::Client)
-}
 
 /// A failure of the Streamable HTTP transport, typed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {}", classify::chain(.0))]
-    Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Client(#[from] BuildError),
     /// A configured header is not a valid HTTP header (validation should have caught it).
-    #[error("header {name:?} is not a valid HTTP header")]
-    InvalidHeader {
-        /// The header's name.
-        name: String,
-    },
+    #[error(transparent)]
+    InvalidHeader(#[from] InvalidHeader),
     /// No initialize result within the timeout.
     #[error("no answer to initialize within {}s", .0.as_secs_f32())]
     Timeout(Duration),
@@ -134,7 +99,7 @@ fn service_text(e: &ServiceError) -> String {
 
 fn streamable_text(e: &StreamableHttpError<reqwest::Error>) -> String {
     match e {
-        StreamableHttpError::Client(re) => classify::chain(re),
+        StreamableHttpError::Client(re) => reqwest_text(re),
         other => other.to_string(),
     }
 }
@@ -143,8 +108,7 @@ fn streamable_text(e: &StreamableHttpError<reqwest::Error>) -> String {
 /// (SPEC §4, reference/rmcp.md §8), from types only.
 pub fn classify(error: &HttpError) -> Failure {
     match error {
-        HttpError::Client(e) => Failure::permanent(format!("cannot build the HTTP client: {}", classify::chain(e))),
-        HttpError::InvalidHeader { .. } => Failure::permanent(error.to_string()),
+        HttpError::Client(_) | HttpError::InvalidHeader(_) => Failure::permanent(error.to_string()),
         HttpError::Timeout(_) => Failure::transient(error.to_string()),
         HttpError::Initialize(e) => match transport_error(e) {
             Some(inner) => classify_streamable(inner, Phase::StreamableInitialize),
@@ -212,42 +176,24 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
     }
 }
 
-/// The configured headers as HTTP header values.
-///
-/// # Errors
-/// [`HttpError::InvalidHeader`] naming the header (never its value).
-pub fn header_map(spec: &ServerSpec) -> Result<HashMap<HeaderName, HeaderValue>, HttpError> {
-    spec.headers
-        .iter()
-        .map(|(name, value)| {
-            let n =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| HttpError::InvalidHeader { name: name.clone() })?;
-            let mut v = HeaderValue::from_str(value).map_err(|_| HttpError::InvalidHeader { name: name.clone() })?;
-            v.set_sensitive(true);
-            Ok((n, v))
-        })
-        .collect()
-}
-
 /// Connects to Streamable HTTP servers.
 #[derive(Debug, Clone)]
 pub struct HttpConnector {
-    backend: Backend,
+    clients: HttpClients,
 }
 
 impl HttpConnector {
-    /// A connector on `client` (share one per supervisor).
-    pub fn new(client: reqwest::Client, options: &HttpOptions) -> HttpConnector {
-        HttpConnector { backend: Backend::new(client, options.request_timeout) }
+    /// A connector on `clients` (share them across a supervisor).
+    pub fn new(clients: HttpClients) -> HttpConnector {
+        HttpConnector { clients }
     }
 
-    /// A connector on its own client with default options.
+    /// A connector on clients of its own with default options.
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn with_defaults() -> Result<HttpConnector, HttpError> {
-        let options = HttpOptions::default();
-        Ok(HttpConnector::new(build_client(&options)?, &options))
+        Ok(HttpConnector::new(HttpClients::new(roster_http::HttpOptions::default())?))
     }
 
     /// Connects and completes the MCP handshake before `deadline`.
@@ -255,11 +201,15 @@ impl HttpConnector {
     /// # Errors
     /// Typed; see [`classify`].
     pub async fn open(&self, spec: &ServerSpec, deadline: Instant) -> Result<HttpSession, HttpError> {
+        let client = self.clients.for_url(&spec.url)?;
         let mut config = StreamableHttpClientTransportConfig::with_uri(spec.url.as_str());
         config.retry_config = Arc::new(NeverRetry::default());
         config.custom_headers = header_map(spec)?;
         config.reinit_on_expired_session = true;
-        let transport = StreamableHttpClientTransport::with_client(self.backend.clone(), config);
+        let (fault_tx, fault) = watch::channel(None);
+        let options = self.clients.options();
+        let backend = Backend::new(client, options.request_timeout, options.max_message_size, Arc::new(fault_tx));
+        let transport = StreamableHttpClientTransport::with_client(backend, config);
         let cancel = CancellationToken::new();
         let handshake = mcp::client_config(mcp::PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
         let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
@@ -267,8 +217,9 @@ impl HttpConnector {
             Ok(Err(e)) => return Err(HttpError::Initialize(Box::new(e))),
             Err(_) => return Err(HttpError::Timeout(spec.connect_timeout())),
         };
-        debug!(url = %spec.url, "connected");
-        Ok(HttpSession { client: McpClient::new(running, cancel), url: spec.url.clone() })
+        let url = spec.display_url();
+        debug!(%url, "connected");
+        Ok(HttpSession { client: McpClient::new(running, cancel), url, fault })
     }
 }
 
@@ -286,11 +237,15 @@ impl Connector for HttpConnector {
 ///
 /// rmcp does not report a dead server as a closed transport (requests just
 /// fail), so the health probes find it; [`Session::closed`] resolves when rmcp
-/// itself gives the session up (a forgotten session it could not re-initialize).
+/// itself gives the session up (a forgotten session it could not re-initialize)
+/// or when the server sent more than roster reads (an event or a response above
+/// the size limit).
 #[derive(Debug)]
 pub struct HttpSession {
     client: McpClient,
+    /// For messages: secrets redacted.
     url: String,
+    fault: watch::Receiver<Option<String>>,
 }
 
 #[async_trait]
@@ -300,11 +255,14 @@ impl Session for HttpSession {
     }
 
     fn closed(&self) -> BoxFuture<Failure> {
-        let ended = self.client.ended();
-        let url = self.url.clone();
+        let (ended, mut fault, url) = (self.client.ended(), self.fault.clone(), self.url.clone());
         Box::pin(async move {
-            ended.await;
-            Failure::transient(format!("session with {url} lost: the client could not re-establish it"))
+            tokio::select! {
+                () = ended => Failure::transient(format!("session with {url} lost: the client could not re-establish it")),
+                Ok(why) = fault.wait_for(Option::is_some) => {
+                    Failure::transient(format!("session with {url} failed: {}", why.clone().unwrap_or_default()))
+                }
+            }
         })
     }
 

@@ -8,9 +8,12 @@
 //! `message` events. The stream lives as long as the session: when it ends, the
 //! transport closes at once and the session is failed without waiting for a ping.
 //!
+//! Every event is held to `roster_http::HttpOptions::max_message_size`: a server
+//! that streams more without ending an event fails its session at once,
+//! transiently, with a message saying so.
+//!
 //! Errors are typed ([`SseError`]) and classified once, by [`classify`], with the
-//! HTTP rules shared with the Streamable HTTP transport
-//! ([`roster_transport_http::classify`]).
+//! HTTP rules shared with the Streamable HTTP transport (`roster_http::classify`).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,10 +27,10 @@ use rmcp::model::{ClientJsonRpcMessage, ProtocolVersion, ServerJsonRpcMessage};
 use rmcp::service::{ClientInitializeError, Peer, ServiceError, ServiceExt};
 use rmcp::transport::Transport;
 use roster_core::{Failure, ServerSpec};
-use roster_supervisor::mcp::{self, McpClient};
-use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
-use roster_transport_http::classify::{Phase, StatusInfo, chain, classify_reqwest, classify_status};
-use roster_transport_http::{HttpOptions, build_client, classify_init, header_map};
+use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
+use roster_http::{BuildError, EventStreamError, HttpClients, HttpOptions, InvalidHeader, header_map, limit_events};
+use roster_transport::mcp::{self, McpClient};
+use roster_transport::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -44,16 +47,13 @@ const CLOSE_BOUND: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum SseError {
     /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] roster_transport_http::HttpError),
+    #[error(transparent)]
+    Client(#[from] BuildError),
     /// A configured header is not a valid HTTP header.
-    #[error("header {name:?} is not a valid HTTP header")]
-    InvalidHeader {
-        /// The header's name.
-        name: String,
-    },
+    #[error(transparent)]
+    InvalidHeader(#[from] InvalidHeader),
     /// The request could not be sent, or its response not read.
-    #[error("{}", chain(.0))]
+    #[error("{}", reqwest_text(.0))]
     Http(#[source] reqwest::Error),
     /// The server answered with an error status.
     #[error("HTTP {}", .0.status)]
@@ -67,6 +67,9 @@ pub enum SseError {
     /// The stream ended (or broke) before the `endpoint` event.
     #[error("the event stream ended before the endpoint event{}", reason_suffix(.0))]
     StreamEnded(Option<String>),
+    /// The server sent an event larger than the limit.
+    #[error("the server sent an event larger than {0} bytes")]
+    EventTooLarge(usize),
     /// The `endpoint` event does not hold a URL.
     #[error("the endpoint event holds no usable URL: {0:?}")]
     BadEndpoint(String),
@@ -126,9 +129,11 @@ pub fn classify(error: &SseError) -> Failure {
     match error {
         SseError::Http(e) => classify_reqwest(e),
         SseError::Status(info) => classify_status(info, Phase::Other),
-        SseError::NoEndpoint(_) | SseError::StreamEnded(_) | SseError::Timeout(_) => Failure::transient(text),
+        SseError::NoEndpoint(_) | SseError::StreamEnded(_) | SseError::EventTooLarge(_) | SseError::Timeout(_) => {
+            Failure::transient(text)
+        }
         SseError::Client(_)
-        | SseError::InvalidHeader { .. }
+        | SseError::InvalidHeader(_)
         | SseError::NotAnEventStream(_)
         | SseError::BadEndpoint(_)
         | SseError::ForeignEndpoint { .. }
@@ -157,6 +162,21 @@ pub fn classify_request(error: &ServiceError) -> Failure {
     }
 }
 
+fn classify_init(e: &ClientInitializeError) -> Failure {
+    mcp::classify_init(e, format!("initialize failed: {e}"))
+}
+
+/// Whether a broken event stream broke on an event above the limit.
+fn too_large(e: &sse_stream::Error) -> Option<usize> {
+    match e {
+        sse_stream::Error::Body(body) => match body.downcast_ref::<EventStreamError>() {
+            Some(EventStreamError::TooLarge { max }) => Some(*max),
+            Some(EventStreamError::Read(_)) | None => None,
+        },
+        _ => None,
+    }
+}
+
 fn status_info(response: &reqwest::Response) -> StatusInfo {
     let headers = response.headers();
     StatusInfo {
@@ -172,11 +192,7 @@ fn status_info(response: &reqwest::Response) -> StatusInfo {
 }
 
 fn to_header_map(spec: &ServerSpec) -> Result<HeaderMap, SseError> {
-    let map = header_map(spec).map_err(|e| match e {
-        roster_transport_http::HttpError::InvalidHeader { name } => SseError::InvalidHeader { name },
-        other => SseError::Client(other),
-    })?;
-    Ok(map.into_iter().collect::<HeaderMap<HeaderValue>>())
+    Ok(header_map(spec)?.into_iter().collect::<HeaderMap<HeaderValue>>())
 }
 
 /// Sends client messages to the current endpoint.
@@ -231,7 +247,7 @@ impl SseTransport {
         url: &str,
         headers: HeaderMap,
         deadline: Instant,
-        request_timeout: Duration,
+        options: &HttpOptions,
     ) -> Result<SseTransport, SseError> {
         let base = Url::parse(url).map_err(|_| SseError::BadEndpoint(url.to_owned()))?;
         let deadline = tokio::time::Instant::from_std(deadline);
@@ -255,26 +271,32 @@ impl SseTransport {
         {
             return Err(SseError::NotAnEventStream(media));
         }
-        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let body = limit_events(response.bytes_stream(), options.max_message_size);
+        let mut events = sse_stream::SseStream::from_bytes_stream(body);
         let endpoint = loop {
             match tokio::time::timeout_at(deadline, events.next()).await {
                 Err(_) => return Err(SseError::NoEndpoint(timeout)),
                 Ok(None) => return Err(SseError::StreamEnded(None)),
-                Ok(Some(Err(e))) => return Err(SseError::StreamEnded(Some(e.to_string()))),
+                Ok(Some(Err(e))) => {
+                    return Err(match too_large(&e) {
+                        Some(max) => SseError::EventTooLarge(max),
+                        None => SseError::StreamEnded(Some(e.to_string())),
+                    });
+                }
                 Ok(Some(Ok(event))) if event.event.as_deref() == Some("endpoint") => {
                     break resolve(&base, event.data.as_deref().unwrap_or_default())?;
                 }
                 Ok(Some(Ok(_))) => {}
             }
         };
-        debug!(%endpoint, "SSE endpoint");
+        debug!(endpoint = %roster_core::redact_url(endpoint.as_str()), "SSE endpoint");
         let endpoint = Arc::new(RwLock::new(endpoint));
         let (tx, incoming) = mpsc::channel(INCOMING_BUFFER);
         let (ended_tx, ended) = watch::channel(None);
         let reader = tokio::spawn(read_events(events, tx, base, endpoint.clone(), ended_tx));
         Ok(SseTransport {
             incoming,
-            poster: Poster { client, endpoint, headers, timeout: request_timeout },
+            poster: Poster { client, endpoint, headers, timeout: options.request_timeout },
             reader,
             ended,
         })
@@ -292,7 +314,7 @@ fn resolve(base: &Url, data: &str) -> Result<Url, SseError> {
     let endpoint = base.join(data.trim()).map_err(|_| SseError::BadEndpoint(data.to_owned()))?;
     if endpoint.origin() != base.origin() {
         return Err(SseError::ForeignEndpoint {
-            endpoint: endpoint.to_string(),
+            endpoint: roster_core::redact_url(endpoint.as_str()),
             base: base.origin().ascii_serialization(),
         });
     }
@@ -311,7 +333,10 @@ async fn read_events<S>(
     let reason = loop {
         match events.next().await {
             None => break "the server ended the event stream".to_owned(),
-            Some(Err(e)) => break format!("the event stream broke: {e}"),
+            Some(Err(e)) => match too_large(&e) {
+                Some(max) => break format!("the server sent an event larger than {max} bytes"),
+                None => break format!("the event stream broke: {e}"),
+            },
             Some(Ok(event)) => match (event.event.as_deref(), event.data) {
                 (Some("endpoint"), Some(data)) => match resolve(&base, &data) {
                     Ok(url) => *endpoint.write().unwrap_or_else(std::sync::PoisonError::into_inner) = url,
@@ -361,23 +386,21 @@ impl Drop for SseTransport {
 /// Connects to legacy SSE servers.
 #[derive(Debug, Clone)]
 pub struct SseConnector {
-    client: reqwest::Client,
-    options: HttpOptions,
+    clients: HttpClients,
 }
 
 impl SseConnector {
-    /// A connector on `client` (share one per supervisor).
-    pub fn new(client: reqwest::Client, options: HttpOptions) -> SseConnector {
-        SseConnector { client, options }
+    /// A connector on `clients` (share them across a supervisor).
+    pub fn new(clients: HttpClients) -> SseConnector {
+        SseConnector { clients }
     }
 
-    /// A connector on its own client with default options.
+    /// A connector on clients of its own with default options.
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn with_defaults() -> Result<SseConnector, SseError> {
-        let options = HttpOptions::default();
-        Ok(SseConnector::new(build_client(&options).map_err(SseError::Client)?, options))
+        Ok(SseConnector::new(HttpClients::new(HttpOptions::default())?))
     }
 
     /// Opens the stream and completes the MCP handshake before `deadline`.
@@ -386,9 +409,8 @@ impl SseConnector {
     /// Typed; see [`classify`].
     pub async fn open(&self, spec: &ServerSpec, deadline: Instant) -> Result<SseSession, SseError> {
         let headers = to_header_map(spec)?;
-        let transport =
-            SseTransport::connect(self.client.clone(), &spec.url, headers, deadline, self.options.request_timeout)
-                .await?;
+        let client = self.clients.for_url(&spec.url)?;
+        let transport = SseTransport::connect(client, &spec.url, headers, deadline, self.clients.options()).await?;
         let ended = transport.ended();
         let cancel = CancellationToken::new();
         let handshake = mcp::client_config(PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
@@ -397,7 +419,7 @@ impl SseConnector {
             Ok(Err(e)) => return Err(SseError::Initialize(Box::new(e))),
             Err(_) => return Err(SseError::Timeout(spec.connect_timeout())),
         };
-        Ok(SseSession { client: McpClient::new(running, cancel), ended, url: spec.url.clone() })
+        Ok(SseSession { client: McpClient::new(running, cancel), ended, url: spec.display_url() })
     }
 }
 
@@ -416,6 +438,7 @@ impl Connector for SseConnector {
 pub struct SseSession {
     client: McpClient,
     ended: watch::Receiver<Option<String>>,
+    /// For messages: secrets redacted.
     url: String,
 }
 
@@ -476,11 +499,12 @@ mod tests {
     #[test]
     fn classification_table() {
         let table = [
-            (SseError::Status(StatusInfo { status: 401, ..StatusInfo::default() }), FailureKind::AuthRequired),
+            (SseError::Status(StatusInfo { status: 401, ..StatusInfo::default() }), FailureKind::NeedsCredentials),
             (SseError::Status(StatusInfo { status: 503, ..StatusInfo::default() }), FailureKind::Transient),
             (SseError::Status(StatusInfo { status: 404, ..StatusInfo::default() }), FailureKind::Permanent),
             (SseError::NoEndpoint(Duration::from_secs(1)), FailureKind::Transient),
             (SseError::StreamEnded(None), FailureKind::Transient),
+            (SseError::EventTooLarge(1024), FailureKind::Transient),
             (SseError::NotAnEventStream(Some("text/html".into())), FailureKind::Permanent),
             (SseError::BadEndpoint("::".into()), FailureKind::Permanent),
             (

@@ -7,6 +7,8 @@ use std::time::Duration;
 use rmcp::service::{ClientInitializeError, ServiceError};
 use roster_core::Failure;
 
+use crate::process::Exit;
+
 /// Lines of stderr quoted in a failure message.
 const QUOTED_LINES: usize = 10;
 
@@ -32,10 +34,18 @@ pub enum StdioError {
     #[error("the server process has no {0} pipe")]
     MissingPipe(&'static str),
     /// The process exited before the handshake completed.
-    #[error("server process exited during initialize ({status}){}", Stderr(stderr))]
+    #[error("server process exited during initialize ({}){}", shown(status), Stderr(stderr))]
     ExitedDuringInit {
-        /// The exit status, as text.
-        status: String,
+        /// How it exited (`None`: still running, with its stdout closed).
+        status: Option<Exit>,
+        /// Its last lines of stderr.
+        stderr: Vec<String>,
+    },
+    /// The live session ended by itself: the process exited, or closed its stdout.
+    #[error("{}{}", match status { Some(s) => format!("server process exited ({s})"), None => "server closed its stdout".to_owned() }, Stderr(stderr))]
+    Exited {
+        /// How it exited (`None`: its stdout closed first).
+        status: Option<Exit>,
         /// Its last lines of stderr.
         stderr: Vec<String>,
     },
@@ -59,6 +69,10 @@ pub enum StdioError {
     /// A request on a live session failed.
     #[error("{0}")]
     Request(#[source] ServiceError),
+}
+
+fn shown(status: &Option<Exit>) -> String {
+    status.as_ref().map_or_else(|| "still running".to_owned(), ToString::to_string)
 }
 
 fn spawn_text(command: &str, source: &io::Error) -> String {
@@ -94,10 +108,11 @@ pub fn classify(error: &StdioError) -> Failure {
             _ => Failure::transient(message),
         },
         StdioError::Cwd { .. } => Failure::permanent(message),
-        StdioError::MissingPipe(_) | StdioError::ExitedDuringInit { .. } | StdioError::InitTimeout { .. } => {
-            Failure::transient(message)
-        }
-        StdioError::Initialize { source, .. } => roster_supervisor::mcp::classify_init(source, message),
+        StdioError::MissingPipe(_)
+        | StdioError::ExitedDuringInit { .. }
+        | StdioError::Exited { .. }
+        | StdioError::InitTimeout { .. } => Failure::transient(message),
+        StdioError::Initialize { source, .. } => roster_transport::mcp::classify_init(source, message),
         StdioError::Request(e) => classify_request(e),
     }
 }
@@ -122,6 +137,11 @@ mod tests {
         StdioError::Spawn { command: "mcp-x".into(), source: io::Error::from(kind) }
     }
 
+    fn exit(code: i32) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        Exit::Status(std::process::ExitStatus::from_raw(code << 8))
+    }
+
     fn init(source: ClientInitializeError) -> StdioError {
         StdioError::Initialize { source: Box::new(source), stderr: vec![] }
     }
@@ -137,7 +157,9 @@ mod tests {
             ),
             (spawn(io::ErrorKind::WouldBlock), FailureKind::Transient),
             (StdioError::Cwd { cwd: "/nope".into() }, FailureKind::Permanent),
-            (StdioError::ExitedDuringInit { status: "exit status: 1".into(), stderr: vec![] }, FailureKind::Transient),
+            (StdioError::ExitedDuringInit { status: Some(exit(1)), stderr: vec![] }, FailureKind::Transient),
+            (StdioError::Exited { status: Some(exit(3)), stderr: vec![] }, FailureKind::Transient),
+            (StdioError::Exited { status: None, stderr: vec![] }, FailureKind::Transient),
             (StdioError::InitTimeout { after: Duration::from_secs(10), stderr: vec![] }, FailureKind::Transient),
             (init(ClientInitializeError::ConnectionClosed("initialize response".into())), FailureKind::Transient),
             (init(ClientInitializeError::Cancelled), FailureKind::Cancelled),
@@ -161,13 +183,14 @@ mod tests {
     #[test]
     fn messages_name_the_command_and_quote_stderr() {
         assert_eq!(spawn(io::ErrorKind::NotFound).to_string(), "command not found: mcp-x");
-        let e = StdioError::ExitedDuringInit {
-            status: "exit status: 3".into(),
-            stderr: (0..15).map(|i| format!("l{i}")).collect(),
-        };
+        let e =
+            StdioError::ExitedDuringInit { status: Some(exit(3)), stderr: (0..15).map(|i| format!("l{i}")).collect() };
         assert_eq!(
             e.to_string(),
             "server process exited during initialize (exit status: 3); stderr: l5 | l6 | l7 | l8 | l9 | l10 | l11 | l12 | l13 | l14"
         );
+        let e = StdioError::Exited { status: Some(exit(1)), stderr: vec!["boom".into()] };
+        assert_eq!(e.to_string(), "server process exited (exit status: 1); stderr: boom");
+        assert_eq!(StdioError::Exited { status: None, stderr: vec![] }.to_string(), "server closed its stdout");
     }
 }

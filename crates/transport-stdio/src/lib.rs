@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use rmcp::RoleClient;
 use rmcp::service::{Peer, ServiceError, ServiceExt};
 use roster_core::{Failure, ServerSpec};
-use roster_supervisor::mcp::{self, McpClient};
-use roster_supervisor::{BoxFuture, CloseError, Connector, Session};
+use roster_transport::mcp::{self, McpClient};
+use roster_transport::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -35,8 +35,8 @@ mod error;
 mod process;
 
 pub use error::{StdioError, classify, classify_request};
-pub use process::{BASE_ENV_ALLOWLIST, STDERR_BYTES, STDERR_LINES};
-use process::{Exit, Group, KillGuard, StderrLog};
+pub use process::{BASE_ENV_ALLOWLIST, Exit, STDERR_BYTES, STDERR_LINES};
+use process::{Group, KillGuard, StderrLog};
 
 /// The timings of the close sequence (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl StdioConnector {
         let log = Arc::new(StderrLog::new());
         tokio::spawn(process::drain_stderr(stderr, log.clone()));
         let cancel = CancellationToken::new();
-        let (exit_tx, exit) = watch::channel::<Exit>(None);
+        let (exit_tx, exit) = watch::channel::<Option<Exit>>(None);
         tokio::spawn(process::watch_exit(child, group.clone(), cancel.clone(), exit_tx));
         debug!(pid, command = %spec.command, "spawned");
 
@@ -136,14 +136,13 @@ impl StdioConnector {
 }
 
 /// Waits for the exit status; false if the watcher is gone without one.
-async fn has_exited(exit: &mut watch::Receiver<Exit>) -> bool {
+async fn has_exited(exit: &mut watch::Receiver<Option<Exit>>) -> bool {
     exit.wait_for(Option::is_some).await.is_ok()
 }
 
-async fn exited_during_init(exit: &watch::Receiver<Exit>, log: &StderrLog) -> StdioError {
+async fn exited_during_init(exit: &watch::Receiver<Option<Exit>>, log: &StderrLog) -> StdioError {
     log.drained(Duration::from_millis(500)).await;
-    let status = exit.borrow().clone().unwrap_or_else(|| "still running".to_owned());
-    StdioError::ExitedDuringInit { status, stderr: log.tail(STDERR_LINES) }
+    StdioError::ExitedDuringInit { status: exit.borrow().clone(), stderr: log.tail(STDERR_LINES) }
 }
 
 #[async_trait]
@@ -159,7 +158,7 @@ impl Connector for StdioConnector {
 /// A live stdio session: the process, its group, and the rmcp client over its pipes.
 pub struct StdioSession {
     client: McpClient,
-    exit: watch::Receiver<Exit>,
+    exit: watch::Receiver<Option<Exit>>,
     group: Arc<Group>,
     pid: u32,
     log: Arc<StderrLog>,
@@ -174,7 +173,7 @@ impl std::fmt::Debug for StdioSession {
 
 impl StdioSession {
     /// The exit status, once the process has exited.
-    pub fn exit_status(&self) -> Option<String> {
+    pub fn exit_status(&self) -> Option<Exit> {
         self.exit.borrow().clone()
     }
 
@@ -201,12 +200,8 @@ impl Session for StdioSession {
                 }
             }
             log.drained(Duration::from_millis(200)).await;
-            let stderr = log.tail(STDERR_LINES);
-            let message = match exit.borrow().clone() {
-                Some(status) => format!("server process exited ({status})"),
-                None => "server closed its stdout".to_owned(),
-            };
-            Failure::transient(format!("{message}{}", error::Stderr(&stderr)))
+            let status = exit.borrow().clone();
+            classify(&StdioError::Exited { status, stderr: log.tail(STDERR_LINES) })
         })
     }
 
@@ -231,6 +226,10 @@ impl Session for StdioSession {
         } else {
             Err(CloseError(format!("process {} did not exit after SIGKILL", self.pid)))
         }
+    }
+
+    fn kill(&self) {
+        self.group.kill();
     }
 
     fn peer(&self) -> Option<Peer<RoleClient>> {

@@ -125,8 +125,23 @@ impl Drop for KillGuard {
     }
 }
 
-/// How the process ended.
-pub(crate) type Exit = Option<String>;
+/// How the server's process ended, as a value until it is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited; the status says with which code or signal.
+    Status(std::process::ExitStatus),
+    /// Waiting for it failed: its status is unknown.
+    Unknown(io::ErrorKind),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Status(status) => status.fmt(f),
+            Exit::Unknown(kind) => write!(f, "exit status unknown ({kind})"),
+        }
+    }
+}
 
 /// Owns the child: waits for it, then kills what is left of its group, cancels
 /// the MCP session (so pending requests fail now, even when a grandchild still
@@ -135,17 +150,17 @@ pub(crate) async fn watch_exit(
     mut child: Child,
     group: Arc<Group>,
     cancel: CancellationToken,
-    exit: watch::Sender<Exit>,
+    exit: watch::Sender<Option<Exit>>,
 ) {
     let status = child.wait().await;
     group.finish();
     cancel.cancel();
-    let text = match status {
-        Ok(status) => status.to_string(),
-        Err(e) => format!("exit status unknown ({e})"),
+    let status = match status {
+        Ok(status) => Exit::Status(status),
+        Err(e) => Exit::Unknown(e.kind()),
     };
-    debug!(status = %text, "server process exited");
-    exit.send_replace(Some(text));
+    debug!(%status, "server process exited");
+    exit.send_replace(Some(status));
 }
 
 /// The last lines a server wrote to stderr, bounded in lines and bytes.

@@ -49,9 +49,14 @@ impl TagExt for Tag {
     }
 }
 
+/// Every transport; only stdio is expected to be used.
 pub(crate) fn stdio_transports() -> Transports {
-    Transports::new()
-        .with(roster_core::ServerType::Stdio, std::sync::Arc::new(roster_transport_stdio::StdioConnector::new()))
+    all_transports()
+}
+
+/// A definition, validated.
+pub(crate) fn valid(spec: ServerSpec) -> roster_core::ValidSpec {
+    spec.validated().expect("a valid definition")
 }
 
 /// Polls `f` every 10 ms until it returns true, at most `limit`.
@@ -121,17 +126,12 @@ impl FixtureServer {
     }
 }
 
-/// Every transport, on one shared HTTP client.
+/// Every transport, the remote ones on one set of shared HTTP clients.
 pub(crate) fn all_transports() -> Transports {
-    let options = roster_transport_http::HttpOptions::default();
-    let client = roster_transport_http::build_client(&options).expect("an HTTP client");
-    stdio_transports()
-        .with(
-            roster_core::ServerType::StreamableHttp,
-            std::sync::Arc::new(roster_transport_http::HttpConnector::new(client.clone(), &options)),
-        )
-        .with(
-            roster_core::ServerType::Sse,
-            std::sync::Arc::new(roster_transport_sse::SseConnector::new(client, options)),
-        )
+    let clients = roster_http::HttpClients::new(roster_http::HttpOptions::default()).expect("HTTP clients");
+    Transports::new(
+        std::sync::Arc::new(roster_transport_stdio::StdioConnector::new()),
+        std::sync::Arc::new(roster_transport_http::HttpConnector::new(clients.clone())),
+        std::sync::Arc::new(roster_transport_sse::SseConnector::new(clients)),
+    )
 }

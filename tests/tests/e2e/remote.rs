@@ -8,7 +8,7 @@ use rmcp::model::CallToolRequestParams;
 use roster_core::{Challenge, FailureKind, Health, Reason, ServerSpec, ServerType, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Subscription, Supervisor};
 
-use crate::common::{FixtureServer, Tag, TagExt, all_transports, eventually, fast_config, fast_settings};
+use crate::common::{FixtureServer, Tag, TagExt, all_transports, eventually, fast_config, fast_settings, valid};
 
 /// Both remote transports: the fixture's mode and the definition's type.
 const MODES: [(&str, ServerType); 2] = [("http", ServerType::StreamableHttp), ("sse", ServerType::Sse)];
@@ -19,7 +19,7 @@ fn spec(name: &str, server_type: ServerType, url: &str) -> ServerSpec {
 
 fn service(spec: ServerSpec) -> Service {
     Service::new(
-        spec,
+        valid(spec),
         Arc::new(all_transports()),
         ServiceOptions { settings: fast_settings(), ..ServiceOptions::default() },
     )
@@ -82,7 +82,7 @@ async fn a_401_goes_auth_required_with_the_challenge_in_status_and_the_hook_call
                 move |_: &ServerSpec, c: &Challenge| seen.lock().unwrap().push(c.clone())
             });
             let err = svc.start().await.unwrap_err();
-            assert!(matches!(err, roster_core::StartError::AuthRequired { .. }), "{mode}/{how}: {err}");
+            assert!(matches!(err, roster_core::StartError::NeedsCredentials { .. }), "{mode}/{how}: {err}");
             let status = svc.status();
             assert_eq!(status.state, State::AuthRequired, "{mode}/{how}");
             assert_eq!(seen.lock().unwrap().len(), 1, "{mode}/{how}: the hook ran once");
@@ -306,13 +306,13 @@ async fn header_values_never_appear_in_status_or_logs() {
         let mut s = spec("api", server_type, &server.url());
         s.auto_start = true;
         s.headers.insert("Authorization".into(), secret.into());
-        sup.apply(vec![s.clone()]).await.unwrap();
+        sup.apply(vec![valid(s.clone())]).await.unwrap();
         let svc = sup.get("api").unwrap();
         let _ = svc.wait_for(|st| st.state == State::Connected).await;
         let _ = svc.check_health().await;
         // A failing one too: errors must not quote it either.
         s.url = format!("{}/nowhere", server.base);
-        sup.apply(vec![s]).await.unwrap();
+        sup.apply(vec![valid(s)]).await.unwrap();
         let _ = svc.wait_for(|st| st.state != State::Connected && st.state != State::Stopping).await;
         let status = serde_json::to_string(&sup.status()).unwrap();
         assert!(!status.contains("sup3r-s3cret"), "{mode}: status leaks the header: {status}");

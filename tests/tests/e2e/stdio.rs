@@ -8,14 +8,14 @@ use roster_core::{FailureKind, Health, Reason, ServerSpec, StartError, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Supervisor};
 use roster_transport_stdio::{StdioConnector, StdioOptions};
 
-use crate::common::{Tag, TagExt, eventually, fast_config, fast_settings, stdio_transports};
+use crate::common::{Tag, TagExt, eventually, fast_config, fast_settings, stdio_transports, valid};
 
 fn options() -> ServiceOptions {
     ServiceOptions { settings: fast_settings(), ..ServiceOptions::default() }
 }
 
 fn service(spec: ServerSpec) -> Service {
-    Service::new(spec, Arc::new(StdioConnector::new()), options())
+    Service::new(valid(spec), Arc::new(StdioConnector::new()), options())
 }
 
 fn quick_close() -> StdioConnector {
@@ -38,7 +38,7 @@ fn failure_kind(err: &StartError) -> Option<FailureKind> {
     match err {
         StartError::Failed(f) => Some(f.kind()),
         StartError::Unreachable { cause, .. } => Some(cause.kind()),
-        StartError::AlreadyRunning { .. } | StartError::AuthRequired { .. } | StartError::Cancelled => None,
+        StartError::AlreadyRunning { .. } | StartError::NeedsCredentials { .. } | StartError::Cancelled => None,
     }
 }
 
@@ -187,8 +187,11 @@ async fn command_not_found_is_permanent_and_not_retried() {
 #[tokio::test]
 async fn a_server_that_ignores_sigterm_is_killed_within_the_bound() {
     let tag = Tag::new();
-    let svc =
-        Service::new(tag.stdio("stubborn", &["--ignore-sigterm", "--linger"]), Arc::new(quick_close()), options());
+    let svc = Service::new(
+        valid(tag.stdio("stubborn", &["--ignore-sigterm", "--linger"])),
+        Arc::new(quick_close()),
+        options(),
+    );
     svc.start().await.unwrap();
     let started = Instant::now();
     svc.stop().await;
@@ -270,9 +273,9 @@ async fn garbage_on_stdout_does_not_break_the_session() {
 async fn a_slow_ping_fails_the_health_check_without_killing_the_server() {
     let tag = Tag::new();
     let mut settings = fast_settings();
-    settings.ping_timeout = Duration::from_millis(300);
+    settings.ping_timeout = roster_core::NonZeroDuration::from_millis(300);
     let svc = Service::new(
-        tag.stdio("slow", &["--slow-ping", "2000"]),
+        valid(tag.stdio("slow", &["--slow-ping", "2000"])),
         Arc::new(StdioConnector::new()),
         ServiceOptions { settings, ..ServiceOptions::default() },
     );
@@ -296,7 +299,7 @@ async fn shutting_down_a_supervisor_with_20_running_servers_leaves_no_process() 
             s
         })
         .collect();
-    sup.apply(specs).await.unwrap();
+    sup.apply(specs.into_iter().map(valid).collect()).await.unwrap();
     let all_up = eventually(Duration::from_secs(20), || sup.status().iter().all(|s| s.state == State::Running)).await;
     assert!(all_up, "{:?}", sup.status().iter().map(|s| (&s.name, s.state)).collect::<Vec<_>>());
     assert_eq!(tag.processes().len(), 25);

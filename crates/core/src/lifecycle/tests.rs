@@ -2,8 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::num::NonZeroU32;
+
 use super::*;
-use crate::spec::ServerType;
+use crate::backoff::Backoff;
+use crate::change::{ChangeAction, SpecChange};
+use crate::failure::{Challenge, Failure, FailureKind};
+use crate::spec::{ServerSpec, ServerType};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -32,7 +37,7 @@ impl H {
     }
 
     fn with(spec: ServerSpec) -> H {
-        H { l: Lifecycle::new(spec, Settings::default(), 1), now: base_instant() }
+        H { l: Lifecycle::new(spec.validated().unwrap(), Settings::default(), 1), now: base_instant() }
     }
 
     fn ev(&mut self, e: Event) -> Transition {
@@ -59,7 +64,7 @@ impl H {
     /// Starts and connects; returns the session's generation.
     fn up(&mut self) -> Generation {
         let generation = self.start();
-        let _ = self.ev(Event::Connected { generation });
+        let _ = self.ev(Event::ConnectSucceeded { generation });
         generation
     }
 
@@ -72,7 +77,7 @@ fn connect_gen(t: &Transition) -> Option<Generation> {
     t.effects.iter().find_map(|e| match e {
         Effect::Connect { generation, .. } => Some(*generation),
         Effect::CancelConnect { .. }
-        | Effect::Disconnect { .. }
+        | Effect::CloseSession { .. }
         | Effect::Ping { .. }
         | Effect::CallAuthHook(_)
         | Effect::Publish(_)
@@ -91,7 +96,7 @@ fn published(t: &Transition) -> Vec<LifecycleEvent> {
             Effect::Publish(ev) => Some(ev.clone()),
             Effect::Connect { .. }
             | Effect::CancelConnect { .. }
-            | Effect::Disconnect { .. }
+            | Effect::CloseSession { .. }
             | Effect::Ping { .. }
             | Effect::CallAuthHook(_)
             | Effect::Reply(_) => None,
@@ -106,12 +111,24 @@ fn replies(t: &Transition) -> Vec<Reply> {
             Effect::Reply(r) => Some(r.clone()),
             Effect::Connect { .. }
             | Effect::CancelConnect { .. }
-            | Effect::Disconnect { .. }
+            | Effect::CloseSession { .. }
             | Effect::Ping { .. }
             | Effect::CallAuthHook(_)
             | Effect::Publish(_) => None,
         })
         .collect()
+}
+
+/// A definition change, validated.
+fn changed(spec: ServerSpec) -> Event {
+    Event::SpecChanged(Box::new(spec.validated().expect("a valid definition")))
+}
+
+fn action(t: &Transition) -> Option<ChangeAction> {
+    replies(t).into_iter().find_map(|r| match r {
+        Reply::Updated(SpecChange { action, .. }) => Some(action),
+        Reply::Started(_) | Reply::Stopped | Reply::HealthChecked { .. } => None,
+    })
 }
 
 fn has(t: &Transition, effect: &Effect) -> bool {
@@ -145,7 +162,7 @@ fn s3_2_start_while_starting_joins_the_attempt_in_flight() {
     let generation = h.start();
     let t = h.ev(Event::StartRequested);
     assert!(t.is_noop(), "no second connection: {t:?}");
-    let t = h.ev(Event::Connected { generation });
+    let t = h.ev(Event::ConnectSucceeded { generation });
     // Both callers are answered by the one outcome.
     assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
 }
@@ -174,7 +191,7 @@ fn s3_4_success_resets_failures_and_retry_and_keeps_last_attempt() {
     let generation = h.l.attempt().unwrap();
     let attempt_at = h.l.last_attempt();
     h.advance(S(1));
-    let t = h.ev(Event::Connected { generation });
+    let t = h.ev(Event::ConnectSucceeded { generation });
     assert_eq!(t.to, State::Connected);
     assert_eq!(h.l.health(), Health::Healthy);
     assert_eq!(h.l.consecutive_failures(), 0);
@@ -184,7 +201,7 @@ fn s3_4_success_resets_failures_and_retry_and_keeps_last_attempt() {
 
     let mut h = H::stdio();
     let generation = h.start();
-    assert_eq!(h.ev(Event::Connected { generation }).to, State::Running);
+    assert_eq!(h.ev(Event::ConnectSucceeded { generation }).to, State::Running);
 }
 
 #[test]
@@ -196,7 +213,7 @@ fn s3_5_a_401_goes_auth_required_calls_the_hook_first_and_clears_the_counters() 
     let generation = h.l.attempt().unwrap();
     let challenge =
         Challenge::parse(r#"Bearer resource_metadata="https://api.example/.well-known/oauth-protected-resource""#);
-    let t = h.fail(generation, Failure::auth_required(challenge.clone(), "HTTP 401 Unauthorized"));
+    let t = h.fail(generation, Failure::needs_credentials(challenge.clone(), "HTTP 401 Unauthorized"));
     assert_eq!(t.to, State::AuthRequired);
     assert_eq!(h.l.health(), Health::Unknown);
     let hook = t.effects.iter().position(|e| *e == Effect::CallAuthHook(challenge.clone())).expect("hook");
@@ -245,13 +262,16 @@ fn s3_6_a_remote_server_is_unreachable_at_the_threshold() {
             let text = "server unreachable after 3 consecutive failures: connection refused";
             assert_eq!(h.l.last_error(), Some(text));
             assert_eq!(published(&t)[0].error.as_deref(), Some(text));
-            assert!(
-                matches!(&replies(&t)[..], [Reply::Started(Err(e))] if e.to_string() == text) || replies(&t).is_empty()
-            );
+            assert!(replies(&t).is_empty(), "an automatic retry has no caller to answer");
         }
     }
     assert!(h.l.is_unreachable());
     assert_eq!(h.l.next_retry_after(), Some(h.now + S(120)), "unreachable servers are still retried");
+    // A caller who asked for the fourth attempt hears the unreachable error.
+    let generation = h.start();
+    let t = h.fail(generation, transient());
+    let text = "server unreachable after 4 consecutive failures: connection refused";
+    assert!(matches!(&replies(&t)[..], [Reply::Started(Err(e))] if e.to_string() == text), "{t:?}");
 }
 
 #[test]
@@ -312,7 +332,7 @@ fn s3_7_a_permanent_failure_is_retried_after_a_definition_change_or_an_explicit_
     let _ = h.fail(generation, Failure::permanent("command not found: mcp-fs"));
     let mut spec = h.l.spec().clone();
     spec.command = "/usr/bin/mcp-fs".into();
-    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    let t = h.ev(changed(spec));
     assert_eq!(t.to, State::Starting);
     assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
 }
@@ -320,14 +340,30 @@ fn s3_7_a_permanent_failure_is_retried_after_a_definition_change_or_an_explicit_
 // ----- §4 Failure classes ------------------------------------------------------------
 
 #[test]
-fn s4_a_cancelled_attempt_is_not_a_failure() {
+fn s4_an_attempt_roster_cancels_is_never_a_failure() {
+    // A stop cancels the attempt; its late result is stale and changes nothing.
     let mut h = H::remote();
     let generation = h.start();
-    let t = h.fail(generation, Failure::cancelled("shutting down"));
-    assert_eq!(t.to, State::Disconnected);
+    let _ = h.ev(Event::StopRequested);
+    assert!(h.fail(generation, Failure::cancelled("cancelled")).is_noop());
     assert_eq!(h.l.consecutive_failures(), 0);
-    assert_eq!(h.l.next_retry_after(), None);
-    assert_eq!(reasons(&t), [Reason::Stopped]);
+    assert_eq!(h.l.state(), State::Disconnected);
+}
+
+#[test]
+fn s4_a_cancellation_roster_did_not_ask_for_is_retried_like_a_transient_failure() {
+    // During an automatic retry: the recovery failed, and it is retried.
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    let generation = connect_gen(&h.fire()).unwrap();
+    let t = h.fail(generation, Failure::cancelled("the transport was cancelled"));
+    assert_eq!(t.to, State::Failed);
+    assert_eq!(reasons(&t), [Reason::Failed, Reason::RecoveryFailed]);
+    assert_eq!(h.l.consecutive_failures(), 2);
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(60)));
+    assert_eq!(h.l.last_failure(), Some(FailureKind::Transient));
+    assert_eq!(h.l.last_error(), Some("the transport was cancelled"));
 }
 
 #[test]
@@ -343,10 +379,26 @@ fn s4_retry_after_is_a_floor_for_the_next_retry() {
 }
 
 #[test]
+fn s4_retry_after_is_honoured_above_the_backoff_cap_up_to_24_hours() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let just_under = S(24 * 3600 - 1);
+    let _ = h.fail(generation, Failure::transient_after("HTTP 503", just_under));
+    assert_eq!(h.l.next_retry_after(), Some(h.now + just_under), "above max_backoff (30 min), below the cap");
+    let generation = connect_gen(&h.fire()).unwrap();
+    let _ = h.fail(generation, Failure::transient_after("HTTP 503", S(25 * 3600)));
+    assert_eq!(h.l.next_retry_after(), Some(h.now + MAX_RETRY_AFTER), "cut to 24 h");
+    assert_eq!(MAX_RETRY_AFTER, S(24 * 3600));
+    let generation = connect_gen(&h.fire()).unwrap();
+    let _ = h.fail(generation, Failure::transient_after("HTTP 503", S(24 * 3600)));
+    assert_eq!(h.l.next_retry_after(), Some(h.now + S(24 * 3600)), "exactly the cap is honoured");
+}
+
+#[test]
 fn s4_a_401_from_a_stdio_server_is_permanent() {
     let mut h = H::stdio();
     let generation = h.start();
-    let t = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    let t = h.fail(generation, Failure::needs_credentials(Challenge::default(), "401"));
     assert_eq!(t.to, State::Failed);
     assert!(!t.effects.iter().any(|e| matches!(e, Effect::CallAuthHook(_))));
     assert_eq!(h.l.last_failure(), Some(FailureKind::Permanent));
@@ -371,7 +423,7 @@ fn s5_jitter_is_deterministic_for_a_seed() {
     let settings = Settings { backoff: Backoff::default().with_jitter(0.5).unwrap(), ..Settings::default() };
     let run = |seed| {
         let t0 = base_instant();
-        let mut l = Lifecycle::new(ServerSpec::stdio("s", "x"), settings, seed);
+        let mut l = Lifecycle::new(ServerSpec::stdio("s", "x").validated().unwrap(), settings, seed);
         let t = l.handle(t0, Event::StartRequested);
         let generation = connect_gen(&t).unwrap();
         let _ = l.handle(t0, Event::ConnectFailed { generation, failure: transient() });
@@ -390,8 +442,8 @@ fn s6_stop_from_stopped_or_disconnected_does_nothing_and_publishes_nothing() {
         h.up();
         let t = h.ev(Event::StopRequested);
         let generation = h.l.closing().unwrap();
-        assert!(has(&t, &Effect::Disconnect { generation }));
-        let _ = h.ev(Event::Disconnected { generation });
+        assert!(has(&t, &Effect::CloseSession { generation }));
+        let _ = h.ev(Event::SessionClosed { generation });
         let t = h.ev(Event::StopRequested);
         assert!(published(&t).is_empty());
         assert_eq!(t.from, t.to);
@@ -409,9 +461,9 @@ fn s6_stop_from_starting_cancels_the_attempt_and_wins() {
     assert_eq!(reasons(&t), [Reason::Stopped]);
     assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled)), Reply::Stopped]);
     // The late success is closed, not leaked, and does not bring the server up.
-    let t = h.ev(Event::Connected { generation });
+    let t = h.ev(Event::ConnectSucceeded { generation });
     assert_eq!(t.to, State::Stopped);
-    assert_eq!(t.effects, [Effect::Disconnect { generation }]);
+    assert_eq!(t.effects, [Effect::CloseSession { generation }]);
     // A late failure changes nothing.
     assert!(h.ev(Event::ConnectFailed { generation, failure: transient() }).is_noop());
 }
@@ -423,9 +475,9 @@ fn s6_stop_from_running_goes_through_stopping_closes_and_publishes_stopped() {
     let t = h.ev(Event::StopRequested);
     assert_eq!(t.to, State::Stopping);
     assert_eq!(h.l.health(), Health::Unknown, "no stopping/healthy pair");
-    assert!(has(&t, &Effect::Disconnect { generation }));
+    assert!(has(&t, &Effect::CloseSession { generation }));
     assert!(replies(&t).is_empty(), "the stop is answered when the close is done");
-    let t = h.ev(Event::Disconnected { generation });
+    let t = h.ev(Event::SessionClosed { generation });
     assert_eq!(t.to, State::Disconnected);
     assert_eq!(h.l.health(), Health::Unknown);
     assert_eq!(h.l.last_error(), None);
@@ -443,10 +495,10 @@ fn s6_stop_from_failed_unreachable_auth_required_or_unknown_goes_straight_down()
 
     let mut h = H::remote();
     let generation = h.start();
-    let _ = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    let _ = h.fail(generation, Failure::needs_credentials(Challenge::default(), "401"));
     let t = h.ev(Event::StopRequested);
     assert_eq!((t.from, t.to), (State::AuthRequired, State::Disconnected));
-    assert!(!t.effects.iter().any(|e| matches!(e, Effect::Disconnect { .. })), "no session to close");
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::CloseSession { .. })), "no session to close");
 }
 
 #[test]
@@ -478,7 +530,7 @@ fn s6_restart_waits_the_grace_period_only_when_it_stopped_something() {
     let t = h.ev(Event::RestartRequested);
     assert_eq!(reasons(&t), [Reason::RecoveryStarted]);
     assert_eq!(t.to, State::Stopping);
-    let t = h.ev(Event::Disconnected { generation });
+    let t = h.ev(Event::SessionClosed { generation });
     assert_eq!(t.to, State::Stopped);
     assert_eq!(reasons(&t), [Reason::Stopped]);
     assert_eq!(h.l.poll_timeout(), Some(h.now + RESTART_GRACE_PERIOD));
@@ -488,7 +540,7 @@ fn s6_restart_waits_the_grace_period_only_when_it_stopped_something() {
     let t = h.ev(Event::Timeout);
     assert_eq!(t.to, State::Starting);
     let generation = connect_gen(&t).unwrap();
-    let t = h.ev(Event::Connected { generation });
+    let t = h.ev(Event::ConnectSucceeded { generation });
     assert_eq!(reasons(&t), [Reason::Started, Reason::RecoverySucceeded]);
     assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
 
@@ -523,7 +575,7 @@ fn s6_restart_publishes_failed_or_awaiting_auth_outcomes() {
     let t = h.fail(generation, transient());
     assert_eq!(reasons(&t), [Reason::Failed, Reason::RecoveryFailed]);
     let generation = connect_gen(&h.ev(Event::RestartRequested)).unwrap();
-    let t = h.fail(generation, Failure::auth_required(Challenge::default(), "401"));
+    let t = h.fail(generation, Failure::needs_credentials(Challenge::default(), "401"));
     assert_eq!(reasons(&t), [Reason::AuthRequired, Reason::RecoveryAwaitingAuth]);
 }
 
@@ -532,7 +584,7 @@ fn s6_a_stop_during_the_restart_grace_period_wins() {
     let mut h = H::stdio();
     let generation = h.up();
     let _ = h.ev(Event::RestartRequested);
-    let _ = h.ev(Event::Disconnected { generation });
+    let _ = h.ev(Event::SessionClosed { generation });
     let t = h.ev(Event::StopRequested);
     assert!(published(&t).is_empty(), "already stopped");
     assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled)), Reply::Stopped]);
@@ -546,7 +598,7 @@ fn s6_a_stop_while_a_restart_is_closing_wins() {
     let _ = h.ev(Event::RestartRequested);
     let t = h.ev(Event::StopRequested);
     assert_eq!(replies(&t), [Reply::Started(Err(StartError::Cancelled))]);
-    let t = h.ev(Event::Disconnected { generation });
+    let t = h.ev(Event::SessionClosed { generation });
     assert_eq!(t.to, State::Stopped);
     assert_eq!(h.l.poll_timeout(), None);
     assert_eq!(replies(&t), [Reply::Stopped]);
@@ -559,7 +611,7 @@ fn s6_a_start_while_stopping_starts_after_the_close() {
     let _ = h.ev(Event::StopRequested);
     let t = h.ev(Event::StartRequested);
     assert!(t.is_noop());
-    let t = h.ev(Event::Disconnected { generation });
+    let t = h.ev(Event::SessionClosed { generation });
     assert_eq!(replies(&t), [Reply::Stopped]);
     let t = h.fire();
     assert_eq!(reasons(&t), [Reason::Starting], "a plain start, not a recovery");
@@ -585,9 +637,9 @@ fn s7_a_successful_ping_makes_the_server_healthy_and_resets_the_gate() {
 
 #[test]
 fn s7_health_check_failed_is_published_once_per_unhealthy_episode() {
-    let settings = Settings { unhealthy_threshold: 100, ..Settings::default() };
+    let settings = Settings { unhealthy_threshold: NonZeroU32::new(100).unwrap(), ..Settings::default() };
     let mut h = H::stdio();
-    h.l = Lifecycle::new(h.l.spec().clone(), settings, 1);
+    h.l = Lifecycle::new(h.l.spec().clone().validated().unwrap(), settings, 1);
     let generation = h.up();
     let mut count = 0;
     let mut run = |h: &mut H, n: usize, fail: bool| {
@@ -631,14 +683,14 @@ fn s7_a_health_check_without_a_session_answers_client_not_available() {
 fn s7_running_servers_are_probed_every_interval() {
     let mut h = H::remote();
     let generation = h.up();
-    assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL));
+    assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL.get()));
     for _ in 0..3 {
         let t = h.fire();
-        assert_eq!(t.effects, [Effect::Ping { generation, timeout: PING_TIMEOUT }]);
+        assert_eq!(t.effects, [Effect::Ping { generation, timeout: PING_TIMEOUT.get() }]);
         assert_eq!(h.l.poll_timeout(), None, "one ping at a time");
         h.advance(MS(3));
         let _ = h.ev(Event::PingSucceeded { generation });
-        assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL));
+        assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL.get()));
     }
 }
 
@@ -653,11 +705,12 @@ fn s7_unhealthy_threshold_missed_pings_count_as_a_crash() {
             assert_eq!(t.to, State::Connected);
         } else {
             assert_eq!(t.to, State::Failed);
-            assert!(has(&t, &Effect::Disconnect { generation }), "the dead session is closed");
+            assert!(has(&t, &Effect::CloseSession { generation }), "the dead session is closed");
             assert_eq!(h.l.crash_count(), 1);
             assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD));
         }
     }
+    let _ = h.ev(Event::SessionClosed { generation });
     let t = h.fire();
     assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
 }
@@ -667,7 +720,7 @@ fn s7_a_transport_that_dies_while_running_fails_the_server_at_once() {
     let mut h = H::stdio();
     let generation = h.up();
     let failure = Failure::transient("process exited with exit status: 3; stderr: panic at main.rs:1");
-    let t = h.ev(Event::TransportClosed { generation, failure });
+    let t = h.ev(Event::SessionLost { generation, failure });
     assert_eq!(t.to, State::Failed);
     assert_eq!(h.l.health(), Health::Unhealthy);
     assert_eq!(reasons(&t), [Reason::Failed]);
@@ -681,12 +734,13 @@ fn s7_the_first_crash_recovers_after_the_grace_period_later_ones_with_backoff() 
     let mut generation = h.up();
     for (k, wait) in [(1, RESTART_GRACE_PERIOD), (2, S(30)), (3, S(60)), (4, S(120))] {
         h.advance(S(1));
-        let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+        let _ = h.ev(Event::SessionLost { generation, failure: transient() });
         assert_eq!(h.l.crash_count(), k);
         assert_eq!(h.l.next_retry_after(), Some(h.now + wait), "crash {k}");
+        let _ = h.ev(Event::SessionClosed { generation });
         let t = h.fire();
         generation = connect_gen(&t).unwrap();
-        let _ = h.ev(Event::Connected { generation });
+        let _ = h.ev(Event::ConnectSucceeded { generation });
     }
 }
 
@@ -694,9 +748,10 @@ fn s7_the_first_crash_recovers_after_the_grace_period_later_ones_with_backoff() 
 fn s7_staying_up_for_the_stable_period_clears_the_crash_count() {
     let mut h = H::stdio();
     let generation = h.up();
-    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    let _ = h.ev(Event::SessionLost { generation, failure: transient() });
+    let _ = h.ev(Event::SessionClosed { generation });
     let generation = connect_gen(&h.fire()).unwrap();
-    let _ = h.ev(Event::Connected { generation });
+    let _ = h.ev(Event::ConnectSucceeded { generation });
     assert_eq!(h.l.crash_count(), 1);
     let deadline = h.now + STABLE_PERIOD;
     while h.now < deadline {
@@ -709,7 +764,7 @@ fn s7_staying_up_for_the_stable_period_clears_the_crash_count() {
     assert_eq!(h.l.crash_count(), 0);
     assert_eq!(h.now, deadline, "cleared exactly at the end of the stable period");
     let _ = h.ev(Event::PingSucceeded { generation });
-    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    let _ = h.ev(Event::SessionLost { generation, failure: transient() });
     assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD), "treated as a first crash again");
 }
 
@@ -721,9 +776,9 @@ fn s7_the_gate_resets_on_every_successful_start() {
     let t = h.ev(Event::PingFailed { generation, failure: transient() });
     assert_eq!(reasons(&t), [Reason::HealthCheckFailed]);
     let _ = h.ev(Event::RestartRequested);
-    let _ = h.ev(Event::Disconnected { generation });
+    let _ = h.ev(Event::SessionClosed { generation });
     let generation = connect_gen(&h.fire()).unwrap();
-    let _ = h.ev(Event::Connected { generation });
+    let _ = h.ev(Event::ConnectSucceeded { generation });
     let _ = h.ev(Event::HealthCheckRequested);
     let t = h.ev(Event::PingFailed { generation, failure: transient() });
     assert_eq!(reasons(&t), [Reason::HealthCheckFailed], "a new episode after a start");
@@ -733,7 +788,8 @@ fn s7_the_gate_resets_on_every_successful_start() {
 fn s7_a_failed_reconnect_after_a_crash_follows_the_start_rules() {
     let mut h = H::remote();
     let generation = h.up();
-    let _ = h.ev(Event::TransportClosed { generation, failure: transient() });
+    let _ = h.ev(Event::SessionLost { generation, failure: transient() });
+    let _ = h.ev(Event::SessionClosed { generation });
     let mut generation = connect_gen(&h.fire()).unwrap();
     for n in 1..=3 {
         let t = h.fail(generation, transient());
@@ -751,12 +807,24 @@ fn s7_a_401_on_a_live_remote_session_goes_auth_required() {
     let mut h = H::remote();
     let generation = h.up();
     let _ = h.ev(Event::HealthCheckRequested);
-    let t =
-        h.ev(Event::PingFailed { generation, failure: Failure::auth_required(Challenge::parse("Bearer"), "HTTP 401") });
+    let failure = Failure::needs_credentials(Challenge::parse("Bearer"), "HTTP 401");
+    let t = h.ev(Event::PingFailed { generation, failure });
     assert_eq!(t.to, State::AuthRequired);
-    assert!(has(&t, &Effect::Disconnect { generation }));
-    assert!(t.effects.iter().any(|e| matches!(e, Effect::CallAuthHook(_))));
+    assert!(has(&t, &Effect::CloseSession { generation }));
+    assert_eq!(t.effects[0], Effect::CallAuthHook(Challenge::parse("Bearer")), "the hook before anything is seen");
+    assert_eq!(reasons(&t), [Reason::AuthRequired], "no unhealthy episode: the server wants credentials");
+    assert_eq!(
+        replies(&t),
+        [Reply::HealthChecked { health: Health::Unhealthy, error: Some("MCP ping failed: HTTP 401".into()) }]
+    );
     assert_eq!(h.l.poll_timeout(), None);
+    // The same order when the session is lost with a 401.
+    let mut h = H::remote();
+    let generation = h.up();
+    let failure = Failure::needs_credentials(Challenge::parse("Bearer"), "HTTP 401");
+    let t = h.ev(Event::SessionLost { generation, failure });
+    assert_eq!(t.effects[0], Effect::CallAuthHook(Challenge::parse("Bearer")));
+    assert_eq!(t.to, State::AuthRequired);
 }
 
 // ----- §8 Configuration changes ------------------------------------------------------
@@ -767,11 +835,11 @@ fn s8_a_change_that_needs_a_restart_restarts_a_running_server() {
     let generation = h.up();
     let mut spec = h.l.spec().clone();
     spec.args = vec!["--verbose".into()];
-    let t = h.ev(Event::SpecChanged(Box::new(spec.clone())));
+    let t = h.ev(changed(spec.clone()));
     assert_eq!(h.l.spec(), &spec, "the definition is swapped");
     assert_eq!(reasons(&t), [Reason::RecoveryStarted]);
-    assert!(has(&t, &Effect::Disconnect { generation }));
-    let _ = h.ev(Event::Disconnected { generation });
+    assert!(has(&t, &Effect::CloseSession { generation }));
+    let _ = h.ev(Event::SessionClosed { generation });
     let t = h.fire();
     assert_eq!(t.to, State::Starting);
 }
@@ -783,8 +851,9 @@ fn s8_a_metadata_change_is_applied_in_place() {
     let mut spec = h.l.spec().clone();
     spec.description = "the file system".into();
     spec.auto_start = false;
-    let t = h.ev(Event::SpecChanged(Box::new(spec)));
-    assert!(t.is_noop());
+    let t = h.ev(changed(spec));
+    assert_eq!(action(&t), Some(ChangeAction::Metadata));
+    assert_eq!(t.effects.len(), 1, "only the answer: {t:?}");
     assert_eq!(h.l.spec().description, "the file system");
     assert!(h.l.is_running());
 }
@@ -795,9 +864,12 @@ fn s8_a_server_down_by_request_stays_down_unless_auto_start_is_switched_on() {
     let _ = h.ev(Event::StopRequested);
     let mut spec = h.l.spec().clone();
     spec.args = vec!["x".into()];
-    assert!(h.ev(Event::SpecChanged(Box::new(spec.clone()))).is_noop());
+    let t = h.ev(changed(spec.clone()));
+    assert_eq!(action(&t), Some(ChangeAction::Update));
+    assert_eq!((t.from, t.to, t.effects.len()), (State::Stopped, State::Stopped, 1));
     spec.auto_start = true;
-    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    let t = h.ev(changed(spec));
+    assert_eq!(action(&t), Some(ChangeAction::Start));
     assert_eq!(t.to, State::Starting);
     assert_eq!(reasons(&t), [Reason::Starting]);
 }
@@ -807,7 +879,7 @@ fn s8_a_changed_type_renames_the_down_state() {
     let mut h = H::stdio();
     let _ = h.ev(Event::StopRequested);
     let spec = ServerSpec::remote("fs", ServerType::Sse, "http://127.0.0.1:9/sse");
-    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    let t = h.ev(changed(spec));
     assert_eq!((t.from, t.to), (State::Stopped, State::Disconnected));
 }
 
@@ -818,7 +890,7 @@ fn s8_a_failed_or_unreachable_server_is_retried_at_once_on_a_change() {
     let _ = h.fail(generation, transient());
     let mut spec = h.l.spec().clone();
     spec.url = "https://api2.example/mcp".into();
-    let t = h.ev(Event::SpecChanged(Box::new(spec)));
+    let t = h.ev(changed(spec));
     assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting]);
 }
 
@@ -829,8 +901,8 @@ fn s8_a_change_during_a_restart_is_used_by_the_coming_start() {
     let _ = h.ev(Event::RestartRequested);
     let mut spec = h.l.spec().clone();
     spec.command = "other".into();
-    assert!(published(&h.ev(Event::SpecChanged(Box::new(spec)))).is_empty());
-    let _ = h.ev(Event::Disconnected { generation });
+    assert!(published(&h.ev(changed(spec))).is_empty());
+    let _ = h.ev(Event::SessionClosed { generation });
     let t = h.fire();
     assert!(connect_gen(&t).is_some());
     assert_eq!(h.l.spec().command, "other");
@@ -842,17 +914,18 @@ fn s8_a_change_during_a_restart_is_used_by_the_coming_start() {
 fn stale_reports_change_nothing() {
     let mut h = H::stdio();
     let old = h.up();
-    let _ = h.ev(Event::TransportClosed { generation: old, failure: transient() });
+    let _ = h.ev(Event::SessionLost { generation: old, failure: transient() });
+    let _ = h.ev(Event::SessionClosed { generation: old });
     let new = connect_gen(&h.fire()).unwrap();
-    let _ = h.ev(Event::Connected { generation: new });
+    let _ = h.ev(Event::ConnectSucceeded { generation: new });
     let before = h.l.clone();
     for e in [
-        Event::TransportClosed { generation: old, failure: transient() },
+        Event::SessionLost { generation: old, failure: transient() },
         Event::PingFailed { generation: old, failure: transient() },
         Event::PingSucceeded { generation: old },
-        Event::Disconnected { generation: old },
+        Event::SessionClosed { generation: old },
         Event::ConnectFailed { generation: old, failure: transient() },
-        Event::Connected { generation: new },
+        Event::ConnectSucceeded { generation: new },
     ] {
         assert!(h.ev(e.clone()).is_noop(), "{e:?}");
     }
@@ -870,16 +943,20 @@ fn an_unrequested_ping_result_is_ignored() {
 #[test]
 fn every_state_and_health_change_is_published_exactly_once() {
     let mut h = H::remote();
-    let mut seen = Vec::new();
+    let mut seen: Vec<LifecycleEvent> = Vec::new();
     let mut track = |t: &Transition, l: &Lifecycle| {
         let evs = published(t);
-        let changes = evs.iter().filter(|e| e.previous_state != e.state || e.previous_health != e.health).count();
-        if t.from != t.to {
-            assert!(changes >= 1, "{t:?}");
+        for e in &evs {
+            assert!(
+                e.reason.is_some() || (e.previous_state, e.previous_health) != (e.state, e.health),
+                "a plain event must change something: {e:?}"
+            );
         }
-        if let Some(last) = evs.last() {
-            assert_eq!((last.state, last.health), (l.state(), l.health()));
-        }
+        // The events of a transition lead from where it started to where it ended.
+        let first = evs.first().map(|e| e.previous_state).unwrap_or(t.from);
+        let last = evs.last().map(|e| (e.state, e.health)).unwrap_or((t.to, l.health()));
+        assert_eq!(first, t.from, "{t:?}");
+        assert_eq!(last, (l.state(), l.health()), "{t:?}");
         seen.extend(evs);
     };
     let generation = h.start();
@@ -887,10 +964,275 @@ fn every_state_and_health_change_is_published_exactly_once() {
     let t = h.fire();
     track(&t, &h.l);
     let generation = connect_gen(&t).unwrap();
-    track(&h.ev(Event::Connected { generation }), &h.l);
+    track(&h.ev(Event::ConnectSucceeded { generation }), &h.l);
+    let _ = h.ev(Event::HealthCheckRequested);
+    track(&h.ev(Event::PingFailed { generation, failure: transient() }), &h.l);
+    let _ = h.ev(Event::HealthCheckRequested);
+    track(&h.ev(Event::PingSucceeded { generation }), &h.l);
     track(&h.ev(Event::StopRequested), &h.l);
-    track(&h.ev(Event::Disconnected { generation }), &h.l);
+    track(&h.ev(Event::SessionClosed { generation }), &h.l);
     for pair in seen.windows(2) {
         assert_eq!((pair[0].state, pair[0].health), (pair[1].previous_state, pair[1].previous_health), "{pair:?}");
     }
+    let kinds: Vec<(State, Health)> = seen.iter().map(|e| (e.state, e.health)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (State::Failed, Health::Unhealthy),
+            (State::Failed, Health::Unhealthy),
+            (State::Starting, Health::Unknown),
+            (State::Connected, Health::Healthy),
+            (State::Connected, Health::Healthy),
+            (State::Connected, Health::Unhealthy),
+            (State::Connected, Health::Healthy),
+            (State::Stopping, Health::Unknown),
+            (State::Disconnected, Health::Unknown),
+        ],
+        "one event per change, and one per reason"
+    );
+}
+
+// ----- one process at a time (a lost session is closed before anything starts) ------
+
+/// Up, then lost: returns the old session's generation.
+fn lose(h: &mut H) -> Generation {
+    let generation = h.up();
+    let _ = h.ev(Event::SessionLost { generation, failure: transient() });
+    generation
+}
+
+#[test]
+fn recovery_waits_for_the_lost_sessions_close() {
+    let mut h = H::stdio();
+    let old = lose(&mut h);
+    assert_eq!(h.l.closing(), Some(old), "the old session is being closed");
+    assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD), "when the recovery is due");
+    assert_eq!(h.l.poll_timeout(), None, "but no timer while the close runs");
+    // The close of a hung server takes seconds: nothing starts meanwhile.
+    h.advance(S(7));
+    assert!(h.ev(Event::Timeout).is_noop());
+    let t = h.ev(Event::SessionClosed { generation: old });
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Starting], "due long ago: it starts at once");
+    assert!(connect_gen(&t).is_some());
+}
+
+#[test]
+fn a_close_that_ends_before_the_recovery_is_due_leaves_the_timer_to_it() {
+    let mut h = H::stdio();
+    let old = lose(&mut h);
+    let due = h.l.next_retry_after().unwrap();
+    let t = h.ev(Event::SessionClosed { generation: old });
+    assert!(t.is_noop());
+    assert_eq!(h.l.poll_timeout(), Some(due));
+    assert_eq!(h.l.closing(), None);
+}
+
+#[test]
+fn a_start_or_restart_while_a_lost_session_closes_waits_for_it() {
+    for restart in [false, true] {
+        let mut h = H::stdio();
+        let old = lose(&mut h);
+        let t = h.ev(if restart { Event::RestartRequested } else { Event::StartRequested });
+        assert!(connect_gen(&t).is_none(), "no second process while the first is alive: {t:?}");
+        assert!(replies(&t).is_empty());
+        h.advance(S(1));
+        let t = h.ev(Event::SessionClosed { generation: old });
+        let generation = connect_gen(&t).expect("the start follows the close");
+        let t = h.ev(Event::ConnectSucceeded { generation });
+        assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
+        let expected: &[Reason] =
+            if restart { &[Reason::Started, Reason::RecoverySucceeded] } else { &[Reason::Started] };
+        assert_eq!(reasons(&t), expected);
+    }
+}
+
+#[test]
+fn a_stop_while_a_lost_session_closes_is_answered_once_it_is_gone() {
+    let mut h = H::stdio();
+    let old = lose(&mut h);
+    let t = h.ev(Event::StopRequested);
+    assert_eq!((t.from, t.to), (State::Failed, State::Stopping));
+    assert!(!has(&t, &Effect::CloseSession { generation: old }), "the close is already running");
+    assert!(replies(&t).is_empty(), "not answered while the process may live");
+    let t = h.ev(Event::SessionClosed { generation: old });
+    assert_eq!(t.to, State::Stopped);
+    assert_eq!(replies(&t), [Reply::Stopped]);
+    assert_eq!(h.l.poll_timeout(), None, "a stopped server is not recovered");
+    assert_eq!(h.l.crash_count(), 0);
+}
+
+#[test]
+fn a_definition_change_while_a_lost_session_closes_waits_for_it_too() {
+    let mut h = H::stdio();
+    let old = lose(&mut h);
+    let mut spec = h.l.spec().clone();
+    spec.args = vec!["--v2".into()];
+    let t = h.ev(changed(spec));
+    assert_eq!(action(&t), Some(ChangeAction::Restart));
+    assert!(connect_gen(&t).is_none());
+    h.advance(S(1));
+    let t = h.ev(Event::SessionClosed { generation: old });
+    assert!(connect_gen(&t).is_some());
+    assert_eq!(h.l.spec().args, ["--v2"]);
+}
+
+// ----- joining, small cases -------------------------------------------------------------
+
+#[test]
+fn a_restart_during_a_restart_joins_it() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::RestartRequested);
+    let t = h.ev(Event::RestartRequested);
+    assert!(t.is_noop(), "joined while closing: {t:?}");
+    let _ = h.ev(Event::SessionClosed { generation });
+    assert!(h.ev(Event::RestartRequested).is_noop(), "joined in the grace period");
+    let t = h.fire();
+    let generation = connect_gen(&t).unwrap();
+    assert!(h.ev(Event::RestartRequested).is_noop(), "joined while its connect runs");
+    let t = h.ev(Event::ConnectSucceeded { generation });
+    assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
+    assert_eq!(h.l.restart_count(), 1);
+}
+
+#[test]
+fn a_type_change_in_a_restarts_grace_then_a_stop_leaves_a_remote_server_disconnected() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = h.ev(Event::RestartRequested);
+    let _ = h.ev(Event::SessionClosed { generation });
+    let t = h.ev(changed(ServerSpec::remote("fs", ServerType::StreamableHttp, "http://127.0.0.1:9/mcp")));
+    assert_eq!((t.from, t.to), (State::Stopped, State::Disconnected));
+    assert_eq!(published(&t).len(), 1, "the rename is published");
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(t.to, State::Disconnected);
+    assert_eq!(h.l.state(), State::Disconnected);
+}
+
+#[test]
+fn a_definition_change_replaces_a_connect_made_with_the_old_one() {
+    let mut h = H::stdio();
+    let generation = h.start();
+    let mut spec = h.l.spec().clone();
+    spec.args = vec!["--v2".into()];
+    let t = h.ev(changed(spec.clone()));
+    assert!(has(&t, &Effect::CancelConnect { generation }));
+    assert_eq!(reasons(&t), [Reason::RecoveryStarted, Reason::Stopped]);
+    let generation = connect_gen(&h.fire()).unwrap();
+    // A second change during the restart's own connect: cancelled again, not announced again.
+    spec.args = vec!["--v3".into()];
+    let t = h.ev(changed(spec));
+    assert!(has(&t, &Effect::CancelConnect { generation }));
+    assert_eq!(reasons(&t), [Reason::Stopped]);
+    assert_eq!(h.l.restart_count(), 1);
+}
+
+// ----- what a change does, by phase ----------------------------------------------------
+
+#[test]
+fn change_outcome_in_every_phase() {
+    let args = |h: &H| {
+        let mut s = h.l.spec().clone();
+        s.args.push("--x".into());
+        s
+    };
+    let described = |h: &H| {
+        let mut s = h.l.spec().clone();
+        s.description = "new".into();
+        s
+    };
+    let auto_on = |h: &H| {
+        let mut s = args(h);
+        s.auto_start = true;
+        s
+    };
+    let same = |h: &H| h.l.spec().clone();
+    let timeout = |h: &H| {
+        let mut s = h.l.spec().clone();
+        s.timeout = Some(5);
+        s
+    };
+    let check = |h: &mut H, make: &dyn Fn(&H) -> ServerSpec, expected: ChangeAction, what: &str| {
+        let spec = make(h);
+        assert_eq!(h.l.change_outcome(&spec).action, expected, "{what}: predicted");
+        let t = h.ev(changed(spec));
+        assert_eq!(action(&t), Some(expected), "{what}: applied");
+    };
+    let mut h = H::stdio();
+    check(&mut h, &same, ChangeAction::Unchanged, "unknown, same");
+    check(&mut h, &described, ChangeAction::Metadata, "unknown, description");
+    check(&mut h, &args, ChangeAction::Update, "unknown, args");
+    check(&mut h, &auto_on, ChangeAction::Start, "unknown, args and auto_start on");
+    let mut h = H::stdio();
+    let _ = h.start();
+    check(&mut h, &args, ChangeAction::Restart, "starting");
+    let mut h = H::stdio();
+    h.up();
+    check(&mut h, &args, ChangeAction::Restart, "running");
+    let mut h = H::stdio();
+    h.up();
+    let _ = h.ev(Event::StopRequested);
+    check(&mut h, &auto_on, ChangeAction::Update, "stopping: the stop wins");
+    let mut h = H::stdio();
+    h.up();
+    let _ = h.ev(Event::RestartRequested);
+    check(&mut h, &args, ChangeAction::Restart, "restarting: joined");
+    let mut h = H::stdio();
+    let generation = h.start();
+    let _ = h.fail(generation, transient());
+    check(&mut h, &args, ChangeAction::Restart, "failed");
+    let mut h = H::remote();
+    let generation = h.start();
+    let _ = h.fail(generation, Failure::needs_credentials(Challenge::default(), "401"));
+    check(&mut h, &timeout, ChangeAction::Restart, "auth_required");
+    let mut h = H::stdio();
+    let _ = h.ev(Event::StopRequested);
+    check(&mut h, &args, ChangeAction::Update, "stopped");
+}
+
+// ----- what it shows ---------------------------------------------------------------------
+
+#[test]
+fn the_predicates_follow_state_and_health() {
+    let mut h = H::remote();
+    assert!(!h.l.is_running() && !h.l.is_healthy() && !h.l.is_client_ready() && !h.l.is_unreachable());
+    let generation = h.up();
+    assert!(h.l.is_running() && h.l.is_healthy() && h.l.is_client_ready());
+    assert_eq!(h.l.up_since(), Some(h.now));
+    let _ = h.ev(Event::HealthCheckRequested);
+    let _ = h.ev(Event::PingFailed { generation, failure: transient() });
+    assert!(h.l.is_running() && !h.l.is_healthy(), "running but unhealthy");
+    assert_eq!(h.l.missed_pings(), 1);
+    assert_eq!(h.l.last_error(), Some("MCP ping failed: connection refused"));
+    assert_eq!(h.l.last_failure(), Some(FailureKind::Transient));
+    let _ = h.ev(Event::HealthCheckRequested);
+    let _ = h.ev(Event::PingSucceeded { generation });
+    assert_eq!((h.l.missed_pings(), h.l.last_error()), (0, None));
+    let _ = h.ev(Event::StopRequested);
+    assert!(!h.l.is_client_ready() && !h.l.is_running());
+    assert_eq!((h.l.up_since(), h.l.missed_pings()), (None, 0));
+    assert_eq!(h.l.settings(), &Settings::default());
+}
+
+#[test]
+fn every_accessor_is_cleared_by_a_stop() {
+    let mut h = H::remote();
+    let mut generation = h.start();
+    for n in 1..=3 {
+        let _ = h.fail(generation, transient());
+        if n < 3 {
+            generation = connect_gen(&h.fire()).unwrap();
+        }
+    }
+    assert!(h.l.is_unreachable());
+    assert_eq!(h.l.health(), Health::Unknown);
+    assert_eq!(h.l.consecutive_failures(), 3);
+    assert!(h.l.last_error().is_some() && h.l.next_retry_after().is_some());
+    assert_eq!(h.l.last_failure(), Some(FailureKind::Transient));
+    let _ = h.ev(Event::StopRequested);
+    assert_eq!(
+        (h.l.consecutive_failures(), h.l.crash_count(), h.l.last_error(), h.l.last_failure(), h.l.next_retry_after()),
+        (0, 0, None, None, None)
+    );
+    assert_eq!(h.l.restart_count(), 2, "restarts begun are history, not state");
 }

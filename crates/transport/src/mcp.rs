@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::ports::CloseError;
+use crate::CloseError;
 
 /// The protocol version roster offers over stdio and Streamable HTTP: the latest
 /// one that still has `initialize` (rmcp's own default has none).
@@ -57,9 +57,17 @@ pub fn classify_init(error: &ClientInitializeError, message: String) -> Failure 
 pub async fn ping(peer: &Peer<RoleClient>, timeout: Duration) -> Result<(), ServiceError> {
     let request = ClientRequest::PingRequest(PingRequest::default());
     let response = peer.send_request_with_option(request, PeerRequestOptions::with_timeout(timeout)).await?;
-    match response.await_response().await? {
-        ServerResult::EmptyResult(_) => Ok(()),
-        _ => Err(ServiceError::UnexpectedResponse),
+    let result = response.await_response().await?;
+    if is_empty_result(&result) { Ok(()) } else { Err(ServiceError::UnexpectedResponse) }
+}
+
+/// An empty result, with or without `_meta` (which any MCP result may carry).
+/// rmcp reads `{}` as `EmptyResult` and `{"_meta": {...}}` as a custom result.
+pub fn is_empty_result(result: &ServerResult) -> bool {
+    match result {
+        ServerResult::EmptyResult(_) => true,
+        ServerResult::CustomResult(custom) => custom.0.as_object().is_some_and(|o| o.keys().all(|k| k == "_meta")),
+        _ => false,
     }
 }
 
@@ -136,5 +144,23 @@ impl McpClient {
 impl Drop for McpClient {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(json: &str) -> ServerResult {
+        serde_json::from_str(json).expect("a result")
+    }
+
+    #[test]
+    fn an_empty_result_may_carry_meta() {
+        assert!(is_empty_result(&result("{}")));
+        assert!(is_empty_result(&result(r#"{"_meta": {"traceId": "abc"}}"#)));
+        assert!(is_empty_result(&result(r#"{"_meta": {}}"#)));
+        assert!(!is_empty_result(&result(r#"{"_meta": {}, "x": 1}"#)));
+        assert!(!is_empty_result(&result(r#"{"tools": []}"#)));
     }
 }

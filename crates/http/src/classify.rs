@@ -7,9 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use roster_core::{Challenge, Failure};
 
-/// The longest `Retry-After` honoured; a server asking for more gets this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 /// Which request failed, where it changes the verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -43,10 +40,10 @@ pub fn classify_status(info: &StatusInfo, phase: Phase) -> Failure {
     let text = format!("HTTP {status} {reason}").trim_end().to_owned();
     let challenge = Challenge::from_headers(info.www_authenticate.iter().map(String::as_str));
     match status {
-        401 => Failure::auth_required(challenge, text),
+        401 => Failure::needs_credentials(challenge, text),
         403 if challenge.is_insufficient_scope() => {
             let scope = challenge.scope.clone().unwrap_or_default();
-            Failure::auth_required(challenge, format!("{text}: insufficient scope {scope}").trim_end().to_owned())
+            Failure::needs_credentials(challenge, format!("{text}: insufficient scope {scope}").trim_end().to_owned())
         }
         408 | 429 | 500..=599 => {
             match info.retry_after.as_deref().and_then(|v| parse_retry_after(v, SystemTime::now())) {
@@ -62,14 +59,14 @@ pub fn classify_status(info: &StatusInfo, phase: Phase) -> Failure {
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), relative to
-/// `now`, at most [`MAX_RETRY_AFTER`]. `None` when unreadable.
+/// `now`. `None` when unreadable. How long is honoured is the core's rule
+/// ([`roster_core::lifecycle::MAX_RETRY_AFTER`]), not the transport's.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    let delay = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => Some(httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO)),
+    }
 }
 
 /// Classifies a failure to talk to the server at all.
@@ -77,18 +74,32 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// TLS and certificate errors → permanent (retrying cannot fix them); a bad URL →
 /// permanent; refused, reset, DNS, timeouts and broken bodies → transient.
 pub fn classify_reqwest(error: &reqwest::Error) -> Failure {
-    let url = error.url().map(|u| format!(" to {u}")).unwrap_or_default();
-    let cause = root_cause(error);
-    if is_tls(error) {
-        Failure::permanent(format!("TLS error{url}: {}", chain(error)))
+    let text = reqwest_text(error);
+    if is_tls(error) || error.is_builder() { Failure::permanent(text) } else { Failure::transient(text) }
+}
+
+/// A reqwest error as roster shows it: what failed, the URL with its secrets
+/// redacted, and the causes. (reqwest's own text carries the URL as given,
+/// password and query included.)
+pub fn reqwest_text(error: &reqwest::Error) -> String {
+    let url = error.url().map(|u| format!(" to {}", roster_core::redact_url(u.as_str()))).unwrap_or_default();
+    let what = if is_tls(error) {
+        "TLS error"
     } else if error.is_builder() {
-        Failure::permanent(format!("invalid request{url}: {cause}"))
+        "invalid request"
     } else if error.is_timeout() {
-        Failure::transient(format!("timed out{url}: {cause}"))
+        "timed out"
     } else if error.is_connect() {
-        Failure::transient(format!("cannot connect{url}: {cause}"))
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "reading the response failed"
     } else {
-        Failure::transient(chain(error))
+        "request failed"
+    };
+    // The sources below reqwest's own error do not carry the URL.
+    match error.source() {
+        Some(source) => format!("{what}{url}: {}", chain(source)),
+        None => format!("{what}{url}"),
     }
 }
 
@@ -147,8 +158,8 @@ mod tests {
     #[test]
     fn status_table() {
         let table = [
-            (401, Phase::Other, FailureKind::AuthRequired),
-            (401, Phase::StreamableInitialize, FailureKind::AuthRequired),
+            (401, Phase::Other, FailureKind::NeedsCredentials),
+            (401, Phase::StreamableInitialize, FailureKind::NeedsCredentials),
             (403, Phase::Other, FailureKind::Permanent),
             (400, Phase::Other, FailureKind::Permanent),
             (404, Phase::Other, FailureKind::Permanent),
@@ -178,7 +189,7 @@ mod tests {
         };
         let f = classify_status(&info, Phase::StreamableInitialize);
         assert_eq!(f.message, "HTTP 401 Unauthorized");
-        let roster_core::FailureClass::AuthRequired(c) = f.class else { panic!("{f:?}") };
+        let roster_core::FailureClass::NeedsCredentials(c) = f.class else { panic!("{f:?}") };
         assert_eq!(c.resource_metadata.as_deref(), Some("https://x/.well-known/oauth-protected-resource"));
         assert_eq!(c.realm.as_deref(), Some("mcp"));
         assert_eq!(c.scope.as_deref(), Some("read"));
@@ -192,7 +203,7 @@ mod tests {
             retry_after: None,
         };
         let f = classify_status(&info, Phase::Other);
-        assert_eq!(f.kind(), FailureKind::AuthRequired);
+        assert_eq!(f.kind(), FailureKind::NeedsCredentials);
         assert!(f.message.contains("insufficient scope admin"), "{}", f.message);
     }
 
@@ -215,7 +226,7 @@ mod tests {
         let later = now - Duration::from_secs(90);
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", later), Some(Duration::from_secs(90)));
         assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("999999", now), Some(Duration::from_secs(999_999)), "the core caps it");
     }
 
     #[test]
