@@ -548,3 +548,36 @@ fn completions_and_help() {
     assert!(stdout(&out).contains("keeps MCP servers alive"));
     let _ = std::io::stdout().flush();
 }
+
+// ----- containment: nothing of a server outlives roster ---------------------------------
+
+#[test]
+fn whatever_roster_dies_of_every_process_of_every_server_is_gone() {
+    let tag = Tag::new();
+    let sh_wrapped = format!(
+        "[servers.wrapped]\ncommand = \"sh\"\nargs = [\"-c\", {:?}]\n",
+        format!("{} stdio --tag {} --grandchild null", fixture(), tag.as_str())
+    );
+    let toml = format!(
+        "{FAST}{}{}{}",
+        stdio_toml(&tag, "daemonizer", &["--daemonize"]),
+        stdio_toml(&tag, "parent", &["--grandchild", "null"]),
+        sh_wrapped
+    );
+    let up = Up::start(&toml, &[]);
+    for name in ["daemonizer", "parent", "wrapped"] {
+        assert!(wait_until(Duration::from_secs(10), || up.server(name)["state"] == "running"), "{name}");
+    }
+    // daemonizer + its daemon, parent + its grandchild, the wrapped server + its grandchild.
+    assert!(wait_until(Duration::from_secs(5), || tag.processes().len() == 6), "{:?}", tag.processes());
+    roster_tests::kill(up.child.id());
+    tag.assert_gone_within(Duration::from_secs(2));
+}
+
+#[test]
+fn a_one_shot_takes_the_servers_daemon_with_it() {
+    let tag = Tag::new();
+    let out = with_fixture(&tag, &["ping"], &["--daemonize"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_gone(&tag);
+}

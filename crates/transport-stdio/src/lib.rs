@@ -1,11 +1,17 @@
 //! # roster-transport-stdio: MCP servers as local processes
 //!
 //! roster owns the child, not rmcp: [`StdioConnector`] spawns the server with
-//! tokio's `Command` in a process group of its own (killed on drop, and on Linux
-//! killed when roster dies), and hands rmcp only the stdout/stdin pipes. That is
-//! what lets it report the exit status, kill grandchildren that `npx` or shell
-//! wrappers leave behind, and notice a dead server at once even when a
-//! grandchild still holds its stdout (reference/rmcp.md §1).
+//! tokio's `Command` in a process group of its own, and hands rmcp only the
+//! stdout/stdin pipes. That is what lets it report the exit status, kill what
+//! `npx` or shell wrappers leave behind, and notice a dead server at once even
+//! when a grandchild still holds its stdout.
+//!
+//! On Linux every server runs under a keeper (a forked child subreaper, see
+//! `keeper.rs`): processes that leave the server's group (a daemon that
+//! double-forks and calls `setsid`) are re-parented to it, so they are killed with
+//! the server; and the keeper's parent-death signal kills every process of the
+//! server when roster dies, whatever it dies of. Elsewhere the process group is
+//! the boundary, and a process that leaves it is not followed.
 //!
 //! - stderr is drained line by line into tracing (target `roster::stderr`) and a
 //!   ring buffer (the last 100 lines, at most 64 KiB) shown in status and quoted
@@ -32,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 mod error;
+#[cfg(target_os = "linux")]
+mod keeper;
 mod process;
 
 pub use error::{StdioError, classify, classify_request};
@@ -89,8 +97,9 @@ impl StdioConnector {
         let mut child = process::command(spec)
             .spawn()
             .map_err(|source| StdioError::Spawn { command: spec.command.clone(), source })?;
-        let pid = child.id().unwrap_or_default();
-        let group = Arc::new(Group::new(pid));
+        let spawned = child.id().unwrap_or_default();
+        let group = Arc::new(Group::new(spawned));
+        let pid = process::server_pid(spawned).unwrap_or(spawned);
         // From here on, any way out of this function but success kills the group.
         let mut guard = KillGuard(Some(group.clone()));
         let stdin = child.stdin.take().ok_or(StdioError::MissingPipe("stdin"))?;
@@ -219,10 +228,15 @@ impl Session for StdioSession {
                 self.options.stdin_grace
             )));
         }
-        // 3. SIGKILL to the whole group, and reap.
+        // 3. SIGKILL to every process of the server, and reap.
         self.group.kill();
         if self.wait_exit(self.options.kill_grace).await {
-            Err(CloseError("server ignored SIGTERM; killed with SIGKILL".to_owned()))
+            return Err(CloseError("server ignored SIGTERM; killed with SIGKILL".to_owned()));
+        }
+        // The keeper did not answer: kill it (the server dies with it).
+        self.group.kill_keeper();
+        if self.wait_exit(self.options.kill_grace).await {
+            Err(CloseError("server ignored SIGTERM and its keeper a kill; both killed with SIGKILL".to_owned()))
         } else {
             Err(CloseError(format!("process {} did not exit after SIGKILL", self.pid)))
         }

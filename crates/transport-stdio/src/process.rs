@@ -27,7 +27,9 @@ pub const STDERR_BYTES: usize = 64 * 1024;
 const MAX_LINE: usize = 4096;
 
 /// The command for `spec`: its args, environment and cwd; piped stdio; its own
-/// process group; killed when dropped; on Linux, killed when roster dies.
+/// process group. On Linux it runs under a [keeper](crate::keeper), which kills
+/// every process of the server when the server exits, when asked, or when roster
+/// dies; elsewhere the process is killed when its handle is dropped.
 pub(crate) fn command(spec: &ServerSpec) -> Command {
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args);
@@ -43,68 +45,93 @@ pub(crate) fn command(spec: &ServerSpec) -> Command {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     #[cfg(unix)]
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
-    set_parent_death_signal(&mut cmd);
+    crate::keeper::install(&mut cmd);
+    // A SIGKILL to the keeper would let the server's other processes escape: on
+    // Linux every path ends through `Group::kill` instead.
+    #[cfg(not(target_os = "linux"))]
+    cmd.kill_on_drop(true);
     cmd
 }
 
-/// Asks the kernel to SIGKILL the server when the thread that spawned it dies, so
-/// that a crashed roster leaves no server behind. (The group's other members are
-/// reached by the group kill on every path roster itself controls.)
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec. It makes one
-    // raw prctl(2) system call through rustix, which neither allocates nor takes
-    // locks, so it is async-signal-safe as pre_exec requires.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(io::Error::from)
-        });
-    }
-}
-
-/// The server's process group. Every path that ends a session goes through it, so
-/// that no member of the group outlives the session.
+/// Every process of the server. Every path that ends a session goes through it, so
+/// that none of them outlives the session.
+///
+/// On Linux the spawned process is the server's keeper: signals go to it (it
+/// passes SIGTERM on to the server's group), and a kill asks it to kill
+/// everything. Elsewhere the spawned process leads the server's process group,
+/// and signals go to the group.
 #[derive(Debug)]
 pub(crate) struct Group {
-    pgid: Option<rustix::process::Pid>,
-    /// The leader was reaped and stragglers were killed: the id may be reused, so
-    /// nothing is signalled any more.
+    leader: Option<rustix::process::Pid>,
+    /// The spawned process was reaped (and, on Linux, everything else is dead): the
+    /// id may be reused, so nothing is signalled any more.
     done: AtomicBool,
 }
 
 impl Group {
     pub(crate) fn new(pid: u32) -> Group {
-        let pgid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
-        Group { pgid, done: AtomicBool::new(false) }
+        let leader = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+        Group { leader, done: AtomicBool::new(false) }
     }
 
-    /// Sends `signal` to every member of the group, unless the group is done.
+    /// Sends `signal` to the server (through its keeper on Linux), unless it is done.
     pub(crate) fn signal(&self, signal: rustix::process::Signal) {
         if self.done.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(pgid) = self.pgid {
+        if let Some(leader) = self.leader {
             // ESRCH (nobody left) is the expected answer once everyone is gone.
-            let _ = rustix::process::kill_process_group(pgid, signal);
+            let _ = rustix::process::kill_process_group(leader, signal);
         }
     }
 
-    /// SIGKILL to the whole group.
+    /// Kills every process of the server now.
     pub(crate) fn kill(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(keeper) = self.leader
+            && !self.done.load(Ordering::SeqCst)
+        {
+            let kill_all = rustix::process::Signal::from_named_raw(crate::keeper::KILL_ALL);
+            if let Some(signal) = kill_all {
+                let _ = rustix::process::kill_process(keeper, signal);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
         self.signal(rustix::process::Signal::KILL);
     }
 
-    /// Called once the leader is reaped: kill whatever is left and stop signalling.
+    /// Kills the keeper itself: the last resort when it does not exit after
+    /// [`Group::kill`] (the server dies with it; its other processes may not).
+    pub(crate) fn kill_keeper(&self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+
+    /// Called once the spawned process is reaped: on Linux its keeper killed
+    /// everything before exiting; elsewhere what is left of the group is killed.
+    /// Nothing is signalled afterwards.
     fn finish(&self) {
-        self.kill();
+        #[cfg(not(target_os = "linux"))]
+        self.signal(rustix::process::Signal::KILL);
         self.done.store(true, Ordering::SeqCst);
     }
+}
+
+/// The server's own process: on Linux the keeper's child, found in /proc; the
+/// spawned process elsewhere. `None` if it is already gone.
+pub(crate) fn server_pid(spawned: u32) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let keeper = libc::pid_t::try_from(spawned).ok()?;
+        let mut found = None;
+        crate::keeper::for_each_child(keeper, |pid| found = found.or(u32::try_from(pid).ok()));
+        found
+    }
+    #[cfg(not(target_os = "linux"))]
+    Some(spawned)
 }
 
 /// Kills the group if dropped while armed: a connect that is abandoned half-way

@@ -246,6 +246,49 @@ async fn grandchildren_are_gone_after_the_server_exits_by_itself() {
     }
 }
 
+/// The session (not the process group) of `pid`, from /proc.
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_daemon_that_leaves_the_process_group_is_gone_after_a_stop() {
+    let tag = Tag::new();
+    let svc = service(tag.stdio("daemonizer", &["--daemonize"]));
+    svc.start().await.unwrap();
+    let server = svc.status().pid.unwrap();
+    assert!(eventually(Duration::from_secs(2), || tag.processes().len() == 2).await, "server and daemon");
+    let daemon = tag.processes().into_iter().find(|p| *p != server).unwrap();
+    assert_ne!(session_of(daemon), session_of(server), "the daemon left the server's session");
+    svc.stop().await;
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn a_crash_looping_daemonizer_leaves_no_daemon_behind() {
+    let tag = Tag::new();
+    let svc = service(tag.stdio("leaky", &["--daemonize", "--exit-after-init", "100"]));
+    let _ = svc.start().await;
+    // Crash after crash (the first at once, then with a 300 ms backoff...).
+    assert!(eventually(Duration::from_secs(5), || svc.status().crash_count >= 3).await);
+    // Every crash took its daemon with it: at most the current run's two processes.
+    assert!(tag.processes().len() <= 2, "{:?}", tag.processes());
+    svc.stop().await;
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn a_daemon_is_gone_when_its_server_exits_by_itself() {
+    let tag = Tag::new();
+    let svc = service(tag.stdio("once", &["--daemonize", "--exit-after-init", "300"]));
+    svc.start().await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || tag.processes().len() == 2).await);
+    let _ = svc.wait_for(|s| s.state == State::Failed).await;
+    svc.stop().await;
+    tag.assert_gone().await;
+}
+
 #[tokio::test]
 async fn ten_mib_of_stderr_does_not_stall_the_server() {
     let tag = Tag::new();

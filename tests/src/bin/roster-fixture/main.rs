@@ -5,6 +5,7 @@
 //! roster-fixture http [switches]      serve Streamable HTTP on 127.0.0.1 (/mcp)
 //! roster-fixture sse [switches]       serve the legacy HTTP+SSE transport (/sse, /message)
 //! roster-fixture sleeper              sleep until killed (a grandchild)
+//! roster-fixture daemon               setsid, fork a sleeper, exit (a daemon's start)
 //!
 //! The HTTP modes print `listening on http://127.0.0.1:PORT` on stdout once bound.
 //!
@@ -18,6 +19,8 @@
 //!   --ignore-sigterm        ignore SIGTERM
 //!   --linger                keep running after stdin closes
 //!   --grandchild inherit|null   spawn a sleeper with stdout inherited or to /dev/null
+//!   --daemonize             start a daemon that escapes the process group: a child
+//!                           that calls setsid, forks a sleeper and exits
 //!   --stderr-mib N          write N MiB to stderr before serving
 //!   --garbage-lines N       print N lines of garbage on stdout before serving
 //!   --serve-http PORT       also serve Streamable HTTP on 127.0.0.1:PORT (for demos)
@@ -66,6 +69,7 @@ struct Faults {
     ignore_sigterm: bool,
     linger: bool,
     grandchild: Option<String>,
+    daemonize: bool,
     stderr_mib: usize,
     garbage_lines: usize,
     port: u16,
@@ -99,6 +103,7 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--ignore-sigterm" => f.ignore_sigterm = true,
             "--linger" => f.linger = true,
             "--grandchild" => f.grandchild = Some(value()?),
+            "--daemonize" => f.daemonize = true,
             "--stderr-mib" => f.stderr_mib = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
             "--garbage-lines" => f.garbage_lines = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
             "--port" => f.port = value()?.parse().map_err(|e| format!("{arg}: {e}"))?,
@@ -245,6 +250,20 @@ fn spawn_grandchild(how: &str, args: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A daemon's start, as many do it: a child leaves the session (setsid), forks the
+/// long-lived process and exits, so that the daemon belongs to no group of ours.
+fn daemonize(args: &[String]) -> std::io::Result<()> {
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("daemon")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    eprintln!("fixture: daemon launcher exited with {status}");
+    Ok(())
+}
+
 async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     if faults.ignore_sigterm {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -262,6 +281,9 @@ async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error
     }
     if let Some(how) = &faults.grandchild {
         spawn_grandchild(how, args)?;
+    }
+    if faults.daemonize {
+        daemonize(args)?;
     }
     if let Some(port) = faults.serve_http {
         let http = Faults { port, serve_http: None, ..Faults::default() };
@@ -336,8 +358,22 @@ async fn main() {
         "sleeper" => loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
+        "daemon" => {
+            if let Err(e) = rustix::process::setsid() {
+                eprintln!("roster-fixture: setsid: {e}");
+                std::process::exit(1);
+            }
+            let sleeper = std::process::Command::new(std::env::current_exe().unwrap_or_default())
+                .arg("sleeper")
+                .args(rest)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            std::process::exit(i32::from(sleeper.is_err()));
+        }
         _ => {
-            eprintln!("usage: roster-fixture stdio|http|sse [switches] | roster-fixture sleeper");
+            eprintln!("usage: roster-fixture stdio|http|sse [switches] | roster-fixture sleeper|daemon");
             std::process::exit(2);
         }
     }
