@@ -75,6 +75,16 @@ pub fn terminate(pid: u32) {
     send(pid, rustix::process::Signal::TERM);
 }
 
+/// SIGINT to `pid` (as Ctrl-C does).
+pub fn interrupt(pid: u32) {
+    send(pid, rustix::process::Signal::INT);
+}
+
+/// SIGHUP to `pid` (as a closed terminal does).
+pub fn hang_up(pid: u32) {
+    send(pid, rustix::process::Signal::HUP);
+}
+
 fn send(pid: u32, signal: rustix::process::Signal) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
         // ESRCH: it is gone already, which is what the caller wants.

@@ -1,26 +1,48 @@
 //! Configuration files: roster's own TOML, and the JSON that MCP clients keep
-//! (`mcpServers` as in Claude Desktop and Cursor, `servers` as in VS Code).
+//! (`mcpServers` as in Claude Desktop and Cursor, `servers` as in VS Code, with
+//! the comments and trailing commas VS Code allows).
 //!
 //! Every problem of a file is reported at once, each with `file:line:column` and
-//! the server it concerns. Unknown keys are errors in roster's TOML and warnings in
-//! the foreign formats (they carry keys roster has no use for).
+//! the server it concerns: a server whose field has an error still gets every
+//! other check. Unknown keys are errors in roster's TOML and warnings in the
+//! foreign formats (they carry keys roster has no use for); a key given twice is an
+//! error in both. A file is read only if it is a regular file of at most
+//! [`MAX_CONFIG_BYTES`], nested at most [`MAX_NESTING`] deep. A value that does not
+//! fit its field (a number too large, `nan`, `inf`, a date) is an error naming the
+//! field; so is every number outside its documented range.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Read;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
-use roster_core::{Backoff, NonZeroDuration, ServerSpec, ServerType, Settings, ValidSpec};
+use jsonc_parser::common::Ranged;
+use roster_core::{Backoff, Field, NonZeroDuration, ServerSpec, ServerType, Settings, ValidSpec};
+use roster_http::HttpOptions;
 use roster_supervisor::SupervisorConfig;
 use serde::Serialize;
 use serde_json::Value;
-use std::num::NonZeroU32;
+
+/// The largest configuration file read: 1 MiB.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// The deepest nesting of tables, objects and arrays accepted.
+pub(crate) const MAX_NESTING: usize = 32;
+/// Accepted `max_message_size`: 64 KiB to 256 MiB.
+pub(crate) const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<u64> = 64 * 1024..=256 * 1024 * 1024;
 
 /// A position in a file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize)]
 pub(crate) struct Pos {
     pub(crate) line: usize,
     pub(crate) col: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
 }
 
 /// One problem (or warning) found in a file.
@@ -36,7 +58,7 @@ pub(crate) struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.pos.line, self.pos.col)?;
+        write!(f, "{}:{}: ", self.file, self.pos)?;
         if let Some(server) = &self.server {
             write!(f, "server {server:?}: ")?;
         }
@@ -62,40 +84,78 @@ pub(crate) struct Config {
     pub(crate) format: Format,
     pub(crate) servers: Vec<ValidSpec>,
     pub(crate) supervisor: SupervisorConfig,
+    pub(crate) http: HttpOptions,
     pub(crate) warnings: Vec<Diagnostic>,
 }
 
-/// A value with the position of its key (or of itself).
+/// A value of the file, with the position of its key (or of itself). Tables keep
+/// their children; leaves keep their value. Each value is built once.
 #[derive(Debug, Clone)]
 struct Node {
-    value: Value,
     pos: Pos,
-    /// Positions of the keys of a table, by key.
-    keys: BTreeMap<String, (Pos, Node)>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// A string, number, boolean or null; `None` when it could not be read (the
+    /// error is reported already, where it was found).
+    Leaf(Option<Value>),
+    Array(Vec<Node>),
+    Table(BTreeMap<String, (Pos, Node)>),
 }
 
 impl Node {
-    fn leaf(value: Value, pos: Pos) -> Node {
-        Node { value, pos, keys: BTreeMap::new() }
+    fn keys(&self) -> Option<&BTreeMap<String, (Pos, Node)>> {
+        match &self.kind {
+            Kind::Table(keys) => Some(keys),
+            Kind::Leaf(_) | Kind::Array(_) => None,
+        }
+    }
+
+    /// Whether every value under this one could be read.
+    fn is_readable(&self) -> bool {
+        match &self.kind {
+            Kind::Leaf(v) => v.is_some(),
+            Kind::Array(items) => items.iter().all(Node::is_readable),
+            Kind::Table(keys) => keys.values().all(|(_, n)| n.is_readable()),
+        }
+    }
+
+    /// The value as JSON, built on demand (a field at a time).
+    fn to_value(&self) -> Value {
+        match &self.kind {
+            Kind::Leaf(v) => v.clone().unwrap_or(Value::Null),
+            Kind::Array(items) => Value::Array(items.iter().map(Node::to_value).collect()),
+            Kind::Table(keys) => Value::Object(keys.iter().map(|(k, (_, n))| (k.clone(), n.to_value())).collect()),
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Leaf(Some(Value::String(s))) => Some(s),
+            Kind::Leaf(_) | Kind::Array(_) | Kind::Table(_) => None,
+        }
     }
 }
 
 /// Byte offsets to line:column.
-struct Lines {
+struct Lines<'a> {
+    text: &'a str,
     starts: Vec<usize>,
 }
 
-impl Lines {
-    fn new(text: &str) -> Lines {
+impl Lines<'_> {
+    fn new(text: &str) -> Lines<'_> {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Lines { starts }
+        Lines { text, starts }
     }
 
-    fn pos(&self, text: &str, offset: usize) -> Pos {
+    fn pos(&self, offset: usize) -> Pos {
         let line = self.starts.partition_point(|s| *s <= offset).max(1);
         let start = self.starts[line - 1];
-        let col = text.get(start..offset.min(text.len())).map_or(1, |s| s.chars().count() + 1);
+        let col = self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1);
         Pos { line, col }
     }
 }
@@ -103,18 +163,39 @@ impl Lines {
 /// Loads and validates `path`. Every error of the file comes back at once.
 pub(crate) fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
     let file = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(vec![Diagnostic {
-                file,
-                pos: Pos { line: 1, col: 1 },
-                server: None,
-                message: format!("cannot read the configuration: {e}"),
-            }]);
-        }
-    };
+    let text = read(path).map_err(|message| {
+        vec![Diagnostic { file: file.clone(), pos: Pos { line: 1, col: 1 }, server: None, message }]
+    })?;
     parse(&file, &text, path.extension().and_then(|e| e.to_str()))
+}
+
+/// The text of the configuration at `path`: a regular file (never a FIFO, a
+/// device or a directory), at most [`MAX_CONFIG_BYTES`], UTF-8.
+pub(crate) fn read(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read the configuration: {e}"))?;
+    if !meta.is_file() {
+        return Err("the configuration must be a regular file (not a FIFO, a device or a directory)".to_owned());
+    }
+    let too_big = || format!("the configuration is larger than {} KiB", MAX_CONFIG_BYTES / 1024);
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the configuration: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("the configuration is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
 }
 
 /// Parses `text` (named `file` in messages); `extension` picks the format.
@@ -124,9 +205,10 @@ pub(crate) fn parse(file: &str, text: &str, extension: Option<&str>) -> Result<C
     let json = matches!(extension, Some(e) if e.eq_ignore_ascii_case("json"));
     let root = if json { parse_json(text, &lines, &mut out) } else { parse_toml(text, &lines, &mut out) };
     let Some(root) = root else { return Err(out.errors) };
-    let (format, servers, supervisor) = if json { read_json(&root, &mut out) } else { read_toml(&root, &mut out) };
+    let (format, servers, supervisor, http) =
+        if json { read_json(&root, &mut out) } else { read_toml(&root, &mut out) };
     if out.errors.is_empty() {
-        Ok(Config { format, servers, supervisor, warnings: out.warnings })
+        Ok(Config { format, servers, supervisor, http, warnings: out.warnings })
     } else {
         out.errors.sort_by_key(|d| d.pos);
         Err(out.errors)
@@ -151,53 +233,78 @@ impl Diagnostics {
     }
 }
 
+/// A dotted key path for messages: `servers.fs.timeout`.
+fn dotted(path: &[&str]) -> String {
+    path.join(".")
+}
+
 // ----- TOML ---------------------------------------------------------------------------
 
-fn parse_toml(text: &str, lines: &Lines, out: &mut Diagnostics) -> Option<Node> {
+fn parse_toml(text: &str, lines: &Lines<'_>, out: &mut Diagnostics) -> Option<Node> {
+    // toml's parser stops at its own recursion limit, with an error.
     let (table, errors) = toml::de::DeTable::parse_recoverable(text);
     for e in &errors {
-        let pos = e.span().map_or(Pos { line: 1, col: 1 }, |s| lines.pos(text, s.start));
+        let pos = e.span().map_or(Pos { line: 1, col: 1 }, |s| lines.pos(s.start));
         out.error(pos, None, e.message().to_owned());
     }
     if !errors.is_empty() {
         return None;
     }
     let span = table.span();
-    Some(toml_table(table.get_ref(), lines.pos(text, span.start), text, lines))
+    let mut path = Vec::new();
+    Some(toml_table(table.get_ref(), lines.pos(span.start), lines, &mut path, out))
 }
 
-fn toml_table(table: &toml::de::DeTable<'_>, pos: Pos, text: &str, lines: &Lines) -> Node {
+fn toml_table<'a>(
+    table: &'a toml::de::DeTable<'_>,
+    pos: Pos,
+    lines: &Lines<'_>,
+    path: &mut Vec<&'a str>,
+    out: &mut Diagnostics,
+) -> Node {
     let mut keys = BTreeMap::new();
-    let mut map = serde_json::Map::new();
     for (key, value) in table {
-        let key_pos = lines.pos(text, key.span().start);
-        let node = toml_value(value.get_ref(), lines.pos(text, value.span().start), text, lines);
-        map.insert(key.get_ref().to_string(), node.value.clone());
-        keys.insert(key.get_ref().to_string(), (key_pos, node));
+        let name: &str = key.get_ref();
+        path.push(name);
+        let node = toml_value(value.get_ref(), lines.pos(value.span().start), lines, path, out);
+        path.pop();
+        keys.insert(name.to_owned(), (lines.pos(key.span().start), node));
     }
-    Node { value: Value::Object(map), pos, keys }
+    Node { pos, kind: Kind::Table(keys) }
 }
 
-fn toml_value(value: &toml::de::DeValue<'_>, pos: Pos, text: &str, lines: &Lines) -> Node {
+fn toml_value<'a>(
+    value: &'a toml::de::DeValue<'_>,
+    pos: Pos,
+    lines: &Lines<'_>,
+    path: &mut Vec<&'a str>,
+    out: &mut Diagnostics,
+) -> Node {
     use toml::de::DeValue;
+    let bad = |message: String, out: &mut Diagnostics| {
+        out.error(pos, None, format!("{}: {message}", dotted(path)));
+        Node { pos, kind: Kind::Leaf(None) }
+    };
     match value {
-        DeValue::String(s) => Node::leaf(Value::String(s.to_string()), pos),
-        DeValue::Integer(i) => {
-            let n = i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).map_or(Value::Null, Value::from);
-            Node::leaf(n, pos)
-        }
+        DeValue::String(s) => Node { pos, kind: Kind::Leaf(Some(Value::String(s.to_string()))) },
+        DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+            Ok(n) => Node { pos, kind: Kind::Leaf(Some(Value::from(n))) },
+            Err(_) => bad(format!("{} does not fit in a 64-bit integer", i.as_str()), out),
+        },
         DeValue::Float(f) => {
-            let n = f.as_str().replace('_', "").parse::<f64>().ok().and_then(serde_json::Number::from_f64);
-            Node::leaf(n.map_or(Value::Null, Value::Number), pos)
+            let text = f.as_str().replace('_', "");
+            match text.parse::<f64>().ok().filter(|x| x.is_finite()).and_then(serde_json::Number::from_f64) {
+                Some(n) => Node { pos, kind: Kind::Leaf(Some(Value::Number(n))) },
+                None => bad(format!("{} is not a finite number", f.as_str()), out),
+            }
         }
-        DeValue::Boolean(b) => Node::leaf(Value::Bool(*b), pos),
-        DeValue::Datetime(d) => Node::leaf(Value::String(d.to_string()), pos),
+        DeValue::Boolean(b) => Node { pos, kind: Kind::Leaf(Some(Value::Bool(*b))) },
+        DeValue::Datetime(d) => bad(format!("{d} is a date-time; no setting takes one (quote it if it is text)"), out),
         DeValue::Array(items) => {
-            let values =
-                items.iter().map(|v| toml_value(v.get_ref(), lines.pos(text, v.span().start), text, lines).value);
-            Node::leaf(Value::Array(values.collect()), pos)
+            let nodes = items.iter().map(|v| toml_value(v.get_ref(), lines.pos(v.span().start), lines, path, out));
+            Node { pos, kind: Kind::Array(nodes.collect()) }
         }
-        DeValue::Table(t) => toml_table(t, pos, text, lines),
+        DeValue::Table(t) => toml_table(t, pos, lines, path, out),
     }
 }
 
@@ -219,7 +326,7 @@ const SERVER_KEYS: [&str; 15] = [
     "name",
 ];
 
-const DEFAULT_KEYS: [&str; 14] = [
+const DEFAULT_KEYS: [&str; 15] = [
     "auto_start",
     "initial_backoff",
     "max_backoff",
@@ -234,6 +341,7 @@ const DEFAULT_KEYS: [&str; 14] = [
     "max_concurrent_connects",
     "shutdown_timeout",
     "event_buffer",
+    "max_message_size",
 ];
 
 fn unknown_key(key: &str, known: &[&str]) -> String {
@@ -244,29 +352,33 @@ fn unknown_key(key: &str, known: &[&str]) -> String {
     }
 }
 
-fn read_toml(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ValidSpec>, SupervisorConfig) {
-    for (key, (pos, _)) in &root.keys {
+type Loaded = (Format, Vec<ValidSpec>, SupervisorConfig, HttpOptions);
+
+fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
+    let keys = root.keys().cloned().unwrap_or_default();
+    for (key, (pos, _)) in &keys {
         if key != "servers" && key != "defaults" {
             out.error(*pos, None, unknown_key(key, &["servers", "defaults"]));
         }
     }
-    let (supervisor, default_auto_start) = match root.keys.get("defaults") {
+    let (supervisor, http, default_auto_start) = match keys.get("defaults") {
         Some((_, node)) => read_defaults(node, out),
-        None => (SupervisorConfig::default(), None),
+        None => (SupervisorConfig::default(), HttpOptions::default(), None),
     };
     let mut servers = Vec::new();
-    match root.keys.get("servers") {
-        Some((pos, node)) if !node.value.is_object() => out.error(*pos, None, "`servers` must be a table of servers"),
-        Some((_, node)) => {
-            for (name, (pos, server)) in &node.keys {
-                if let Some(spec) = read_server(name, *pos, server, Dialect::Roster, default_auto_start, out) {
-                    servers.push(spec);
+    if let Some((_, node)) = keys.get("servers") {
+        match node.keys() {
+            Some(entries) => {
+                for (name, (pos, server)) in entries {
+                    if let Some(spec) = read_server(name, *pos, server, Dialect::Roster, default_auto_start, out) {
+                        servers.push(spec);
+                    }
                 }
             }
+            None => out.error(node.pos, None, "`servers` must be a table of servers"),
         }
-        None => {}
     }
-    (Format::RosterToml, servers, supervisor)
+    (Format::RosterToml, servers, supervisor, http)
 }
 
 fn duration(value: &Value) -> Result<Duration, String> {
@@ -285,6 +397,11 @@ fn duration(value: &Value) -> Result<Duration, String> {
     }
 }
 
+fn count(value: &Value) -> Result<u32, String> {
+    let n = value.as_u64().ok_or_else(|| "must be a whole number".to_owned())?;
+    u32::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
 fn non_zero(value: &Value) -> Result<NonZeroU32, String> {
     count(value).and_then(|n| NonZeroU32::new(n).ok_or_else(|| "must be at least 1".to_owned()))
 }
@@ -293,28 +410,57 @@ fn period(value: &Value) -> Result<NonZeroDuration, String> {
     duration(value).and_then(|d| NonZeroDuration::new(d).ok_or_else(|| "must be greater than zero".to_owned()))
 }
 
-fn count(value: &Value) -> Result<u32, String> {
-    value.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| "must be a whole number".to_owned())
+fn number(value: &Value) -> Result<f64, String> {
+    value.as_f64().filter(|x| x.is_finite()).ok_or_else(|| "must be a number".to_owned())
 }
 
-fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, Option<bool>) {
+/// A size: a number of bytes, or a string like `"16MiB"`, `"512KiB"`.
+fn size(value: &Value) -> Result<u64, String> {
+    let bad = || "must be a size: a number of bytes, or a string like \"16MiB\" or \"512KiB\"".to_owned();
+    match value {
+        Value::Number(n) => n.as_u64().ok_or_else(bad),
+        Value::String(s) => {
+            let s = s.trim();
+            let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (n, unit) = s.split_at(digits);
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            let scale: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                _ => return Err(bad()),
+            };
+            n.checked_mul(scale).ok_or_else(bad)
+        }
+        Value::Null | Value::Bool(_) | Value::Array(_) | Value::Object(_) => Err(bad()),
+    }
+}
+
+fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, HttpOptions, Option<bool>) {
     let mut config = SupervisorConfig::default();
+    let mut http = HttpOptions::default();
     let mut settings = Settings::default();
     let mut auto_start = None;
     let (mut initial, mut max, mut multiplier, mut jitter) =
         (settings.backoff.initial(), settings.backoff.max(), settings.backoff.multiplier(), settings.backoff.jitter());
-    if !node.value.is_object() {
+    let Some(keys) = node.keys() else {
         out.error(node.pos, None, "`defaults` must be a table");
-        return (config, None);
-    }
-    for (key, (pos, value)) in &node.keys {
-        let v = &value.value;
+        return (config, http, None);
+    };
+    let mut bad = BTreeSet::new();
+    for (key, (pos, value)) in keys {
+        if !value.is_readable() {
+            bad.insert(key.as_str());
+            continue;
+        }
+        let v = &value.to_value();
         let result: Result<(), String> = match key.as_str() {
             "auto_start" => v.as_bool().map(|b| auto_start = Some(b)).ok_or_else(|| "must be true or false".to_owned()),
             "initial_backoff" => duration(v).map(|d| initial = d),
             "max_backoff" => duration(v).map(|d| max = d),
-            "backoff_multiplier" => v.as_f64().map(|m| multiplier = m).ok_or_else(|| "must be a number".to_owned()),
-            "jitter" => v.as_f64().map(|j| jitter = j).ok_or_else(|| "must be a number between 0 and 1".to_owned()),
+            "backoff_multiplier" => number(v).map(|m| multiplier = m),
+            "jitter" => number(v).map(|j| jitter = j),
             "unreachable_threshold" => non_zero(v).map(|n| settings.unreachable_threshold = n),
             "restart_grace" => duration(v).map(|d| settings.restart_grace = d),
             "health_check_interval" => period(v).map(|d| settings.health_check_interval = d),
@@ -324,22 +470,39 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, Optio
             "max_concurrent_connects" => count(v).map(|n| config.max_concurrent_connects = n as usize),
             "shutdown_timeout" => duration(v).map(|d| config.shutdown_timeout = d),
             "event_buffer" => count(v).map(|n| config.event_capacity = n as usize),
+            "max_message_size" => size(v).and_then(|n| {
+                if MESSAGE_SIZE_RANGE.contains(&n) {
+                    http.max_message_size = usize::try_from(n).map_err(|_| format!("{n} is too large"))?;
+                    Ok(())
+                } else {
+                    Err(format!("must be between 64KiB and 256MiB, got {n} bytes"))
+                }
+            }),
             other => Err(unknown_key(other, &DEFAULT_KEYS)),
         };
         if let Err(message) = result {
+            bad.insert(key.as_str());
             out.error(*pos, None, format!("defaults.{key}: {message}"));
         }
     }
     match Backoff::new(initial, max, multiplier).and_then(|b| b.with_jitter(jitter)) {
         Ok(b) => settings.backoff = b,
-        Err(e) => out.error(node.pos, None, format!("defaults: {e}")),
+        Err(e)
+            if bad.is_disjoint(&BTreeSet::from(["initial_backoff", "max_backoff", "backoff_multiplier", "jitter"])) =>
+        {
+            out.error(node.pos, None, format!("defaults: {e}"));
+        }
+        Err(_) => {}
     }
     config.settings = settings;
     for e in config.check().err().unwrap_or_default() {
-        let at = node.keys.get(e.setting).map_or(node.pos, |(p, _)| *p);
+        if bad.contains(e.setting) {
+            continue;
+        }
+        let at = keys.get(e.setting).map_or(node.pos, |(p, _)| *p);
         out.error(at, None, format!("defaults.{e}"));
     }
-    (config, auto_start)
+    (config, http, auto_start)
 }
 
 // ----- servers ------------------------------------------------------------------------
@@ -368,6 +531,28 @@ const CLIENT_KEYS: [&str; 12] = [
     "autoApprove",
 ];
 
+/// The field a configuration key sets.
+fn field_of(key: &str) -> Option<Field> {
+    Some(match key {
+        "type" => Field::Type,
+        "command" => Field::Command,
+        "args" => Field::Args,
+        "env" => Field::Env,
+        "cwd" => Field::Cwd,
+        "inherit_env" => Field::InheritEnv,
+        "pass_env" => Field::PassEnv,
+        "url" => Field::Url,
+        "headers" => Field::Headers,
+        "auto_start" | "disabled" => Field::AutoStart,
+        "timeout" => Field::Timeout,
+        "tool_prefix" => Field::ToolPrefix,
+        "description" => Field::Description,
+        "auth" => Field::Auth,
+        "name" => Field::Name,
+        _ => return None,
+    })
+}
+
 fn read_server(
     name: &str,
     pos: Pos,
@@ -377,43 +562,63 @@ fn read_server(
     out: &mut Diagnostics,
 ) -> Option<ValidSpec> {
     let server = Some(name);
-    if !node.value.is_object() {
+    let Some(keys) = node.keys() else {
         out.error(pos, server, "must be a table of settings");
         return None;
-    }
-    let get = |key: &str| node.keys.get(key);
+    };
     let before = out.errors.len();
+    // Fields whose value could not be read: the definition's own checks skip them,
+    // so that one error is reported once.
+    let mut bad: BTreeSet<Field> = BTreeSet::new();
 
-    // The type: given, or inferred from command / url.
-    let server_type = match get("type") {
-        Some((tpos, t)) => match t.value.as_str().map(|s| parse_type(s, dialect)) {
-            Some(Ok(t)) => Some(t),
+    // The type: given, or inferred from command / url (also when the given one is
+    // wrong, so that the other checks still run).
+    let inferred = if keys.contains_key("url") && !keys.contains_key("command") {
+        ServerType::StreamableHttp
+    } else {
+        ServerType::Stdio
+    };
+    let server_type = match keys.get("type") {
+        Some((tpos, t)) => match t.as_str().map(|s| parse_type(s, dialect)) {
+            Some(Ok(t)) => t,
             Some(Err(message)) => {
                 out.error(*tpos, server, message);
-                None
+                bad.insert(Field::Type);
+                inferred
             }
             None => {
-                out.error(*tpos, server, "type: must be a string");
-                None
+                if t.is_readable() {
+                    out.error(*tpos, server, "type: must be a string");
+                }
+                bad.insert(Field::Type);
+                inferred
             }
         },
-        None if get("command").is_some() => Some(ServerType::Stdio),
-        None if get("url").is_some() => Some(ServerType::StreamableHttp),
+        None if keys.contains_key("command") || keys.contains_key("url") => inferred,
         None => {
             out.error(pos, server, "type: missing, and neither `command` nor `url` is given to infer it from");
-            None
+            bad.insert(Field::Type);
+            inferred
         }
     };
-    let mut spec = ServerSpec::empty(name, server_type.unwrap_or(ServerType::Stdio));
+    let mut spec = ServerSpec::empty(name, server_type);
     spec.auto_start = match dialect {
         Dialect::Roster => default_auto_start.unwrap_or(false),
         // The clients that own these files start every server unless disabled.
         Dialect::Client => true,
     };
 
-    for (key, (kpos, value)) in &node.keys {
-        let field = |out: &mut Diagnostics, e: serde_json::Error| out.error(*kpos, server, format!("{key}: {e}"));
-        let v = value.value.clone();
+    for (key, (kpos, value)) in keys {
+        if !value.is_readable() {
+            bad.extend(field_of(key));
+            continue;
+        }
+        let mut failed = false;
+        let mut field = |e: serde_json::Error| {
+            out.error(*kpos, server, format!("{key}: {e}"));
+            failed = true;
+        };
+        let v = value.to_value();
         match (key.as_str(), dialect) {
             ("type", _) => {}
             ("name", Dialect::Roster) => {
@@ -425,22 +630,22 @@ fn read_server(
                     );
                 }
             }
-            ("command", _) => set(&mut spec.command, v, |e| field(out, e)),
-            ("args", _) => set(&mut spec.args, v, |e| field(out, e)),
-            ("env", _) => set(&mut spec.env, v, |e| field(out, e)),
-            ("cwd", _) => set(&mut spec.cwd, v, |e| field(out, e)),
-            ("url", _) => set(&mut spec.url, v, |e| field(out, e)),
-            ("headers", _) => set(&mut spec.headers, v, |e| field(out, e)),
-            ("timeout", _) => set(&mut spec.timeout, v, |e| field(out, e)),
-            ("description", _) => set(&mut spec.description, v, |e| field(out, e)),
-            ("auth", _) => set(&mut spec.auth, v, |e| field(out, e)),
-            ("inherit_env", Dialect::Roster) => set(&mut spec.inherit_env, v, |e| field(out, e)),
-            ("pass_env", Dialect::Roster) => set(&mut spec.pass_env, v, |e| field(out, e)),
-            ("auto_start", Dialect::Roster) => set(&mut spec.auto_start, v, |e| field(out, e)),
-            ("tool_prefix", Dialect::Roster) => set(&mut spec.tool_prefix, v, |e| field(out, e)),
+            ("command", _) => set(&mut spec.command, v, &mut field),
+            ("args", _) => set(&mut spec.args, v, &mut field),
+            ("env", _) => set(&mut spec.env, v, &mut field),
+            ("cwd", _) => set(&mut spec.cwd, v, &mut field),
+            ("url", _) => set(&mut spec.url, v, &mut field),
+            ("headers", _) => set(&mut spec.headers, v, &mut field),
+            ("timeout", _) => set(&mut spec.timeout, v, &mut field),
+            ("description", _) => set(&mut spec.description, v, &mut field),
+            ("auth", _) => set(&mut spec.auth, v, &mut field),
+            ("inherit_env", Dialect::Roster) => set(&mut spec.inherit_env, v, &mut field),
+            ("pass_env", Dialect::Roster) => set(&mut spec.pass_env, v, &mut field),
+            ("auto_start", Dialect::Roster) => set(&mut spec.auto_start, v, &mut field),
+            ("tool_prefix", Dialect::Roster) => set(&mut spec.tool_prefix, v, &mut field),
             ("disabled", Dialect::Client) => {
                 let mut disabled = false;
-                set(&mut disabled, v, |e| field(out, e));
+                set(&mut disabled, v, &mut field);
                 spec.auto_start = !disabled;
             }
             (other, Dialect::Roster) => out.error(*kpos, server, unknown_key(other, &SERVER_KEYS)),
@@ -450,26 +655,32 @@ fn read_server(
                 }
             }
         }
+        if failed {
+            bad.extend(field_of(key));
+        }
+    }
+    let checked = spec.clone().validated();
+    if let Err(errors) = &checked {
+        // With the type unknown, what the inferred type requires is no news.
+        let unknown_type = bad.contains(&Field::Type);
+        let shown = |e: &&roster_core::ValidationError| {
+            !bad.contains(&e.field) && (!unknown_type || keys.contains_key(e.field.as_str()))
+        };
+        for e in errors.iter().filter(shown) {
+            let at = keys.get(e.field.as_str()).map_or(pos, |(p, _)| *p);
+            // The server's name is already part of the diagnostic.
+            let mut e = e.clone();
+            e.server = String::new();
+            out.error(at, server, e.to_string());
+        }
     }
     if out.errors.len() > before {
         return None;
     }
-    match spec.validated() {
-        Ok(spec) => Some(spec),
-        Err(errors) => {
-            for e in errors {
-                let at = node.keys.get(e.field.as_str()).map_or(pos, |(p, _)| *p);
-                // The server's name is already part of the diagnostic.
-                let mut e = e;
-                e.server = String::new();
-                out.error(at, server, e.to_string());
-            }
-            None
-        }
-    }
+    checked.ok()
 }
 
-fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, mut on_error: impl FnMut(serde_json::Error)) {
+fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, on_error: &mut impl FnMut(serde_json::Error)) {
     match serde_json::from_value(value) {
         Ok(v) => *slot = v,
         Err(e) => on_error(e),
@@ -485,91 +696,135 @@ fn parse_type(s: &str, dialect: Dialect) -> Result<ServerType, String> {
 
 // ----- JSON ---------------------------------------------------------------------------
 
-fn parse_json(text: &str, lines: &Lines, out: &mut Diagnostics) -> Option<Node> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
+/// How deep `text` nests objects and arrays, outside strings and comments (a
+/// guard before the parser, which recurses).
+fn json_depth(text: &str) -> usize {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Code,
+        Text { escaped: bool },
+        LineComment,
+        BlockComment { star: bool },
+    }
+    let (mut depth, mut deepest, mut state) = (0usize, 0usize, In::Code);
+    let mut prev = 0u8;
+    for &b in text.as_bytes() {
+        state = match (state, b) {
+            (In::Code, b'"') => In::Text { escaped: false },
+            (In::Code, b'/') if prev == b'/' => In::LineComment,
+            (In::Code, b'*') if prev == b'/' => In::BlockComment { star: false },
+            (In::Code, b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                In::Code
+            }
+            (In::Code, b'}' | b']') => {
+                depth = depth.saturating_sub(1);
+                In::Code
+            }
+            (In::Code, _) => In::Code,
+            (In::Text { escaped: false }, b'"') => In::Code,
+            (In::Text { escaped: false }, b'\\') => In::Text { escaped: true },
+            (In::Text { .. }, _) => In::Text { escaped: false },
+            (In::LineComment, b'\n') => In::Code,
+            (In::LineComment, _) => In::LineComment,
+            (In::BlockComment { star: true }, b'/') => In::Code,
+            (In::BlockComment { .. }, c) => In::BlockComment { star: c == b'*' },
+        };
+        // A `/` that opened a comment does not open another one.
+        prev = if matches!(state, In::Code) { b } else { 0 };
+    }
+    deepest
+}
+
+fn parse_json(text: &str, lines: &Lines<'_>, out: &mut Diagnostics) -> Option<Node> {
+    if json_depth(text) > MAX_NESTING {
+        out.error(Pos { line: 1, col: 1 }, None, format!("the file nests deeper than {MAX_NESTING} levels"));
+        return None;
+    }
+    let options = jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_loose_object_property_names: false,
+        allow_trailing_commas: true,
+    };
+    let parsed = match jsonc_parser::parse_to_ast(text, &jsonc_parser::CollectOptions::default(), &options) {
+        Ok(parsed) => parsed,
         Err(e) => {
-            out.error(Pos { line: e.line().max(1), col: e.column().max(1) }, None, format!("invalid JSON: {e}"));
+            out.error(lines.pos(e.range().start), None, format!("invalid JSON: {}", e.kind()));
             return None;
         }
     };
-    let mut keys = BTreeMap::new();
-    scan_keys(text, lines, &mut keys);
-    Some(json_node(value, Pos { line: 1, col: 1 }, &[], &keys))
+    let Some(value) = parsed.value else {
+        out.error(Pos { line: 1, col: 1 }, None, "the file is empty: expected a JSON object");
+        return None;
+    };
+    let mut path = Vec::new();
+    Some(json_node(&value, lines.pos(value.range().start), lines, &mut path, out))
 }
 
-/// Positions of every object key in a JSON text, by path. (serde_json gives
-/// positions only for syntax errors; the text is valid JSON at this point.)
-fn scan_keys(text: &str, lines: &Lines, out: &mut BTreeMap<Vec<String>, Pos>) {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    // The path of the object being read; `pending` is the key just read.
-    let mut stack: Vec<Option<String>> = Vec::new();
-    let mut path: Vec<String> = Vec::new();
-    let mut pending: Option<(String, usize)> = None;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                let mut s = Vec::new();
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    if let Some(b) = bytes.get(i) {
-                        s.push(*b);
-                    }
-                    i += 1;
-                }
-                let s = String::from_utf8_lossy(&s).into_owned();
-                let mut j = i + 1;
-                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                    j += 1;
-                }
-                if bytes.get(j) == Some(&b':') {
-                    let mut key_path = path.clone();
-                    key_path.push(s.clone());
-                    out.entry(key_path).or_insert_with(|| lines.pos(text, start));
-                    pending = Some((s, start));
-                }
+fn json_node(
+    value: &jsonc_parser::ast::Value<'_>,
+    pos: Pos,
+    lines: &Lines<'_>,
+    path: &mut Vec<String>,
+    out: &mut Diagnostics,
+) -> Node {
+    use jsonc_parser::ast::Value as J;
+    let leaf = |v: Value| Node { pos, kind: Kind::Leaf(Some(v)) };
+    match value {
+        J::StringLit(s) => leaf(Value::String(s.value.to_string())),
+        J::BooleanLit(b) => leaf(Value::Bool(b.value)),
+        J::NullKeyword(_) => leaf(Value::Null),
+        J::NumberLit(n) => match serde_json::from_str::<serde_json::Number>(n.value) {
+            Ok(number) if number.as_f64().is_some_and(f64::is_finite) => leaf(Value::Number(number)),
+            Ok(_) | Err(_) => {
+                out.error(pos, None, format!("{}: {} is not a number roster can read", path.join("."), n.value));
+                Node { pos, kind: Kind::Leaf(None) }
             }
-            b'{' => {
-                let key = pending.take().map(|(k, _)| k);
-                if let Some(k) = &key {
-                    path.push(k.clone());
-                }
-                stack.push(key);
-            }
-            b'}' => {
-                if let Some(Some(_)) = stack.pop() {
+        },
+        J::Array(a) => {
+            let items = a.elements.iter().enumerate().map(|(i, v)| {
+                path.push(i.to_string());
+                let node = json_node(v, lines.pos(v.range().start), lines, path, out);
+                path.pop();
+                node
+            });
+            Node { pos, kind: Kind::Array(items.collect()) }
+        }
+        J::Object(o) => {
+            let mut keys: BTreeMap<String, (Pos, Node)> = BTreeMap::new();
+            for prop in &o.properties {
+                let name = prop.name.as_str().to_owned();
+                let key_pos = lines.pos(prop.name.range().start);
+                if let Some((first, _)) = keys.get(&name) {
+                    path.push(name.clone());
+                    out.error(key_pos, None, format!("{}: given twice (first at {first})", path.join(".")));
                     path.pop();
+                    continue;
                 }
+                path.push(name.clone());
+                let node = json_node(&prop.value, key_pos, lines, path, out);
+                path.pop();
+                keys.insert(name, (key_pos, node));
             }
-            b'[' => pending = None,
-            _ => {}
+            Node { pos, kind: Kind::Table(keys) }
         }
-        i += 1;
     }
 }
 
-fn json_node(value: Value, pos: Pos, path: &[String], positions: &BTreeMap<Vec<String>, Pos>) -> Node {
-    let mut keys = BTreeMap::new();
-    if let Value::Object(map) = &value {
-        for (k, v) in map {
-            let mut p = path.to_vec();
-            p.push(k.clone());
-            let kpos = positions.get(&p).copied().unwrap_or(pos);
-            keys.insert(k.clone(), (kpos, json_node(v.clone(), kpos, &p, positions)));
-        }
-    }
-    Node { value, pos, keys }
-}
-
-fn read_json(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ValidSpec>, SupervisorConfig) {
-    let (format, key) = if root.keys.contains_key("mcpServers") {
+fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
+    let defaults = (SupervisorConfig::default(), HttpOptions::default());
+    let Some(keys) = root.keys() else {
+        out.error(
+            root.pos,
+            None,
+            "expected a JSON object with `mcpServers` (Claude Desktop, Cursor) or `servers` (VS Code)",
+        );
+        return (Format::McpServersJson, Vec::new(), defaults.0, defaults.1);
+    };
+    let (format, key) = if keys.contains_key("mcpServers") {
         (Format::McpServersJson, "mcpServers")
-    } else if root.keys.contains_key("servers") {
+    } else if keys.contains_key("servers") {
         (Format::VsCodeJson, "servers")
     } else {
         out.error(
@@ -577,173 +832,27 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> (Format, Vec<ValidSpec>, Sup
             None,
             "expected a JSON object with `mcpServers` (Claude Desktop, Cursor) or `servers` (VS Code)",
         );
-        return (Format::McpServersJson, Vec::new(), SupervisorConfig::default());
+        return (Format::McpServersJson, Vec::new(), defaults.0, defaults.1);
     };
-    for (other, (pos, _)) in root.keys.iter().filter(|(k, _)| k.as_str() != key) {
+    for (other, (pos, _)) in keys.iter().filter(|(k, _)| k.as_str() != key) {
         let note =
             if other == "inputs" { ": input variables are not supported; values are used as written" } else { "" };
         out.warning(*pos, None, format!("ignoring `{other}`{note}"));
     }
     let mut servers = Vec::new();
-    let (pos, node) = &root.keys[key];
-    if !node.value.is_object() {
-        out.error(*pos, None, format!("`{key}` must be an object of servers"));
-    }
-    for (name, (spos, server)) in &node.keys {
-        if let Some(spec) = read_server(name, *spos, server, Dialect::Client, None, out) {
-            servers.push(spec);
+    let (pos, node) = &keys[key];
+    match node.keys() {
+        Some(entries) => {
+            for (name, (spos, server)) in entries {
+                if let Some(spec) = read_server(name, *spos, server, Dialect::Client, None, out) {
+                    servers.push(spec);
+                }
+            }
         }
+        None => out.error(*pos, None, format!("`{key}` must be an object of servers")),
     }
-    (format, servers, SupervisorConfig::default())
+    (format, servers, defaults.0, defaults.1)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
-        parse("roster.toml", text, Some("toml"))
-    }
-
-    fn json(text: &str) -> Result<Config, Vec<Diagnostic>> {
-        parse("claude.json", text, Some("json"))
-    }
-
-    #[test]
-    fn a_roster_toml_file() {
-        let c = toml(
-            r#"
-[defaults]
-initial_backoff = "1s"
-max_backoff = 60
-auto_start = true
-
-[servers.fs]
-command = "mcp-fs"
-args = ["/srv"]
-env = { TOKEN = "x" }
-
-[servers.api]
-url = "https://api.example/mcp"
-headers = { Authorization = "Bearer t" }
-auto_start = false
-timeout = 20
-"#,
-        )
-        .unwrap();
-        assert_eq!(c.format, Format::RosterToml);
-        assert_eq!(c.servers.len(), 2);
-        let api = c.servers.iter().find(|s| s.name == "api").unwrap();
-        assert_eq!(api.server_type, ServerType::StreamableHttp);
-        assert!(!api.auto_start);
-        let fs = c.servers.iter().find(|s| s.name == "fs").unwrap();
-        assert_eq!(fs.server_type, ServerType::Stdio);
-        assert!(fs.auto_start, "from [defaults]");
-        assert_eq!(c.supervisor.settings.backoff.initial(), Duration::from_secs(1));
-        assert_eq!(c.supervisor.settings.backoff.max(), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn every_error_at_once_with_line_column_and_server() {
-        let errors = toml(
-            r#"[servers.fs]
-comand = "x"
-
-[servers.api]
-type = "grpc"
-
-[servers.web]
-url = "ftp://x"
-timeout = 900
-
-[defaults]
-initial_backoff = "soon"
-"#,
-        )
-        .unwrap_err();
-        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            text,
-            [
-                "roster.toml:1:10: server \"fs\": type: missing, and neither `command` nor `url` is given to infer it from",
-                "roster.toml:2:1: server \"fs\": unknown key `comand` (did you mean `command`?)",
-                "roster.toml:5:1: server \"api\": unsupported MCP server type: grpc (supported: stdio, streamable-http, sse)",
-                "roster.toml:8:1: server \"web\": url: must start with http:// or https://",
-                "roster.toml:9:1: server \"web\": timeout: must be between 1 and 300 seconds, got 900",
-                "roster.toml:12:1: defaults.initial_backoff: \"soon\" is not a duration; write a number of seconds or e.g. \"30s\", \"200ms\", \"5m\"",
-            ]
-        );
-    }
-
-    #[test]
-    fn toml_syntax_errors_have_positions() {
-        let errors = toml("[servers.fs]\ncommand = \n").unwrap_err();
-        assert_eq!(errors[0].pos.line, 2, "{errors:?}");
-    }
-
-    #[test]
-    fn unknown_keys_are_errors_in_toml() {
-        let errors = toml("colour = 1\n[servers.fs]\ncommand = \"x\"\n").unwrap_err();
-        assert!(errors[0].message.starts_with("unknown key `colour`"), "{errors:?}");
-    }
-
-    #[test]
-    fn claude_desktop_json() {
-        let c = json(
-            r#"{
-  "mcpServers": {
-    "filesystem": {
-      "command": "npx",
-      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"],
-      "env": {"DEBUG": "1"}
-    },
-    "remote": { "type": "http", "url": "https://api.example/mcp", "headers": {"X-Key": "k"} },
-    "legacy": { "type": "sse", "url": "https://old.example/sse" },
-    "off": { "command": "x", "disabled": true, "autoApprove": [] },
-    "odd": { "command": "y", "alwaysAllow": ["a"] }
-  }
-}"#,
-        )
-        .unwrap();
-        assert_eq!(c.format, Format::McpServersJson);
-        let by_name: BTreeMap<&str, &ServerSpec> = c.servers.iter().map(|s| (s.name.as_str(), s.spec())).collect();
-        assert_eq!(by_name["filesystem"].server_type, ServerType::Stdio);
-        assert!(by_name["filesystem"].auto_start, "clients start every server");
-        assert_eq!(by_name["remote"].server_type, ServerType::StreamableHttp);
-        assert_eq!(by_name["legacy"].server_type, ServerType::Sse);
-        assert!(!by_name["off"].auto_start);
-        assert_eq!(c.warnings.len(), 1);
-        assert_eq!(
-            c.warnings[0].to_string(),
-            "claude.json:11:30: server \"odd\": ignoring key `alwaysAllow`: roster has no use for it"
-        );
-    }
-
-    #[test]
-    fn vs_code_json() {
-        let c = parse(
-            "mcp.json",
-            r#"{"inputs": [], "servers": {"gh": {"type": "http", "url": "https://api.example/mcp"}, "fs": {"type": "stdio", "command": "x"}}}"#,
-            Some("json"),
-        )
-        .unwrap();
-        assert_eq!(c.format, Format::VsCodeJson);
-        assert_eq!(c.servers.len(), 2);
-        assert!(c.warnings[0].message.contains("inputs"));
-    }
-
-    #[test]
-    fn json_errors_carry_the_key_position() {
-        let errors = json("{\n  \"mcpServers\": {\n    \"bad\": {\n      \"command\": 3\n    }\n  }\n}").unwrap_err();
-        assert_eq!(errors[0].pos, Pos { line: 4, col: 7 }, "{errors:?}");
-        assert_eq!(errors[0].server.as_deref(), Some("bad"));
-        let errors = json("{\"mcpServers\": {\"x\": {\"command\": }}}").unwrap_err();
-        assert!(errors[0].message.starts_with("invalid JSON"), "{errors:?}");
-    }
-
-    #[test]
-    fn unreadable_file() {
-        let errors = load(Path::new("/nonexistent/roster.toml")).unwrap_err();
-        assert!(errors[0].message.starts_with("cannot read the configuration"));
-    }
-}
+mod tests;

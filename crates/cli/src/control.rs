@@ -5,19 +5,40 @@
 //! `{"cmd":"plan"}`, `{"cmd":"events"}`. Answers: `{"ok":true,...}` or
 //! `{"ok":false,"error":TEXT,"class":CLASS?}`; `events` sends `{"event":{...}}` and
 //! `{"missed":N}` lines until the connection closes.
+//!
+//! The socket is bounded: a request is one line of at most [`MAX_REQUEST`] bytes,
+//! sent within [`REQUEST_TIMEOUT`]; at most [`MAX_PENDING`] connections may be
+//! waiting to send theirs (beyond that the oldest is dropped, so that new clients
+//! are always heard), and at most [`MAX_ACTIVE`] may be served at once (events
+//! followers and commands in progress; beyond that a client is told the socket is
+//! busy).
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use roster_core::{FailureKind, StartError};
 use roster_supervisor::{Received, Supervisor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
-use crate::output::{self, Tone, paint};
+use crate::output::{self, Tone, escape, paint};
 use crate::{Cli, config, exit, paths};
+
+/// The longest request line.
+pub(crate) const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a client may take to send its request.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections that may be waiting to send their request.
+pub(crate) const MAX_PENDING: usize = 64;
+/// Connections that may be served at once.
+pub(crate) const MAX_ACTIVE: usize = 128;
 
 /// A request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,29 +50,79 @@ pub(crate) struct Request {
 
 /// Serves the control socket until the listener is dropped.
 pub(crate) async fn serve(listener: UnixListener, sup: Arc<Supervisor>, config_path: std::path::PathBuf) {
+    let active = Arc::new(Semaphore::new(MAX_ACTIVE));
+    let pending: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+    let ids = AtomicU64::new(0);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of descriptors and the like: do not spin.
                 tracing::warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (sup, path) = (sup.clone(), config_path.clone());
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &sup, &path).await {
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let (sup, path, active, list) = (sup.clone(), config_path.clone(), active.clone(), pending.clone());
+        // Listed before the task can run, so that it can take itself off the list.
+        let mut waiting = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let task = tokio::spawn(async move {
+            let result = handle(stream, &sup, &path, &active, || {
+                list.lock().unwrap_or_else(PoisonError::into_inner).retain(|(i, _)| *i != id);
+            })
+            .await;
+            list.lock().unwrap_or_else(PoisonError::into_inner).retain(|(i, _)| *i != id);
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "control connection ended");
             }
         });
+        waiting.push_back((id, task.abort_handle()));
+        // Too many clients that say nothing: the oldest goes, so a new one is heard.
+        while waiting.len() > MAX_PENDING {
+            if let Some((_, idle)) = waiting.pop_front() {
+                idle.abort();
+            }
+        }
     }
 }
 
-async fn handle(stream: UnixStream, sup: &Supervisor, config_path: &Path) -> std::io::Result<()> {
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`].
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Option<String>, &'static str> {
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
+    let mut line = String::new();
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Err("no request within 5 s"),
+        Ok(Err(_)) => Err("the request is not a line of UTF-8 text"),
+        Ok(Ok(0)) => Ok(None),
+        Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 > MAX_REQUEST => {
+            Err("the request is longer than 64 KiB")
+        }
+        Ok(Ok(_)) => Ok(Some(line)),
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    sup: &Supervisor,
+    config_path: &Path,
+    active: &Semaphore,
+    heard: impl FnOnce(),
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let line = match read_request(read).await {
+        Ok(Some(line)) => line,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            let answer = json!({"ok": false, "error": why});
+            return write.write_all(format!("{answer}\n").as_bytes()).await;
+        }
+    };
+    heard();
+    let Ok(_permit) = active.try_acquire() else {
+        let answer = json!({"ok": false, "error": "the control socket is busy; try again"});
+        return write.write_all(format!("{answer}\n").as_bytes()).await;
+    };
     let answer = match serde_json::from_str::<Request>(&line) {
         Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         Ok(req) => match (req.cmd.as_str(), req.server.as_deref()) {
@@ -128,11 +199,11 @@ async fn connect(cli: &Cli) -> Result<UnixStream, u8> {
     match UnixStream::connect(&socket).await {
         Ok(s) => Ok(s),
         Err(e) => {
-            eprintln!(
+            output::err(format!(
                 "roster: no `roster up` is running for {} (cannot connect to {}: {e})",
                 cli.config.display(),
                 socket.display()
-            );
+            ));
             Err(exit::USAGE)
         }
     }
@@ -154,16 +225,16 @@ async fn request(
         Ok(Some(answer)) => match serde_json::from_str(&answer) {
             Ok(v) => Ok((v, lines)),
             Err(e) => {
-                eprintln!("roster: unreadable answer from `roster up`: {e}");
+                output::err(format!("roster: unreadable answer from `roster up`: {e}"));
                 Err(exit::USAGE)
             }
         },
         Ok(None) => {
-            eprintln!("roster: `roster up` closed the connection");
+            output::err("roster: `roster up` closed the connection");
             Err(exit::USAGE)
         }
         Err(e) => {
-            eprintln!("roster: talking to `roster up`: {e}");
+            output::err(format!("roster: talking to `roster up`: {e}"));
             Err(exit::USAGE)
         }
     }
@@ -181,12 +252,12 @@ type AnswerLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
 fn fail(cli: &Cli, answer: &Value) -> u8 {
     let class: Option<FailureKind> = answer.get("class").and_then(|c| serde_json::from_value(c.clone()).ok());
     if cli.json {
-        println!("{answer}");
+        output::out(answer.to_string());
     } else {
-        eprintln!("roster: {}", answer["error"].as_str().unwrap_or("failed"));
+        output::err(format!("roster: {}", escape(answer["error"].as_str().unwrap_or("failed"), false)));
         if let Some(errors) = answer.get("errors").and_then(Value::as_array) {
             for e in errors {
-                eprintln!("  {}", e.as_str().unwrap_or_default());
+                output::err(format!("  {}", escape(e.as_str().unwrap_or_default(), false)));
             }
         }
     }
@@ -200,11 +271,11 @@ pub(crate) async fn status(cli: &Cli) -> u8 {
         Err(code) => return code,
     };
     if cli.json {
-        println!("{}", json!({"servers": answer["servers"]}));
+        output::out(json!({"servers": answer["servers"]}).to_string());
     } else {
         let servers: Vec<roster_core::ServerStatus> =
             serde_json::from_value(answer["servers"].clone()).unwrap_or_default();
-        print!("{}", output::status_table(&servers, output::stdout_color()));
+        output::out_lines(&output::status_table(&servers, output::stdout_color()));
     }
     exit::OK
 }
@@ -216,10 +287,10 @@ pub(crate) async fn act(cli: &Cli, cmd: &str, name: &str) -> u8 {
         Err(code) => return code,
     };
     if cli.json {
-        println!("{answer}");
+        output::out(answer.to_string());
     } else {
         let state = answer["status"]["state"].as_str().unwrap_or("?");
-        println!("{name}: {state}");
+        output::out(format!("{name}: {state}"));
     }
     exit::OK
 }
@@ -231,20 +302,28 @@ pub(crate) async fn events(cli: &Cli) -> u8 {
         Err(code) => return code,
     };
     let color = output::stdout_color();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if cli.json {
-            println!("{line}");
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-        if let Some(n) = v.get("missed").and_then(Value::as_u64) {
-            println!("{}", paint(&format!("… {n} events missed (this terminal fell behind)"), Tone::Warn, color));
-        } else if let Some(e) = v.get("event") {
-            match serde_json::from_value::<roster_supervisor::ServerEvent>(e.clone()) {
-                Ok(e) => println!("{}", output::event_line(&e, 0, color)),
-                Err(_) => println!("{e}"),
+    let follow = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if cli.json {
+                output::out(line);
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+            if let Some(n) = v.get("missed").and_then(Value::as_u64) {
+                output::out(paint(&format!("… {n} events missed (this terminal fell behind)"), Tone::Warn, color));
+            } else if let Some(e) = v.get("event") {
+                match serde_json::from_value::<roster_supervisor::ServerEvent>(e.clone()) {
+                    Ok(e) => output::out(output::event_line(&e, 0, color)),
+                    Err(_) => output::out(escape(&e.to_string(), false)),
+                }
             }
         }
+    };
+    // Following ends when `up` does, when stdout closes, or on Ctrl-C.
+    tokio::select! {
+        () = follow => {}
+        () = output::stdout_closed() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     exit::OK
 }
@@ -256,11 +335,11 @@ pub(crate) async fn plan(cli: &Cli) -> u8 {
         Err(code) => return code,
     };
     if cli.json {
-        println!("{}", json!({"plan": answer["plan"]}));
+        output::out(json!({"plan": answer["plan"]}).to_string());
     } else {
         let plan: roster_supervisor::Plan = serde_json::from_value(answer["plan"].clone()).unwrap_or_default();
         for line in output::plan_lines(&plan) {
-            println!("{line}");
+            output::out(line);
         }
     }
     exit::OK

@@ -22,8 +22,11 @@ mod up;
 pub(crate) mod exit {
     /// Everything worked.
     pub(crate) const OK: u8 = 0;
-    /// The call succeeded, but the tool reported an error.
+    /// `call`: the call succeeded, but the tool reported an error. `up`: a server
+    /// outlived the shutdown timeout and was killed.
     pub(crate) const TOOL_ERROR: u8 = 1;
+    /// `up`: servers did not stop within the shutdown timeout and were killed.
+    pub(crate) const UNCLEAN: u8 = 1;
     /// Bad usage, a bad configuration, or nothing to talk to.
     pub(crate) const USAGE: u8 = 2;
     /// The server wants credentials.
@@ -32,6 +35,8 @@ pub(crate) mod exit {
     pub(crate) const TRANSIENT: u8 = 4;
     /// A permanent failure: it will not work until something changes.
     pub(crate) const PERMANENT: u8 = 5;
+    /// Stopped by a second signal: everything was killed at once.
+    pub(crate) const FORCED: u8 = 130;
 }
 
 /// roster keeps MCP servers alive: it starts them, health-checks them with MCP
@@ -120,29 +125,43 @@ pub(crate) enum Command {
 fn init_logging(format: LogFormat) {
     // rmcp logs every failed connection as an error; roster reports them itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rmcp=off".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Logs go through stderr's queue (never blocking a runtime thread), and a
+    // write that fails is not reported by writing again.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(output::LogWriter).log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(output::stderr_color()).init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
+/// How long the output may take to drain at exit, when its reader is slow.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mode = match cli.command {
+        Command::Up { .. } => output::Mode::Lossy,
+        _ => output::Mode::Blocking,
+    };
+    output::init(mode, cli.json);
     init_logging(cli.log_format);
-    if let Command::Completions { shell } = &cli.command {
-        clap_complete::generate(*shell, &mut Cli::command(), "roster", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
-    }
-    // One thread: a supervisor waits on pipes, sockets and timers; it never computes.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("roster: cannot start the runtime: {e}");
-            return ExitCode::from(exit::USAGE);
+    let code = if let Command::Completions { shell } = &cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "roster", &mut script);
+        output::out_lines(&String::from_utf8_lossy(&script));
+        exit::OK
+    } else {
+        // One thread: a supervisor waits on pipes, sockets and timers; it never computes.
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(run(&cli)),
+            Err(e) => {
+                output::err(format!("roster: cannot start the runtime: {e}"));
+                exit::USAGE
+            }
         }
     };
-    let code = runtime.block_on(run(&cli));
+    output::finish(DRAIN);
     ExitCode::from(code)
 }
 

@@ -9,7 +9,7 @@ use roster_core::{Failure, FailureClass, ServerSpec, ServerType};
 use roster_supervisor::Session;
 use serde_json::{Value, json};
 
-use crate::output::{self, Tone, paint};
+use crate::output::{self, Tone, escape, paint};
 use crate::up::connector;
 use crate::{Cli, config, exit};
 
@@ -51,7 +51,10 @@ pub(crate) enum Op {
     Call { tool: String, args: String },
 }
 
-fn resolve(cli: &Cli, t: &TargetArgs) -> Result<ServerSpec, String> {
+/// The target's definition, and the HTTP options to reach it (the configuration's
+/// for a server named in it).
+fn resolve(cli: &Cli, t: &TargetArgs) -> Result<(ServerSpec, roster_http::HttpOptions), String> {
+    let mut http = roster_http::HttpOptions::default();
     let mut spec = if let Some((program, args)) = t.command.split_first() {
         let mut s = ServerSpec::stdio("oneshot", program.clone());
         s.args = args.to_vec();
@@ -75,6 +78,7 @@ fn resolve(cli: &Cli, t: &TargetArgs) -> Result<ServerSpec, String> {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 format!("{} has errors:\n  {}", cli.config.display(), lines.join("\n  "))
             })?;
+            http = config.http;
             let found = config.servers.into_iter().map(roster_core::ValidSpec::into_inner).find(|s| s.name == target);
             found.ok_or_else(|| format!("no server named {target:?} in {}", cli.config.display()))?
         }
@@ -86,7 +90,7 @@ fn resolve(cli: &Cli, t: &TargetArgs) -> Result<ServerSpec, String> {
         spec.timeout = Some(secs);
     }
     spec.validate().map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-    Ok(spec)
+    Ok((spec, http))
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -101,10 +105,14 @@ fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
     };
     if cli.json {
         let error = json!({"class": failure.kind(), "message": failure.message, "challenge": challenge});
-        println!("{}", json!({"ok": false, "error": error, "elapsed_ms": elapsed_ms(started)}));
+        output::out(json!({"ok": false, "error": error, "elapsed_ms": elapsed_ms(started)}).to_string());
     } else {
         let color = output::stderr_color();
-        eprintln!("{} {}", paint(&format!("{}:", failure.kind()), Tone::Bad, color), failure.message);
+        output::err(format!(
+            "{} {}",
+            paint(&format!("{}:", failure.kind()), Tone::Bad, color),
+            escape(&failure.message, false)
+        ));
         if let Some(c) = challenge {
             for (k, v) in [
                 ("realm", &c.realm),
@@ -113,7 +121,7 @@ fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
                 ("resource metadata", &c.resource_metadata),
             ] {
                 if let Some(v) = v {
-                    eprintln!("  {k}: {v}");
+                    output::err(format!("  {k}: {}", escape(v, false)));
                 }
             }
         }
@@ -121,12 +129,22 @@ fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
     output::exit_code(failure.kind())
 }
 
+/// The exit code of a one-shot stopped by a signal: 128 + its number.
+fn interrupted(stop: crate::up::Stop) -> u8 {
+    output::err(format!("roster: {}; the server was closed", stop.describe()));
+    match stop {
+        crate::up::Stop::Interrupt | crate::up::Stop::StdoutClosed => 130,
+        crate::up::Stop::Terminate => 143,
+        crate::up::Stop::Hangup => 129,
+    }
+}
+
 /// Runs one one-shot and returns the exit code.
 pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
-    let spec = match resolve(cli, target) {
+    let (spec, http) = match resolve(cli, target) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("roster: {e}");
+            output::err(format!("roster: {e}"));
             return exit::USAGE;
         }
     };
@@ -134,7 +152,7 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
         Op::Call { args, .. } => match serde_json::from_str::<Value>(args) {
             Ok(Value::Object(map)) => Some(map),
             Ok(_) | Err(_) => {
-                eprintln!("roster: --args must be a JSON object, like '{{\"text\": \"hi\"}}'");
+                output::err("roster: --args must be a JSON object, like '{\"text\": \"hi\"}'");
                 return exit::USAGE;
             }
         },
@@ -142,24 +160,48 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
     };
     // Only what the target needs: an HTTP client (with its TLS roots) costs
     // milliseconds that a stdio one-shot should not pay.
-    let connector = match connector(spec.server_type, roster_http::HttpOptions::default()) {
+    let connector = match connector(spec.server_type, http) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("roster: {e}");
+            output::err(format!("roster: {e}"));
+            return exit::USAGE;
+        }
+    };
+    // Ctrl-C, SIGTERM or SIGHUP: the server is closed as a stop would close it; a
+    // second one kills it at once.
+    let mut stops = match crate::up::stops() {
+        Ok(s) => s,
+        Err(e) => {
+            output::err(format!("roster: cannot listen for signals: {e}"));
             return exit::USAGE;
         }
     };
     let started = Instant::now();
     let timeout = spec.connect_timeout();
-    let session = match connector.connect(&spec, started + timeout).await {
-        Ok(s) => s,
-        Err(failure) => return failed(cli, &failure, started),
+    let session = tokio::select! {
+        result = connector.connect(&spec, started + timeout) => match result {
+            Ok(s) => s,
+            Err(failure) => return failed(cli, &failure, started),
+        },
+        // Dropping the attempt kills what it spawned.
+        Some(stop) = stops.recv() => return interrupted(stop),
     };
-    let outcome = work(session.as_ref(), &op, arguments, timeout).await;
+    let mut stopped = None;
+    let outcome = tokio::select! {
+        outcome = work(session.as_ref(), &op, arguments, timeout) => Some(outcome),
+        Some(stop) = stops.recv() => {
+            stopped = Some(stop);
+            None
+        }
+    };
     let info = session.peer().and_then(|p| p.peer_info());
-    // Close within a bound; dropping afterwards kills whatever is left.
-    let _ = tokio::time::timeout(Duration::from_secs(10), session.close()).await;
+    // Close within a bound; a second signal kills at once.
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(10), session.close()) => {}
+        Some(_) = stops.recv() => session.kill(),
+    }
     drop(session);
+    let Some(outcome) = outcome else { return interrupted(stopped.unwrap_or(crate::up::Stop::Interrupt)) };
     let (result, tool_error) = match outcome {
         Ok(x) => x,
         Err(failure) => return failed(cli, &failure, started),
@@ -172,7 +214,7 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
         if let (Value::Object(out), Value::Object(result)) = (&mut out, result) {
             out.extend(result);
         }
-        println!("{out}");
+        output::out(out.to_string());
     } else {
         print_human(&op, &result, server.as_ref(), protocol.as_deref(), started);
     }
@@ -214,42 +256,47 @@ async fn work(
 }
 
 fn print_human(op: &Op, result: &Value, server: Option<&Value>, protocol: Option<&str>, started: Instant) {
+    use std::io::IsTerminal;
     let color = output::stdout_color();
     let who = server
         .map(|s| format!("{} {}", s["name"].as_str().unwrap_or("?"), s["version"].as_str().unwrap_or("")))
         .unwrap_or_else(|| "server".to_owned());
     let meta = paint(
-        &format!("{} · protocol {} · {} ms", who.trim(), protocol.unwrap_or("?"), elapsed_ms(started)),
+        &format!("{} · protocol {} · {} ms", escape(who.trim(), false), protocol.unwrap_or("?"), elapsed_ms(started)),
         Tone::Dim,
         color,
     );
     match op {
         Op::Ping => {
             let ms = result["ping_ms"].as_f64().unwrap_or_default();
-            println!("pong in {ms:.2} ms");
+            output::out(format!("pong in {ms:.2} ms"));
         }
         Op::Tools => {
             let tools = result["tools"].as_array().cloned().unwrap_or_default();
             let width = tools.iter().filter_map(|t| t["name"].as_str()).map(str::len).max().unwrap_or(0);
             for t in &tools {
-                let name = t["name"].as_str().unwrap_or_default();
+                let name = escape(t["name"].as_str().unwrap_or_default(), false);
                 let description = t["description"].as_str().unwrap_or_default().lines().next().unwrap_or_default();
-                println!("{name:width$}  {description}");
+                output::out(format!("{name:width$}  {}", escape(description, false)));
             }
-            println!("{}", paint(&format!("{} tools", tools.len()), Tone::Dim, color));
+            output::out(paint(&format!("{} tools", tools.len()), Tone::Dim, color));
         }
         Op::Call { .. } => {
+            // What the tool returned is the user's, as it came; on a terminal its
+            // control characters are escaped, so it cannot drive the terminal.
+            let terminal = std::io::stdout().is_terminal();
             let content = result["result"]["content"].as_array().cloned().unwrap_or_default();
             for block in content {
-                match block["text"].as_str() {
-                    Some(text) => println!("{text}"),
-                    None => println!("{block}"),
-                }
+                let text = match block["text"].as_str() {
+                    Some(text) => text.to_owned(),
+                    None => block.to_string(),
+                };
+                output::out_lines(&if terminal { escape(&text, true).into_owned() } else { text });
             }
             if result["result"]["isError"] == true {
-                eprintln!("{}", paint("the tool reported an error", Tone::Bad, output::stderr_color()));
+                output::err(paint("the tool reported an error", Tone::Bad, output::stderr_color()));
             }
         }
     }
-    println!("{meta}");
+    output::out(meta);
 }

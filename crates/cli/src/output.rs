@@ -1,26 +1,267 @@
-//! Human output: tables, event lines, plans; colour only on a terminal and never
-//! with `NO_COLOR`.
+//! Output: what roster writes to stdout and stderr, and how it looks.
+//!
+//! Nothing is written from a runtime thread: every line goes through a queue to a
+//! writer thread of its own per stream ([`init`]). A write that fails never
+//! panics: a closed stdout (broken pipe) ends the output and is reported once
+//! through [`stdout_closed`] (`up` stops on it, as on SIGTERM); any other failure (a
+//! full disk) is a warning on stderr, and output goes on when the stream recovers.
+//! For `up` the queues are bounded and lossy ([`Mode::Lossy`]): when nobody reads,
+//! lines are dropped, counted, and the count is printed once output flows again;
+//! supervision never waits for a terminal. Other commands wait for their reader
+//! ([`Mode::Blocking`]), but a closed stdout still ends their output quietly.
+//!
+//! Colour follows anstream's choice (a terminal, `NO_COLOR`, `CLICOLOR`,
+//! `CLICOLOR_FORCE`, `TERM=dumb`). Text that comes from servers (errors, stderr
+//! lines, names from JSON) is shown with its control characters escaped, so that it
+//! cannot move the cursor or rewrite the terminal.
 
-use std::io::IsTerminal;
+use std::borrow::Cow;
+use std::io::{ErrorKind, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anstyle::{AnsiColor, Style};
 use roster_core::{FailureKind, Health, ServerStatus, State};
 use roster_supervisor::{Action, Plan, ServerEvent};
+use tokio::sync::watch;
 
 use crate::exit;
 
-fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+/// Lines queued per stream before `up` starts dropping them.
+const QUEUE: usize = 1024;
+
+/// Whether a full queue waits or drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Wait for the reader (commands that print and exit).
+    Blocking,
+    /// Drop and count (`up`: supervision never waits on a terminal).
+    Lossy,
+}
+
+struct Stream {
+    tx: Mutex<Option<SyncSender<String>>>,
+    mode: Mode,
+    dropped: Arc<AtomicU64>,
+    done: Mutex<Option<Receiver<()>>>,
+}
+
+struct Streams {
+    out: Stream,
+    err: Stream,
+    closed: watch::Receiver<bool>,
+    out_color: bool,
+    err_color: bool,
+}
+
+static STREAMS: OnceLock<Streams> = OnceLock::new();
+
+#[derive(Clone, Copy)]
+enum Which {
+    Stdout,
+    Stderr,
+}
+
+/// Starts the writer threads. Called once, first thing. `json`: the note about
+/// dropped lines is a JSON line too.
+pub(crate) fn init(mode: Mode, json: bool) {
+    let (closed_tx, closed) = watch::channel(false);
+    let closed_tx = Arc::new(closed_tx);
+    let out = spawn(Which::Stdout, mode, json, closed_tx.clone());
+    let err = spawn(Which::Stderr, mode, false, closed_tx);
+    let out_color = anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never;
+    let err_color = anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never;
+    let _ = STREAMS.set(Streams { out, err, closed, out_color, err_color });
+}
+
+fn spawn(which: Which, mode: Mode, json: bool, closed: Arc<watch::Sender<bool>>) -> Stream {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counted = dropped.clone();
+    let name = match which {
+        Which::Stdout => "roster-stdout",
+        Which::Stderr => "roster-stderr",
+    };
+    let spawned = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        write_lines(which, json, &rx, &counted, &closed);
+        let _ = done_tx.send(());
+    });
+    let done = spawned.is_ok().then_some(done);
+    Stream { tx: Mutex::new(Some(tx)), mode, dropped, done: Mutex::new(done) }
+}
+
+/// Whether the reader of stdout has gone (a pipe or socket whose other end is
+/// closed), found without writing.
+fn stdout_gone() -> bool {
+    let stdout = std::io::stdout();
+    let mut fds = [rustix::event::PollFd::new(&stdout, rustix::event::PollFlags::empty())];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
+        && fds[0].revents().intersects(rustix::event::PollFlags::ERR | rustix::event::PollFlags::HUP)
+}
+
+/// How often an idle stdout is checked for a reader that went away.
+const PROBE: Duration = Duration::from_millis(500);
+
+/// The writer thread of one stream.
+fn write_lines(which: Which, json: bool, rx: &Receiver<String>, dropped: &AtomicU64, closed: &watch::Sender<bool>) {
+    let mut failing = false;
+    loop {
+        let line = match rx.recv_timeout(PROBE) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Nothing to write: a closed stdout must still be noticed.
+                if let Which::Stdout = which
+                    && stdout_gone()
+                {
+                    closed.send_replace(true);
+                    for _ in rx {}
+                    return;
+                }
+                continue;
+            }
+        };
+        let lost = dropped.swap(0, Ordering::SeqCst);
+        let mut text = String::new();
+        if lost > 0 {
+            if json {
+                text.push_str(&format!("{{\"dropped\":{lost}}}\n"));
+            } else {
+                text.push_str(&format!("… {lost} lines dropped: the output could not keep up\n"));
+            }
+        }
+        text.push_str(&line);
+        text.push('\n');
+        let written = match which {
+            Which::Stdout => {
+                std::io::stdout().lock().write_all(text.as_bytes()).and_then(|()| std::io::stdout().flush())
+            }
+            Which::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+        match written {
+            Ok(()) => failing = false,
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                if let Which::Stdout = which {
+                    closed.send_replace(true);
+                }
+                // Nobody reads any more: drain quietly.
+                for _ in rx {}
+                return;
+            }
+            Err(e) => {
+                // A full disk and the like: say so once per episode, on the other stream.
+                if !std::mem::replace(&mut failing, true)
+                    && let Which::Stdout = which
+                {
+                    err(format!("roster: warning: cannot write to stdout ({e}); output is lost until it can"));
+                }
+                dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn send(which: Which, line: String) {
+    let Some(streams) = STREAMS.get() else {
+        // Not initialized (unit tests): write directly, ignoring failures.
+        let _ = match which {
+            Which::Stdout => writeln!(std::io::stdout(), "{line}"),
+            Which::Stderr => writeln!(std::io::stderr(), "{line}"),
+        };
+        return;
+    };
+    let stream = match which {
+        Which::Stdout => &streams.out,
+        Which::Stderr => &streams.err,
+    };
+    let tx = stream.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let Some(tx) = tx else { return };
+    match stream.mode {
+        Mode::Blocking => {
+            let _ = tx.send(line);
+        }
+        Mode::Lossy => match tx.try_send(line) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                stream.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    }
+}
+
+/// One line to stdout.
+pub(crate) fn out(line: impl Into<String>) {
+    send(Which::Stdout, line.into());
+}
+
+/// One line to stderr.
+pub(crate) fn err(line: impl Into<String>) {
+    send(Which::Stderr, line.into());
+}
+
+/// Several lines to stdout (a table).
+pub(crate) fn out_lines(text: &str) {
+    for line in text.lines() {
+        out(line);
+    }
+}
+
+/// Resolves once stdout is closed (its reader went away).
+pub(crate) async fn stdout_closed() {
+    let Some(streams) = STREAMS.get() else { return std::future::pending().await };
+    let mut closed = streams.closed.clone();
+    let _ = closed.wait_for(|c| *c).await;
+}
+
+/// Lets the writers finish what is queued, at most `limit` (a reader that stopped
+/// reading does not keep roster from exiting).
+pub(crate) fn finish(limit: Duration) {
+    let Some(streams) = STREAMS.get() else { return };
+    for stream in [&streams.out, &streams.err] {
+        stream.tx.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+    for stream in [&streams.out, &streams.err] {
+        if let Some(done) = stream.done.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = done.recv_timeout(limit);
+        }
+    }
+}
+
+/// A writer for tracing: each formatted event is one queued message on stderr.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        err(text.strip_suffix('\n').unwrap_or(&text).to_owned());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
 }
 
 /// Whether stdout gets colour.
 pub(crate) fn stdout_color() -> bool {
-    !no_color() && std::io::stdout().is_terminal()
+    STREAMS.get().is_some_and(|s| s.out_color)
 }
 
 /// Whether stderr gets colour.
 pub(crate) fn stderr_color() -> bool {
-    !no_color() && std::io::stderr().is_terminal()
+    STREAMS.get().is_some_and(|s| s.err_color)
 }
 
 #[derive(Clone, Copy)]
@@ -33,13 +274,34 @@ pub(crate) enum Tone {
 
 /// `text` in `tone`, when `color` is on.
 pub(crate) fn paint(text: &str, tone: Tone, color: bool) -> String {
-    let code = match tone {
-        Tone::Good => "32",
-        Tone::Bad => "31",
-        Tone::Warn => "33",
-        Tone::Dim => "2",
+    if !color {
+        return text.to_owned();
+    }
+    let style = match tone {
+        Tone::Good => Style::new().fg_color(Some(AnsiColor::Green.into())),
+        Tone::Bad => Style::new().fg_color(Some(AnsiColor::Red.into())),
+        Tone::Warn => Style::new().fg_color(Some(AnsiColor::Yellow.into())),
+        Tone::Dim => Style::new().dimmed(),
     };
-    if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    format!("{style}{text}{style:#}")
+}
+
+/// `text` with its control characters (other than tab and, if `lines`, newline)
+/// shown as escapes: text from a server cannot drive the terminal.
+pub(crate) fn escape(text: &str, lines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t' && !(lines && c == '\n');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub(crate) fn state_tone(state: State) -> Tone {
@@ -104,15 +366,16 @@ pub(crate) fn status_table(servers: &[ServerStatus], color: bool) -> String {
                 Health::Unknown => "-".to_owned(),
                 Health::Healthy | Health::Unhealthy => s.health.to_string(),
             };
+            let error = s.last_error.clone().unwrap_or_default().replace('\n', " ");
             [
-                s.name.clone(),
+                escape(&s.name, false).into_owned(),
                 s.server_type.to_string(),
                 s.state.to_string(),
                 health,
                 s.consecutive_failures.to_string(),
                 retry,
                 s.uptime_ms.map(|u| short_duration(Duration::from_millis(u))).unwrap_or_default(),
-                ellipsize(&s.last_error.clone().unwrap_or_default().replace('\n', " "), 100),
+                ellipsize(&escape(&error, false), 100),
             ]
         })
         .collect();
@@ -128,7 +391,7 @@ pub(crate) fn status_table(servers: &[ServerStatus], color: bool) -> String {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i < 7 {
-                let pad = widths[i].saturating_sub(crate::output::visible_len(cell));
+                let pad = widths[i].saturating_sub(visible_len(cell));
                 text.push_str(cell);
                 text.push_str(&" ".repeat(pad + 2));
             } else {
@@ -158,7 +421,7 @@ pub(crate) fn ellipsize(text: &str, max: usize) -> String {
     }
 }
 
-/// Length without ANSI escapes.
+/// Length without ANSI escapes (those roster writes itself: CSI … m).
 pub(crate) fn visible_len(s: &str) -> usize {
     let mut n = 0;
     let mut in_escape = false;
@@ -189,12 +452,12 @@ pub(crate) fn event_line(e: &ServerEvent, width: usize, color: bool) -> String {
     // RecoveryFailed follows a Failed that already said why.
     let error = match ev.reason {
         Some(roster_core::Reason::RecoveryFailed) => String::new(),
-        Some(_) | None => ev.error.as_deref().map(|x| format!(": {x}")).unwrap_or_default(),
+        Some(_) | None => ev.error.as_deref().map(|x| format!(": {}", escape(x, false))).unwrap_or_default(),
     };
     format!(
         "{}  {:width$}  {}  {}{}",
         paint(&clock(e.at_unix_ms), Tone::Dim, color),
-        e.server,
+        escape(&e.server, false),
         paint(&change, state_tone(ev.state), color),
         reason,
         error
@@ -223,7 +486,7 @@ pub(crate) fn plan_lines(plan: &Plan) -> Vec<String> {
                 Action::Metadata => "update in place (metadata only)",
                 Action::Unchanged => "unchanged",
             };
-            format!("{}: {what}{why}", step.server)
+            format!("{}: {what}{why}", escape(&step.server, false))
         })
         .collect();
     if out.is_empty() {
@@ -255,5 +518,14 @@ mod tests {
     #[test]
     fn clock_is_utc_time_of_day() {
         assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+
+    #[test]
+    fn control_characters_from_servers_are_escaped() {
+        assert_eq!(escape("plain text\twith a tab", false), "plain text\twith a tab");
+        assert_eq!(escape("\x1b[2J\x1b]0;pwned\x07boom", false), "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}boom");
+        assert_eq!(escape("two\nlines\r", false), "two\\nlines\\r");
+        assert_eq!(escape("two\nlines", true), "two\nlines");
+        assert_eq!(escape("\u{9b}31m", false), "\\u{9b}31m", "C1 controls too");
     }
 }

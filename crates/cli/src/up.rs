@@ -1,23 +1,32 @@
 //! `roster check` and `roster up`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use roster_core::{ServerSpec, ServerType, State};
 use roster_http::{HttpClients, HttpOptions};
-use roster_supervisor::{Connector, Received, Supervisor, Transports};
+use roster_supervisor::{Connector, Received, Supervisor, SupervisorConfig, Transports};
 use roster_transport_http::HttpConnector;
 use roster_transport_sse::SseConnector;
 use roster_transport_stdio::StdioConnector;
 use serde_json::json;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use crate::config::{self, Config, Diagnostic};
-use crate::output::{self, Tone, paint};
+use crate::output::{self, Tone, escape, paint};
 use crate::{Cli, control, exit, paths};
+
+/// How long an editor's burst of writes is given to settle before a reload.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How long start-up waits for the first attempts before it shows the table.
+const SETTLE: Duration = Duration::from_secs(3);
+/// After a second signal: how long the kills are given to be reported.
+const FORCE_GRACE: Duration = Duration::from_secs(3);
 
 /// Every transport, the remote ones on one set of shared HTTP clients.
 pub(crate) fn transports(options: HttpOptions) -> Result<Transports, String> {
@@ -40,15 +49,16 @@ pub(crate) fn connector(server_type: ServerType, options: HttpOptions) -> Result
     })
 }
 
-fn print_diagnostics(cli: &Cli, errors: &[Diagnostic]) {
+pub(crate) fn print_diagnostics(cli: &Cli, errors: &[Diagnostic]) {
     if cli.json {
-        println!("{}", json!({"ok": false, "errors": errors}));
+        output::out(json!({"ok": false, "errors": errors}).to_string());
     } else {
         let color = output::stderr_color();
         for e in errors {
-            eprintln!("{} {e}", paint("error:", Tone::Bad, color));
+            output::err(format!("{} {}", paint("error:", Tone::Bad, color), escape(&e.to_string(), false)));
         }
-        eprintln!("{} error{} in {}", errors.len(), if errors.len() == 1 { "" } else { "s" }, cli.config.display());
+        let n = errors.len();
+        output::err(format!("{n} error{} in {}", if n == 1 { "" } else { "s" }, cli.config.display()));
     }
 }
 
@@ -58,11 +68,11 @@ fn print_warnings(cli: &Cli, config: &Config) {
     }
     let color = output::stderr_color();
     for w in &config.warnings {
-        eprintln!("{} {w}", paint("warning:", Tone::Warn, color));
+        output::err(format!("{} {}", paint("warning:", Tone::Warn, color), escape(&w.to_string(), false)));
     }
 }
 
-/// What `check` shows of a server: never env or header values.
+/// What `check` shows of a server: never env or header values, nor URL secrets.
 fn summary(spec: &ServerSpec) -> serde_json::Value {
     json!({
         "name": spec.name,
@@ -70,7 +80,7 @@ fn summary(spec: &ServerSpec) -> serde_json::Value {
         "auto_start": spec.auto_start,
         "command": (!spec.command.is_empty()).then_some(&spec.command),
         "args": spec.args,
-        "url": (!spec.url.is_empty()).then_some(&spec.url),
+        "url": (!spec.url.is_empty()).then(|| spec.display_url()),
         "env": spec.env.keys().collect::<Vec<_>>(),
         "headers": spec.headers.keys().collect::<Vec<_>>(),
         "timeout_secs": spec.connect_timeout().as_secs(),
@@ -98,34 +108,36 @@ pub(crate) fn check(cli: &Cli) -> u8 {
     };
     if cli.json {
         let servers: Vec<_> = config.servers.iter().map(|s| summary(s)).collect();
-        println!("{}", json!({"ok": true, "format": config.format, "servers": servers, "warnings": config.warnings}));
+        let v = json!({"ok": true, "format": config.format, "servers": servers, "warnings": config.warnings});
+        output::out(v.to_string());
         return exit::OK;
     }
     let width = config.servers.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:15}  {:10}  TARGET", "NAME", "TYPE", "AUTO-START");
+    output::out(format!("{:width$}  {:15}  {:10}  TARGET", "NAME", "TYPE", "AUTO-START"));
     for s in &config.servers {
         let target = if s.server_type.is_remote() {
-            s.url.clone()
+            s.display_url()
         } else {
             std::iter::once(&s.command).chain(&s.args).cloned().collect::<Vec<_>>().join(" ")
         };
-        println!(
-            "{:width$}  {:15}  {:10}  {target}",
+        output::out(format!(
+            "{:width$}  {:15}  {:10}  {}",
             s.name,
             s.server_type.as_str(),
-            if s.auto_start { "yes" } else { "no" }
-        );
+            if s.auto_start { "yes" } else { "no" },
+            escape(&target, false)
+        ));
     }
     let starting = config.servers.iter().filter(|s| s.auto_start).count();
-    println!("{} servers in {}; {starting} start with `roster up`", config.servers.len(), cli.config.display());
+    output::out(format!(
+        "{} servers in {}; {starting} start with `roster up`",
+        config.servers.len(),
+        cli.config.display()
+    ));
     exit::OK
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
+#[derive(Clone, Copy)]
 struct Printer {
     json: bool,
     color: bool,
@@ -135,60 +147,202 @@ struct Printer {
 
 impl Printer {
     fn event(&self, received: &Received) {
-        match received {
-            Received::Event(e) if self.json => println!("{}", json!({"event": **e})),
-            Received::Event(e) => println!("{}", output::event_line(e, self.width, self.color)),
-            Received::Missed(n) if self.json => println!("{}", json!({"missed": n})),
-            Received::Missed(n) => println!("{}", paint(&format!("… {n} events missed"), Tone::Warn, self.color)),
-        }
+        output::out(match received {
+            Received::Event(e) if self.json => json!({"event": **e}).to_string(),
+            Received::Event(e) => output::event_line(e, self.width, self.color),
+            Received::Missed(n) if self.json => json!({"missed": n}).to_string(),
+            Received::Missed(n) => paint(&format!("… {n} events missed"), Tone::Warn, self.color),
+        });
     }
 
     fn note(&self, text: &str) {
-        if self.json {
-            println!("{}", json!({"note": text}));
-        } else {
-            println!("{}", paint(text, Tone::Dim, self.color));
-        }
+        output::out(if self.json { json!({"note": text}).to_string() } else { paint(text, Tone::Dim, self.color) });
     }
 
     fn table(&self, sup: &Supervisor) {
         if self.json {
-            println!("{}", json!({"servers": sup.status()}));
+            output::out(json!({"servers": sup.status()}).to_string());
         } else {
-            print!("{}", output::status_table(&sup.status(), self.color));
+            output::out_lines(&output::status_table(&sup.status(), self.color));
         }
     }
 
     fn plan(&self, label: &str, plan: &roster_supervisor::Plan) {
         if self.json {
-            println!("{}", json!({"plan": plan}));
+            output::out(json!({"plan": plan}).to_string());
         } else {
             for line in output::plan_lines(plan) {
-                println!("{}", paint(&format!("{label}: {line}"), Tone::Dim, self.color));
+                output::out(paint(&format!("{label}: {line}"), Tone::Dim, self.color));
             }
         }
     }
 }
 
-/// `roster up`: supervise in the foreground until Ctrl-C or SIGTERM.
+/// Why `up` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Interrupt,
+    Terminate,
+    /// The terminal closed (or an ssh session dropped).
+    Hangup,
+    /// Nobody reads stdout any more.
+    StdoutClosed,
+}
+
+impl Stop {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "interrupted",
+            Stop::Terminate => "terminated",
+            Stop::Hangup => "the terminal closed (SIGHUP)",
+            Stop::StdoutClosed => "stdout was closed",
+        }
+    }
+}
+
+/// Every request to stop, in order, from the moment `up` starts: SIGINT, SIGTERM,
+/// SIGHUP, and stdout closing. Taken in every wait of `up`, so none is missed.
+pub(crate) fn stops() -> Result<mpsc::UnboundedReceiver<Stop>, String> {
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stdout_open = true;
+        loop {
+            let stop = tokio::select! {
+                Some(()) = interrupt.recv() => Stop::Interrupt,
+                Some(()) = terminate.recv() => Stop::Terminate,
+                Some(()) = hangup.recv() => Stop::Hangup,
+                () = output::stdout_closed(), if stdout_open => {
+                    stdout_open = false;
+                    Stop::StdoutClosed
+                }
+            };
+            if tx.send(stop).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Notices changes of the configuration file through the OS (inotify on Linux),
+/// watching its directory so that a file replaced by an editor is seen too.
+struct FileWatch {
+    _watcher: Box<dyn notify::Watcher + Send>,
+    changed: mpsc::UnboundedReceiver<()>,
+}
+
+impl FileWatch {
+    fn new(config: &Path) -> Result<FileWatch, String> {
+        let mut names: Vec<(PathBuf, std::ffi::OsString)> = Vec::new();
+        for path in [config.to_path_buf(), std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf())] {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            if let Some(name) = path.file_name() {
+                names.push((dir, name.to_owned()));
+            }
+        }
+        let (tx, changed) = mpsc::unbounded_channel();
+        let wanted: Vec<std::ffi::OsString> = names.iter().map(|(_, n)| n.clone()).collect();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && event.paths.iter().any(|p| p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)))
+            {
+                let _ = tx.send(());
+            }
+        };
+        let mut watcher: Box<dyn notify::Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
+            Ok(w) => Box::new(w),
+            Err(_) => {
+                let config = notify::Config::default()
+                    .with_poll_interval(Duration::from_millis(500))
+                    .with_compare_contents(true);
+                Box::new(notify::PollWatcher::new(handler, config).map_err(|e| e.to_string())?)
+            }
+        };
+        for (dir, _) in &names {
+            watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(|e| e.to_string())?;
+        }
+        Ok(FileWatch { _watcher: watcher, changed })
+    }
+}
+
+/// What a reload needs between reloads: the lock (a replaced file is locked too),
+/// and the text last applied (an unchanged text is not applied again).
+struct Reloader {
+    lock: paths::Lock,
+    text: String,
+}
+
+type Reload<'a> = Pin<Box<dyn Future<Output = Reloader> + 'a>>;
+
+/// `roster up`: supervise in the foreground until Ctrl-C, SIGTERM, SIGHUP, or
+/// stdout closing.
 pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // From the very start: a Ctrl-C during start-up is not lost.
+    let mut stops = match stops() {
+        Ok(s) => s,
+        Err(e) => {
+            output::err(format!("roster: cannot listen for signals: {e}"));
+            return exit::USAGE;
+        }
     };
-    let socket = paths::socket_path(&cli.config);
-    let _lock = match paths::Lock::acquire(&socket) {
-        Ok(Ok(lock)) => lock,
-        Ok(Err(held)) => {
-            let pid = held.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            eprintln!(
-                "roster: `roster up` is already running for {}{pid}; use `roster status`, or stop that one first",
-                cli.config.display()
+    // Watching begins before the file is read: no change after this read is missed.
+    let (mut file_watch, watch_error) = if watch {
+        match FileWatch::new(&cli.config) {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let text = match config::read(&cli.config) {
+        Ok(t) => t,
+        Err(message) => {
+            print_diagnostics(
+                cli,
+                &[Diagnostic {
+                    file: cli.config.display().to_string(),
+                    pos: Default::default(),
+                    server: None,
+                    message,
+                }],
             );
             return exit::USAGE;
         }
-        Err(e) => {
-            eprintln!("roster: cannot take the lock beside {}: {e}", socket.display());
+    };
+    let config = match config::parse(
+        &cli.config.display().to_string(),
+        &text,
+        cli.config.extension().and_then(|e| e.to_str()),
+    ) {
+        Ok(c) => {
+            print_warnings(cli, &c);
+            c
+        }
+        Err(errors) => {
+            print_diagnostics(cli, &errors);
+            return exit::USAGE;
+        }
+    };
+    if let Err(why) = paths::ensure_runtime_dir(&paths::runtime_dir()) {
+        output::err(format!("roster: {why}"));
+        return exit::USAGE;
+    }
+    let socket = paths::socket_path(&cli.config);
+    let lock = match paths::Lock::acquire(&cli.config, &socket) {
+        Ok(lock) => lock,
+        Err(paths::LockError::Held(held)) => {
+            let pid = held.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            output::err(format!(
+                "roster: `roster up` is already running for {}{pid}; use `roster status`, or stop that one first",
+                cli.config.display()
+            ));
+            return exit::USAGE;
+        }
+        Err(paths::LockError::Unusable(why)) => {
+            output::err(format!("roster: {why}"));
             return exit::USAGE;
         }
     };
@@ -197,23 +351,26 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
     let listener = match UnixListener::bind(&socket) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("roster: cannot listen on {}: {e}", socket.display());
+            output::err(format!("roster: cannot listen on {}: {e}", socket.display()));
             return exit::USAGE;
         }
     };
-    if let Err(e) = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)) {
-        eprintln!("roster: cannot restrict {}: {e}", socket.display());
-        return exit::USAGE;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)) {
+            output::err(format!("roster: cannot restrict {}: {e}", socket.display()));
+            return exit::USAGE;
+        }
     }
-    // Every type: a reload may add any.
-    let transports = match transports(HttpOptions::default()) {
+    let transports = match transports(config.http) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("roster: {e}");
+            output::err(format!("roster: {e}"));
             return exit::USAGE;
         }
     };
     let running_config = config.supervisor;
+    let running_http = config.http;
     let sup = Arc::new(Supervisor::new(Arc::new(transports), config.supervisor));
     let mut events = sup.subscribe();
     let width = config.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
@@ -225,30 +382,31 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         cli.config.display(),
         socket.display()
     ));
+    if let Some(e) = watch_error {
+        printer.note(&format!("cannot watch {} for changes ({e}); reload by restarting", cli.config.display()));
+    }
     let starting = config.servers.iter().filter(|s| s.auto_start).count();
     if let Err(errors) = sup.apply(config.servers).await {
-        // Validated on load; only a race with the file could get here.
         for e in errors {
-            eprintln!("roster: {e}");
+            output::err(format!("roster: {e}"));
         }
         return exit::USAGE;
     }
     if starting == 0 {
         printer.note("no server starts on its own: set auto_start = true (per server, or in [defaults]), or run `roster start NAME`");
     }
-    tokio::spawn(control::serve(listener, sup.clone(), cli.config.clone()));
+    let control = tokio::spawn(control::serve(listener, sup.clone(), cli.config.clone()));
 
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        eprintln!("roster: cannot listen for signals");
-        return exit::USAGE;
-    };
-
-    // Let the first starts settle (at most 3 s), then show where things stand.
-    let settle = tokio::time::Instant::now() + Duration::from_secs(3);
+    // Let the first starts settle (at most SETTLE), then show where things stand.
+    let mut stopped: Option<Stop> = None;
+    let settle = tokio::time::Instant::now() + SETTLE;
     loop {
         tokio::select! {
             Some(received) = events.recv() => printer.event(&received),
+            Some(stop) = stops.recv() => {
+                stopped = Some(stop);
+                break;
+            }
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 let busy = sup.status().iter().any(|s| s.state == State::Starting);
                 if !busy || tokio::time::Instant::now() >= settle {
@@ -257,76 +415,114 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
             }
         }
     }
-    printer.table(&sup);
-
-    let mut last = stamp(&cli.config);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            Some(received) = events.recv() => printer.event(&received),
-            _ = tick.tick(), if watch => {
-                let now = stamp(&cli.config);
-                if now != last {
-                    // Editors write in steps: wait until the file holds still.
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    last = stamp(&cli.config);
-                    reload(cli, &sup, &printer, &running_config).await;
-                }
-            }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-        }
+    if stopped.is_none() {
+        printer.table(&sup);
     }
 
-    let pids: Vec<u32> = sup.status().iter().filter_map(|s| s.pid).collect();
-    printer.note(&format!("stopping {} servers (Ctrl-C again to kill them now)", sup.names().len()));
+    let mut reloader = Some(Reloader { lock, text });
+    let mut reloading: Option<Reload<'_>> = None;
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut again = false;
+    while stopped.is_none() {
+        tokio::select! {
+            Some(received) = events.recv() => printer.event(&received),
+            Some(stop) = stops.recv() => stopped = Some(stop),
+            Some(()) = async { file_watch.as_mut()?.changed.recv().await }, if file_watch.is_some() => {
+                // Editors write in steps: wait until the file holds still.
+                due = Some(tokio::time::Instant::now() + DEBOUNCE);
+            }
+            () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                due = None;
+                match reloader.take() {
+                    Some(r) => reloading = Some(Box::pin(reload(cli, &sup, printer, (running_config, running_http), r))),
+                    None => again = true,
+                }
+            }
+            done = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                reloading = None;
+                reloader = Some(done);
+                if std::mem::take(&mut again) {
+                    due = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+    }
+    drop(reloading);
+    let stop = stopped.unwrap_or(Stop::Terminate);
+    printer.note(&format!(
+        "{}: stopping {} servers (Ctrl-C again to kill them now)",
+        stop.describe(),
+        sup.names().len()
+    ));
+    let shutdown = sup.shutdown();
+    tokio::pin!(shutdown);
     let report = tokio::select! {
-        report = sup.shutdown() => report,
-        _ = interrupt.recv() => return force(&pids),
-        _ = terminate.recv() => return force(&pids),
+        report = &mut shutdown => report,
+        Some(_) = stops.recv() => {
+            sup.kill_all();
+            let _ = tokio::time::timeout(FORCE_GRACE, &mut shutdown).await;
+            output::err(format!("roster: killed every server at once ({} left running)", sup.names().len()));
+            control.abort();
+            let _ = std::fs::remove_file(&socket);
+            return exit::FORCED;
+        }
     };
     while let Some(received) = events.try_recv() {
         printer.event(&received);
     }
+    control.abort();
     let _ = std::fs::remove_file(&socket);
     if report.timed_out.is_empty() {
         printer.note("all servers stopped");
+        exit::OK
     } else {
-        printer.note(&format!("still stopping when the shutdown timeout passed: {}", report.timed_out.join(", ")));
+        printer.note(&format!("not stopped within the shutdown timeout, so killed: {}", report.timed_out.join(", ")));
+        exit::UNCLEAN
     }
-    exit::OK
 }
 
-async fn reload(cli: &Cli, sup: &Supervisor, printer: &Printer, running: &roster_supervisor::SupervisorConfig) {
-    match config::load(&cli.config) {
+async fn reload(
+    cli: &Cli,
+    sup: &Supervisor,
+    printer: Printer,
+    running: (SupervisorConfig, HttpOptions),
+    mut state: Reloader,
+) -> Reloader {
+    if let Err(why) = state.lock.follow(&cli.config) {
+        output::err(format!("roster: warning: {why}"));
+    }
+    let text = match config::read(&cli.config) {
+        Ok(t) => t,
+        Err(message) => {
+            printer.note(&format!("reload: {message}; the running configuration stays"));
+            return state;
+        }
+    };
+    if text == state.text {
+        // Touched, or written back unchanged: nothing to apply.
+        return state;
+    }
+    let name = cli.config.display().to_string();
+    match config::parse(&name, &text, cli.config.extension().and_then(|e| e.to_str())) {
         Err(errors) => {
-            printer.note(&format!("reload: {} has errors; the running configuration stays", cli.config.display()));
+            printer.note(&format!("reload: {name} has errors; the running configuration stays"));
             print_diagnostics(cli, &errors);
         }
         Ok(config) => {
             print_warnings(cli, &config);
-            if config.supervisor != *running {
+            if (config.supervisor, config.http) != running {
                 printer.note("reload: [defaults] changed; they apply when `roster up` starts again");
             }
             match sup.apply(config.servers).await {
                 Ok(plan) => printer.plan("reload", &plan),
                 Err(errors) => {
                     for e in errors {
-                        eprintln!("roster: reload: {e}");
+                        output::err(format!("roster: reload: {e}"));
                     }
                 }
             }
+            state.text = text;
         }
     }
-}
-
-/// The second Ctrl-C: kill every server's process group now.
-fn force(pids: &[u32]) -> u8 {
-    for pid in pids {
-        if let Some(pid) = i32::try_from(*pid).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
-    eprintln!("roster: killed {} server process groups", pids.len());
-    130
+    state
 }

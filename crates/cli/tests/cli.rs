@@ -581,3 +581,373 @@ fn a_one_shot_takes_the_servers_daemon_with_it() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_gone(&tag);
 }
+
+// ----- the edges: output, signals, local files, bounds ----------------------------------
+
+/// `roster [--json] --config CONFIG up`, with colour off.
+fn up_command(config: &Path, json: bool) -> Command {
+    let mut cmd = Command::new(ROSTER);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.arg("--config").arg(config).arg("up").env("NO_COLOR", "1");
+    cmd
+}
+
+fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let config = dir.join("roster.toml");
+    std::fs::write(&config, toml).unwrap();
+    config
+}
+
+/// Waits up to `limit` for `child` to exit; its exit code.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(
+                status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+            );
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `roster --config CONFIG status --json`, given at most `limit` to answer.
+fn status_within(config: &Path, limit: Duration) -> Option<Vec<Value>> {
+    let mut child = Command::new(ROSTER)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let code = exit_within(&mut child, limit);
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["servers"].as_array().cloned()
+}
+
+fn state_of(servers: &[Value], name: &str) -> String {
+    servers.iter().find(|s| s["name"] == name).map(|s| s["state"].as_str().unwrap_or("").to_owned()).unwrap_or_default()
+}
+
+fn wait_running(config: &Path, names: &[&str]) {
+    assert!(
+        wait_until(Duration::from_secs(15), || status_within(config, Duration::from_secs(5))
+            .is_some_and(|s| names.iter().all(|n| state_of(&s, n) == "running"))),
+        "{names:?} running"
+    );
+}
+
+#[test]
+fn a_closed_stdout_stops_up_like_sigterm() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    wait_running(&config, &["fs"]);
+    drop(out); // `roster up | head -1`
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0), "a graceful stop, not a panic");
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_full_disk_is_a_warning_and_supervision_goes_on() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut child = up_command(&config, false).stdout(full).stderr(Stdio::piped()).spawn().unwrap();
+    wait_running(&config, &["fs"]);
+    roster_tests::terminate(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.matches("cannot write to stdout").count(), 1, "one warning: {err}");
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_reader_that_stops_reading_never_freezes_supervision() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A remote server on a closed port, retried every few milliseconds: events by the thousand.
+    let flood = "[defaults]\ninitial_backoff = \"1ms\"\nmax_backoff = \"2ms\"\nauto_start = true\n\n";
+    let crashy =
+        "[servers.crashy]\nurl = \"http://127.0.0.1:1/mcp\"\n[servers.crashy2]\nurl = \"http://127.0.0.1:1/mcp\"\n";
+    let config = write_config(dir.path(), &format!("{flood}{crashy}{}", stdio_toml(&tag, "ok", &[])));
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = child.stdout.take().unwrap(); // held, not read: the pipe fills up
+    std::thread::sleep(Duration::from_secs(6));
+    let servers = status_within(&config, Duration::from_secs(5)).expect("status answers while nobody reads");
+    assert_eq!(state_of(&servers, "ok"), "running");
+    let failures =
+        |s: &[Value]| s.iter().find(|s| s["name"] == "crashy").and_then(|s| s["consecutive_failures"].as_u64());
+    let before = failures(&servers).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = failures(&status_within(&config, Duration::from_secs(5)).unwrap()).unwrap_or(0);
+    assert!(later > before, "retries go on ({before} → {later})");
+    // Reading again: what was dropped is counted.
+    let dropped = BufReader::new(out).lines().map_while(Result::ok).take(20_000).find(|l| l.contains("\"dropped\""));
+    assert!(dropped.is_some(), "a line says how many were dropped");
+    roster_tests::terminate(child.id());
+    let _ = exit_within(&mut child, Duration::from_secs(15));
+    assert_gone(&tag);
+}
+
+#[test]
+fn sighup_stops_up_gracefully() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_running(&config, &["fs"]);
+    roster_tests::hang_up(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0), "not killed by SIGHUP");
+    assert_gone(&tag);
+    assert!(status_within(&config, Duration::from_secs(5)).is_none(), "the socket is gone");
+}
+
+#[test]
+fn a_ctrl_c_during_start_up_is_not_lost() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = stdio_toml(&tag, "slow", &["--never-initialize"]);
+    let config = write_config(dir.path(), &format!("{FAST}{slow}timeout = 10\n"));
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !tag.processes().is_empty()), "the server is starting");
+    let t = Instant::now();
+    roster_tests::interrupt(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(10)), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(3), "not after the start-up settled: {:?}", t.elapsed());
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_second_ctrl_c_kills_at_once() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "stubborn", &["--ignore-sigterm", "--linger"])));
+    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_running(&config, &["stubborn"]);
+    roster_tests::interrupt(child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    roster_tests::interrupt(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(5)), Some(130));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    tag.assert_gone_within(Duration::from_secs(2));
+}
+
+#[test]
+fn a_shutdown_that_has_to_kill_names_the_servers_and_fails() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = "[defaults]\nshutdown_timeout = \"1s\"\nauto_start = true\n\n";
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{defaults}{}{}",
+            stdio_toml(&tag, "stubborn", &["--ignore-sigterm", "--linger"]),
+            stdio_toml(&tag, "fine", &[])
+        ),
+    );
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    wait_running(&config, &["stubborn", "fine"]);
+    roster_tests::terminate(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(1), "not a clean stop");
+    let notes: Vec<String> =
+        BufReader::new(out).lines().map_while(Result::ok).filter(|l| l.contains("\"note\"")).collect();
+    let last = notes.last().cloned().unwrap_or_default();
+    assert!(last.contains("killed: stubborn"), "{notes:?}");
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_one_shot_interrupted_closes_its_server() {
+    let tag = Tag::new();
+    let mut child = Command::new(ROSTER)
+        .args(["call", "sleep", "--args", r#"{"ms": 20000}"#, "--", fixture(), "stdio", "--tag", tag.as_str()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !tag.processes().is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    roster_tests::interrupt(child.id());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(5)), Some(130));
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_runtime_directory_others_may_write_is_refused_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let runtime = dir.path().join("run");
+    std::fs::create_dir_all(runtime.join("roster")).unwrap();
+    std::fs::set_permissions(runtime.join("roster"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = up_command(&config, false).env("XDG_RUNTIME_DIR", &runtime).output().unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("may be written by its group or others (mode 777)"), "{}", stderr(&out));
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_second_up_is_refused_through_a_hard_link_and_with_another_runtime_dir() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let mut first = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_running(&config, &["fs"]);
+    let link = dir.path().join("same.toml");
+    std::fs::hard_link(&config, &link).unwrap();
+    let other_runtime = dir.path().join("elsewhere");
+    std::fs::create_dir(&other_runtime).unwrap();
+    for (path, runtime) in [(&link, None), (&config, Some(&other_runtime))] {
+        let mut cmd = up_command(path, false);
+        if let Some(r) = runtime {
+            cmd.env("XDG_RUNTIME_DIR", r);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    }
+    assert_eq!(tag.processes().len(), 1, "the server runs once");
+    roster_tests::terminate(first.id());
+    let _ = exit_within(&mut first, Duration::from_secs(15));
+    assert_gone(&tag);
+}
+
+#[test]
+fn url_secrets_appear_in_no_output_and_no_log() {
+    let tag = Tag::new();
+    let server = Remote::start(&tag, "http", &[]);
+    let url = server.base.replace("http://", "http://bob:s3cret@") + "/mcp?token=hunter2&v=1";
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}[servers.api]\nurl = {url:?}\n"));
+    let mut seen = String::new();
+    let mut run = |args: &[&str]| {
+        let out = Command::new(ROSTER).args(args).env("RUST_LOG", "trace").env("NO_COLOR", "1").output().unwrap();
+        seen.push_str(&stdout(&out));
+        seen.push_str(&stderr(&out));
+    };
+    let cfg = config.to_str().unwrap();
+    run(&["--config", cfg, "check"]);
+    run(&["--json", "--config", cfg, "check"]);
+    run(&["tools", &url]);
+    run(&["--json", "tools", &(server.base.replace("http://", "http://bob:s3cret@127.0.0.1:1/") + "?token=hunter2")]);
+    let log = dir.path().join("up.log");
+    let mut up = up_command(&config, true)
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(dir.path().join("up.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || status_within(&config, Duration::from_secs(5))
+        .is_some_and(|s| state_of(&s, "api") == "connected")));
+    run(&["--json", "--config", cfg, "status"]);
+    run(&["--config", cfg, "status"]);
+    roster_tests::terminate(up.id());
+    let _ = exit_within(&mut up, Duration::from_secs(15));
+    seen.push_str(&std::fs::read_to_string(&log).unwrap());
+    seen.push_str(&std::fs::read_to_string(dir.path().join("up.out")).unwrap());
+    assert!(seen.contains("bob:<redacted>@") && seen.contains("token=<redacted>"), "the URLs are shown, redacted");
+    assert!(!seen.contains("s3cret") && !seen.contains("hunter2"), "a secret leaked");
+    drop(server);
+    assert_gone(&tag);
+}
+
+#[test]
+fn the_control_socket_bounds_its_clients() {
+    use std::os::unix::net::UnixStream;
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
+    let mut up = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    // Keep reading: a closed stdout would stop `up`.
+    std::thread::spawn(move || for _ in out.lines() {});
+    let socket = first.trim().rsplit("control socket ").next().unwrap().trim_end_matches("\"}").to_owned();
+    wait_running(&config, &["fs"]);
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    let before = rss(up.id());
+    // Many clients that say nothing, and one that sends an endless line.
+    let idle: Vec<UnixStream> = (0..300).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
+    let mut flood = UnixStream::connect(&socket).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..8 {
+        if flood.write_all(&chunk).is_err() {
+            break; // roster hung up on it: the line was too long
+        }
+    }
+    let servers = status_within(&config, Duration::from_secs(10)).expect("status answers for everyone else");
+    assert_eq!(state_of(&servers, "fs"), "running");
+    let grown = rss(up.id()).saturating_sub(before);
+    assert!(grown < 32 * 1024, "up grew by {grown} KiB");
+    drop(idle);
+    roster_tests::terminate(up.id());
+    let _ = exit_within(&mut up, Duration::from_secs(15));
+    assert_gone(&tag);
+}
+
+#[test]
+fn a_same_size_edit_that_keeps_the_mtime_is_reloaded() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &["--stderr", "aaaa"])));
+    let up = Up::start(&std::fs::read_to_string(&config).unwrap(), &[]);
+    let _ = up.wait_event("fs", "MCPServerStarted", Duration::from_secs(15));
+    let path = Path::new(up.config());
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let text = std::fs::read_to_string(path).unwrap().replace("aaaa", "bbbb");
+    std::fs::write(path, &text).unwrap();
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(mtime).unwrap();
+    let _ = up.wait_event("fs", "MCPServerRecoveryStarted", Duration::from_secs(10));
+    assert_eq!(up.terminate(), 0);
+    assert_gone(&tag);
+}
+
+#[test]
+fn text_from_servers_is_shown_with_its_control_characters_escaped() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    // TOML's own escapes: the server writes ESC [2J ESC ]0;pwned BEL to stderr.
+    let toml = format!(
+        "[servers.rude]\ncommand = {:?}\nargs = [\"stdio\", \"--tag\", {:?}, \"--stderr\", \"\\u001b[2J\\u001b]0;pwned\\u0007\", \"--exit-at-start\", \"1\"]\n",
+        fixture(),
+        tag.as_str()
+    );
+    let config = write_config(dir.path(), &format!("{FAST}{toml}"));
+    let mut child = up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let line = out.lines().map_while(Result::ok).find(|l| l.contains("Failed")).expect("a failure line");
+    assert!(line.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}"), "{line}");
+    assert!(!line.contains('\u{1b}') && !line.contains('\u{7}'), "{line:?}");
+    roster_tests::terminate(child.id());
+    let _ = exit_within(&mut child, Duration::from_secs(15));
+    assert_gone(&tag);
+}

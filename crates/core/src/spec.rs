@@ -352,7 +352,7 @@ impl ServerSpec {
     /// password, every query value and the fragment replaced by `<redacted>`; the
     /// user name and the query's names stay visible.
     pub fn display_url(&self) -> String {
-        redact_url(&self.url)
+        if self.url.is_empty() { String::new() } else { redact_url(&self.url) }
     }
 
     /// Checks every rule of SPEC §1 and returns every violation, in field order.

@@ -368,7 +368,7 @@ struct Model {
     closing: Option<(u64, Then)>,
     /// A lost session still being closed: nothing starts until it is gone.
     cleanup: Option<u64>,
-    /// The start of a restart (or a start waiting for the cleanup): when, and whether a recovery.
+    /// The start of a restart: when, and whether a recovery.
     pending_start: Option<(Instant, bool)>,
     owed_start: bool,
     owed_stop: bool,
@@ -439,11 +439,12 @@ impl Model {
         }
     }
 
-    /// SPEC §3.3.
-    fn begin(&mut self, now: Instant, recovery: bool) {
-        if self.cleanup.is_some() {
-            self.pending_start = Some((now, recovery));
+    /// SPEC §3.3; while a lost session is still being closed, stop it first.
+    fn begin(&mut self, recovery: bool) {
+        if let Some(g) = self.cleanup.take() {
+            self.closing = Some((g, Then::Start(recovery)));
             self.next_retry = None;
+            self.show(State::Stopping, Health::Unknown, None);
             return;
         }
         self.last_generation += 1;
@@ -505,11 +506,8 @@ impl Model {
             *then = Then::Start(true);
         } else if let Some((_, recovery)) = &mut self.pending_start {
             *recovery = true;
-        } else if self.cleanup.is_some() {
-            self.pending_start = Some((grace_over, true));
-            self.next_retry = None;
         } else {
-            self.begin(now, true);
+            self.begin(true);
         }
     }
 
@@ -589,7 +587,7 @@ impl Model {
         }
         if let Some((at, recovery)) = self.pending_start {
             if now >= at {
-                self.begin(now, recovery);
+                self.begin(recovery);
             }
         } else if self.next_retry.is_some_and(|t| now >= t) {
             self.restart(now, Cause::Automatic);
@@ -612,7 +610,7 @@ impl Model {
                 } else {
                     self.owed_start = true;
                     if self.attempt.is_none() && self.pending_start.is_none() {
-                        self.begin(now, false);
+                        self.begin(false);
                     }
                 }
             }
@@ -665,7 +663,7 @@ impl Model {
                 }
                 match action {
                     ChangeAction::Restart => self.restart(now, Cause::SpecChanged),
-                    ChangeAction::Start => self.begin(now, false),
+                    ChangeAction::Start => self.begin(false),
                     ChangeAction::Unchanged | ChangeAction::Metadata | ChangeAction::Update => {}
                 }
                 self.answers.push(Answer::Updated(action));
@@ -999,9 +997,10 @@ fn run_against_model(sc: &Scenario) -> Result<(), TestCaseError> {
 }
 
 /// Failures are kept in `proptest-regressions/` (committed) and replayed first.
+/// `PROPTEST_CASES` asks for a longer run.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/lifecycle_model.txt"))),
         ..ProptestConfig::default()
     }

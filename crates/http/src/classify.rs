@@ -79,8 +79,9 @@ pub fn classify_reqwest(error: &reqwest::Error) -> Failure {
 }
 
 /// A reqwest error as roster shows it: what failed, the URL with its secrets
-/// redacted, and the causes. (reqwest's own text carries the URL as given,
-/// password and query included.)
+/// redacted (if the error still carries one: roster's transports strip it, with
+/// `reqwest::Error::without_url`, before an error can reach anyone's log), and the
+/// causes. (reqwest's own text carries the URL as given, query included.)
 pub fn reqwest_text(error: &reqwest::Error) -> String {
     let url = error.url().map(|u| format!(" to {}", roster_core::redact_url(u.as_str()))).unwrap_or_default();
     let what = if is_tls(error) {

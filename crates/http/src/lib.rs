@@ -228,7 +228,7 @@ where
                     Poll::Ready(Some(Err(EventStreamError::TooLarge { max: self.max })))
                 }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(EventStreamError::Read(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(EventStreamError::Read(e.without_url())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

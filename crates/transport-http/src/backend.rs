@@ -84,7 +84,7 @@ impl Backend {
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(StreamableHttpError::Client)?;
+            let chunk = chunk.map_err(|e| StreamableHttpError::Client(e.without_url()))?;
             if body.len() + chunk.len() > max {
                 self.too_large("a response");
                 return Err(StreamableHttpError::ResponseBodyTooLarge { max_size: max });
@@ -164,7 +164,10 @@ impl StreamableHttpClient for Backend {
         if let Some(id) = session_id {
             request = request.header(SESSION_ID, id.as_ref());
         }
-        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let response = with_headers(request, custom_headers)
+            .send()
+            .await
+            .map_err(|e| StreamableHttpError::Client(e.without_url()))?;
         let status = response.status();
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(StreamableHttpPostResponse::Accepted);
@@ -206,7 +209,10 @@ impl StreamableHttpClient for Backend {
         if let Some(token) = auth_header {
             request = request.bearer_auth(token);
         }
-        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let response = with_headers(request, custom_headers)
+            .send()
+            .await
+            .map_err(|e| StreamableHttpError::Client(e.without_url()))?;
         let status = response.status();
         if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND {
             return Ok(());
@@ -233,7 +239,10 @@ impl StreamableHttpClient for Backend {
         if let Some(token) = auth_header {
             request = request.bearer_auth(token);
         }
-        let response = with_headers(request, custom_headers).send().await.map_err(StreamableHttpError::Client)?;
+        let response = with_headers(request, custom_headers)
+            .send()
+            .await
+            .map_err(|e| StreamableHttpError::Client(e.without_url()))?;
         let status = response.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
             return Err(StreamableHttpError::ServerDoesNotSupportSse);

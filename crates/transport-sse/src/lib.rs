@@ -195,6 +195,30 @@ fn to_header_map(spec: &ServerSpec) -> Result<HeaderMap, SseError> {
     Ok(header_map(spec)?.into_iter().collect::<HeaderMap<HeaderValue>>())
 }
 
+/// Why an event stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The server ended it.
+    Closed,
+    /// It broke (the connection, or a malformed stream).
+    Broke(String),
+    /// The server sent an event larger than this many bytes.
+    TooLarge(usize),
+    /// roster closed it.
+    ClientClosed,
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamEnd::Closed => f.write_str("the server ended the event stream"),
+            StreamEnd::Broke(why) => write!(f, "the event stream broke: {why}"),
+            StreamEnd::TooLarge(max) => write!(f, "the server sent an event larger than {max} bytes"),
+            StreamEnd::ClientClosed => f.write_str("the client closed"),
+        }
+    }
+}
+
 /// Sends client messages to the current endpoint.
 #[derive(Clone)]
 struct Poster {
@@ -217,7 +241,7 @@ impl Poster {
             .body(body)
             .send()
             .await
-            .map_err(SseError::Http)?;
+            .map_err(|e| SseError::Http(e.without_url()))?;
         if response.status().is_success() { Ok(()) } else { Err(SseError::Status(status_info(&response))) }
     }
 }
@@ -227,7 +251,7 @@ pub struct SseTransport {
     incoming: mpsc::Receiver<ServerJsonRpcMessage>,
     poster: Poster,
     reader: tokio::task::JoinHandle<()>,
-    ended: watch::Receiver<Option<String>>,
+    ended: watch::Receiver<Option<StreamEnd>>,
 }
 
 impl std::fmt::Debug for SseTransport {
@@ -258,7 +282,7 @@ impl SseTransport {
             .header(ACCEPT, "text/event-stream")
             .header(CACHE_CONTROL, "no-cache");
         let response = match tokio::time::timeout_at(deadline, request.send()).await {
-            Ok(response) => response.map_err(SseError::Http)?,
+            Ok(response) => response.map_err(|e| SseError::Http(e.without_url()))?,
             Err(_) => return Err(SseError::NoEndpoint(timeout)),
         };
         if !response.status().is_success() {
@@ -303,7 +327,7 @@ impl SseTransport {
     }
 
     /// Why the stream ended, once it has.
-    pub fn ended(&self) -> watch::Receiver<Option<String>> {
+    pub fn ended(&self) -> watch::Receiver<Option<StreamEnd>> {
         self.ended.clone()
     }
 }
@@ -326,16 +350,16 @@ async fn read_events<S>(
     tx: mpsc::Sender<ServerJsonRpcMessage>,
     base: Url,
     endpoint: Arc<RwLock<Url>>,
-    ended: watch::Sender<Option<String>>,
+    ended: watch::Sender<Option<StreamEnd>>,
 ) where
     S: futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Unpin,
 {
     let reason = loop {
         match events.next().await {
-            None => break "the server ended the event stream".to_owned(),
+            None => break StreamEnd::Closed,
             Some(Err(e)) => match too_large(&e) {
-                Some(max) => break format!("the server sent an event larger than {max} bytes"),
-                None => break format!("the event stream broke: {e}"),
+                Some(max) => break StreamEnd::TooLarge(max),
+                None => break StreamEnd::Broke(e.to_string()),
             },
             Some(Ok(event)) => match (event.event.as_deref(), event.data) {
                 (Some("endpoint"), Some(data)) => match resolve(&base, &data) {
@@ -345,7 +369,7 @@ async fn read_events<S>(
                 (None | Some("message"), Some(data)) => match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
                     Ok(message) => {
                         if tx.send(message).await.is_err() {
-                            break "the client closed".to_owned();
+                            break StreamEnd::ClientClosed;
                         }
                     }
                     Err(e) => debug!(error = %e, "ignoring a message that is not JSON-RPC"),
@@ -416,6 +440,10 @@ impl SseConnector {
         let handshake = mcp::client_config(PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
         let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
             Ok(Ok(running)) => running,
+            // The stream's own end says more than the handshake's failure.
+            Ok(Err(_)) if *ended.borrow() == Some(StreamEnd::TooLarge(self.clients.options().max_message_size)) => {
+                return Err(SseError::EventTooLarge(self.clients.options().max_message_size));
+            }
             Ok(Err(e)) => return Err(SseError::Initialize(Box::new(e))),
             Err(_) => return Err(SseError::Timeout(spec.connect_timeout())),
         };
@@ -437,7 +465,7 @@ impl Connector for SseConnector {
 #[derive(Debug)]
 pub struct SseSession {
     client: McpClient,
-    ended: watch::Receiver<Option<String>>,
+    ended: watch::Receiver<Option<StreamEnd>>,
     /// For messages: secrets redacted.
     url: String,
 }
@@ -453,7 +481,7 @@ impl Session for SseSession {
         Box::pin(async move {
             session_ended.await;
             let reason = match stream_ended.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
+                Ok(reason) => reason.as_ref().map(ToString::to_string).unwrap_or_default(),
                 Err(_) => "the session ended".to_owned(),
             };
             Failure::transient(format!("SSE session with {url} lost: {reason}"))

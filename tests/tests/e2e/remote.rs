@@ -326,3 +326,58 @@ async fn header_values_never_appear_in_status_or_logs() {
     assert!(logged.len() > 1000, "the trace level logged something: {} bytes", logged.len());
     assert!(!logged.contains("sup3r-s3cret"), "a log line leaks the header value");
 }
+
+// ----- remote servers cannot exhaust roster ---------------------------------------------
+
+fn rss_kib() -> u64 {
+    roster_tests::bench::rss_kib()
+}
+
+/// A service whose transports read at most 1 MiB per message.
+fn limited(spec: ServerSpec) -> Service {
+    let options = roster_http::HttpOptions { max_message_size: 1 << 20, ..roster_http::HttpOptions::default() };
+    let clients = roster_http::HttpClients::new(options).expect("HTTP clients");
+    let transports = roster_supervisor::Transports::new(
+        Arc::new(roster_supervisor::Unsupported),
+        Arc::new(roster_transport_http::HttpConnector::new(clients.clone())),
+        Arc::new(roster_transport_sse::SseConnector::new(clients)),
+    );
+    Service::new(
+        valid(spec),
+        Arc::new(transports),
+        ServiceOptions { settings: fast_settings(), ..ServiceOptions::default() },
+    )
+}
+
+#[tokio::test]
+async fn an_endless_event_fails_the_server_transiently_and_never_grows_roster() {
+    let cases = [
+        ("http", ServerType::StreamableHttp, "get"),
+        ("http", ServerType::StreamableHttp, "post"),
+        ("sse", ServerType::Sse, "stream"),
+    ];
+    for (mode, server_type, place) in cases {
+        let tag = Tag::new();
+        let server = FixtureServer::start(&tag, mode, &["--endless-event", place]).await;
+        let svc = limited(spec("flood", server_type, &server.url()));
+        let before = rss_kib();
+        let started = svc.start().await;
+        if place == "post" {
+            started.unwrap_or_else(|e| panic!("{place}: {e}"));
+            let _ = svc.check_health().await;
+        }
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            svc.wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains("larger than 1048576 bytes"))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{place}: no failure naming the limit: {:?}", svc.status()));
+        assert_eq!(status.last_failure, Some(FailureKind::Transient), "{place}: {status:?}");
+        assert!(matches!(status.state, State::Failed | State::Starting), "{place}: {status:?}");
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 64 * 1024, "{place}: roster grew by {grown} KiB");
+        svc.stop().await;
+        server.stop().await;
+        tag.assert_gone().await;
+    }
+}

@@ -290,6 +290,17 @@ async fn a_daemon_is_gone_when_its_server_exits_by_itself() {
 }
 
 #[tokio::test]
+async fn a_ping_answered_with_meta_is_healthy() {
+    let tag = Tag::new();
+    let svc = service(tag.stdio("meta", &["--ping-meta"]));
+    svc.start().await.unwrap();
+    let report = svc.check_health().await;
+    assert_eq!((report.health, report.error), (Health::Healthy, None));
+    svc.stop().await;
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
 async fn ten_mib_of_stderr_does_not_stall_the_server() {
     let tag = Tag::new();
     let svc = service(tag.stdio("chatty", &["--stderr-mib", "10"]));

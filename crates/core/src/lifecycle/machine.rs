@@ -32,8 +32,9 @@ struct Idle {
     rest: Rest,
     /// What happens next by itself, and when.
     next: Option<Next>,
-    /// A lost session whose close has not finished yet. `next` waits for it, so
-    /// that two processes of one server never run at once.
+    /// A lost session whose close has not finished yet. The automatic recovery in
+    /// `next` waits for it, and a start asked for meanwhile stops it first, so that
+    /// two processes of one server never run at once.
     cleanup: Option<Generation>,
 }
 
@@ -65,8 +66,7 @@ struct Next {
 enum NextStep {
     /// An automatic retry or crash recovery, run as a restart (SPEC §5, §7).
     Restart,
-    /// The start of a restart (after its grace period), or a start that waits for
-    /// a lost session's close.
+    /// The start of a restart, after its grace period.
     Start { recovery: bool },
 }
 
@@ -409,7 +409,7 @@ impl Lifecycle {
             }
             Phase::Idle(_) => {
                 self.owed_start = true;
-                self.start_or_wait(now, now, false, out);
+                self.start_or_wait(now, false, out);
             }
         }
     }
@@ -474,7 +474,7 @@ impl Lifecycle {
         self.spec = spec;
         match outcome.action {
             ChangeAction::Unchanged | ChangeAction::Metadata | ChangeAction::Update => {}
-            ChangeAction::Start => self.start_or_wait(now, now, false, out),
+            ChangeAction::Start => self.start_or_wait(now, false, out),
             ChangeAction::Restart => self.restart(now, Cause::SpecChanged, out),
         }
         out.push(Effect::Reply(Reply::Updated(outcome)));
@@ -626,12 +626,14 @@ impl Lifecycle {
 
     // ----- the moves ------------------------------------------------------------------
 
-    /// Starts now, or, while a lost session is still being closed, as soon as it
-    /// is gone and not before `at`.
-    fn start_or_wait(&mut self, now: Instant, at: Instant, recovery: bool, out: &mut Out) {
-        match &mut self.phase {
-            Phase::Idle(idle) if idle.cleanup.is_some() || at > now => {
-                idle.next = Some(Next { at, what: NextStep::Start { recovery } });
+    /// Starts now; or, while a lost session is still being closed, stops it first:
+    /// the server is `stopping` until it is gone, then the start follows the grace
+    /// period, as in any restart.
+    fn start_or_wait(&mut self, now: Instant, recovery: bool, out: &mut Out) {
+        match &self.phase {
+            Phase::Idle(Idle { cleanup: Some(generation), .. }) => {
+                self.phase = Phase::Closing { generation: *generation, then: AfterClose::Start { recovery } };
+                self.publish(None, None, out);
             }
             Phase::Idle(_) | Phase::Connecting { .. } | Phase::Up(_) | Phase::Closing { .. } => {
                 self.begin_attempt(now, recovery, out);
@@ -688,8 +690,8 @@ impl Lifecycle {
             }
             Phase::Closing { then, .. } => *then = AfterClose::Start { recovery: true },
             Phase::Idle(Idle { next: Some(Next { what: NextStep::Start { recovery }, .. }), .. }) => *recovery = true,
-            // Something is still being stopped (a lost session): the grace follows it.
-            Phase::Idle(Idle { cleanup: Some(_), .. }) => self.start_or_wait(now, grace_over, true, out),
+            // Something is still being stopped (a lost session): stopping, then the grace.
+            Phase::Idle(Idle { cleanup: Some(_), .. }) => self.start_or_wait(now, true, out),
             Phase::Idle(_) => self.begin_attempt(now, true, out),
         }
     }

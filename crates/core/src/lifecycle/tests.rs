@@ -1034,10 +1034,13 @@ fn a_start_or_restart_while_a_lost_session_closes_waits_for_it() {
         let old = lose(&mut h);
         let t = h.ev(if restart { Event::RestartRequested } else { Event::StartRequested });
         assert!(connect_gen(&t).is_none(), "no second process while the first is alive: {t:?}");
+        assert_eq!(t.to, State::Stopping, "it is being stopped");
         assert!(replies(&t).is_empty());
         h.advance(S(1));
         let t = h.ev(Event::SessionClosed { generation: old });
-        let generation = connect_gen(&t).expect("the start follows the close");
+        assert_eq!(t.to, State::Stopped);
+        assert_eq!(h.l.poll_timeout(), Some(h.now + RESTART_GRACE_PERIOD), "then the grace, as in any restart");
+        let generation = connect_gen(&h.fire()).expect("the start follows the close");
         let t = h.ev(Event::ConnectSucceeded { generation });
         assert_eq!(replies(&t), [Reply::Started(Ok(()))]);
         let expected: &[Reason] =
@@ -1071,9 +1074,18 @@ fn a_definition_change_while_a_lost_session_closes_waits_for_it_too() {
     assert_eq!(action(&t), Some(ChangeAction::Restart));
     assert!(connect_gen(&t).is_none());
     h.advance(S(1));
-    let t = h.ev(Event::SessionClosed { generation: old });
-    assert!(connect_gen(&t).is_some());
+    let _ = h.ev(Event::SessionClosed { generation: old });
+    assert!(connect_gen(&h.fire()).is_some());
     assert_eq!(h.l.spec().args, ["--v2"]);
+
+    // A remote server waiting for credentials whose lost session still closes, made
+    // a stdio server: stopping, never a stdio server in auth_required.
+    let mut h = H::remote();
+    let generation = h.up();
+    let failure = Failure::needs_credentials(Challenge::default(), "HTTP 401");
+    let _ = h.ev(Event::SessionLost { generation, failure });
+    let t = h.ev(changed(ServerSpec::stdio("api", "mcp-api")));
+    assert_eq!((t.from, t.to), (State::AuthRequired, State::Stopping));
 }
 
 // ----- joining, small cases -------------------------------------------------------------

@@ -87,9 +87,32 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// A server-sent event that never ends: `data:` lines without the blank line
+/// that would end the event, as fast as the client reads.
+fn endless(prefix: String) -> Response {
+    let line = axum::body::Bytes::from(format!("data: {}\n", "x".repeat(8 * 1024)));
+    let head = stream::once(async move { Ok::<_, Infallible>(axum::body::Bytes::from(prefix)) });
+    let body = head.chain(stream::repeat_with(move || Ok::<_, Infallible>(line.clone())));
+    ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+}
+
 /// The HTTP-level faults, in front of every MCP route.
 async fn faults_layer(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let f = &shared.faults;
+    match f.endless_event.as_deref() {
+        Some("get") if request.method() == axum::http::Method::GET => return endless(String::new()),
+        Some("post") if request.method() == axum::http::Method::POST => {
+            let (parts, body) = request.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+                return StatusCode::BAD_REQUEST.into_response();
+            };
+            if String::from_utf8_lossy(&bytes).contains("\"ping\"") {
+                return endless(String::new());
+            }
+            return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        }
+        Some(_) | None => {}
+    }
     if let Some(ms) = f.slow {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -155,7 +178,20 @@ async fn resource_metadata(State(shared): State<Arc<Shared>>) -> Response {
 type EventStream = futures::stream::BoxStream<'static, Result<Event, Infallible>>;
 
 /// `GET /sse`: a new session; the endpoint first, then every server message.
-async fn sse_stream(State(shared): State<Arc<Shared>>) -> Sse<EventStream> {
+async fn sse_stream(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.faults.endless_event.is_some() {
+        // A real session's endpoint, then one event that never ends.
+        let id = shared.next_session.fetch_add(1, Ordering::SeqCst).to_string();
+        let (tx, mut rx) = futures::channel::mpsc::channel::<ClientJsonRpcMessage>(64);
+        shared.sse_sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), tx);
+        // Messages are accepted, and never answered: the stream has no room for it.
+        tokio::spawn(async move { while rx.next().await.is_some() {} });
+        return endless(format!("event: endpoint\ndata: /message?sessionId={id}\n\n"));
+    }
+    sse_session(shared).into_response()
+}
+
+fn sse_session(shared: Arc<Shared>) -> Sse<EventStream> {
     let id = shared.next_session.fetch_add(1, Ordering::SeqCst).to_string();
     let (in_tx, in_rx) = futures::channel::mpsc::channel::<ClientJsonRpcMessage>(64);
     let (out_tx, out_rx) = futures::channel::mpsc::channel::<ServerJsonRpcMessage>(64);

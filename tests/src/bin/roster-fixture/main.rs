@@ -24,6 +24,7 @@
 //!   --stderr-mib N          write N MiB to stderr before serving
 //!   --garbage-lines N       print N lines of garbage on stdout before serving
 //!   --serve-http PORT       also serve Streamable HTTP on 127.0.0.1:PORT (for demos)
+//!   --ping-meta             answer ping with an empty result that carries `_meta`
 //!
 //! HTTP and SSE switches:
 //!   --port P                listen on P (default: any free port)
@@ -38,6 +39,9 @@
 //!   --slow MS               delay every response
 //!   --drop-after MS         (sse) end each event stream after MS
 //!   --foreign-endpoint      (sse) send an endpoint on another origin
+//!   --endless-event WHERE   send one server-sent event that never ends: on the
+//!                           GET stream (get), as the reply to a ping (post), or
+//!                           after the endpoint event (sse: stream)
 //! POST /control/forget-sessions forgets every session, as a restarted server does.
 //! ```
 //!
@@ -84,6 +88,8 @@ struct Faults {
     drop_after: Option<u64>,
     foreign_endpoint: bool,
     serve_http: Option<u16>,
+    ping_meta: bool,
+    endless_event: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Faults, String> {
@@ -122,6 +128,8 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--drop-after" => f.drop_after = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--foreign-endpoint" => f.foreign_endpoint = true,
             "--serve-http" => f.serve_http = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--ping-meta" => f.ping_meta = true,
+            "--endless-event" => f.endless_event = Some(value()?),
             other => return Err(format!("unknown switch {other}")),
         }
     }
@@ -237,6 +245,37 @@ impl ServerHandler for Fixture {
     }
 }
 
+/// The fixture, answering ping with `{"_meta": {...}}`: an empty result, as MCP
+/// allows any result to carry `_meta`.
+struct MetaPing(Fixture);
+
+impl rmcp::Service<RoleServer> for MetaPing {
+    async fn handle_request(
+        &self,
+        request: rmcp::model::ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ServerResult, ErrorData> {
+        match request {
+            rmcp::model::ClientRequest::PingRequest(_) => Ok(rmcp::model::ServerResult::CustomResult(
+                rmcp::model::CustomResult(serde_json::json!({"_meta": {"fixture": "ping with meta"}})),
+            )),
+            other => rmcp::Service::handle_request(&self.0, other, context).await,
+        }
+    }
+
+    async fn handle_notification(
+        &self,
+        notification: rmcp::model::ClientNotification,
+        context: NotificationContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        rmcp::Service::handle_notification(&self.0, notification, context).await
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        rmcp::Service::<RoleServer>::get_info(&self.0)
+    }
+}
+
 fn spawn_grandchild(how: &str, args: &[String]) -> std::io::Result<()> {
     let stdout = match how {
         "inherit" => std::process::Stdio::inherit(),
@@ -312,8 +351,12 @@ async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error
         tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await?;
     } else {
         let linger = faults.linger;
-        let server = Fixture::new(faults).serve(rmcp::transport::stdio()).await?;
-        let _ = server.waiting().await;
+        let waiting = if faults.ping_meta {
+            MetaPing(Fixture::new(faults)).serve(rmcp::transport::stdio()).await?.waiting().await
+        } else {
+            Fixture::new(faults).serve(rmcp::transport::stdio()).await?.waiting().await
+        };
+        let _ = waiting;
         if !linger {
             return Ok(());
         }
