@@ -129,15 +129,11 @@ impl Backoff {
             0 => Duration::ZERO,
             1 => self.initial,
             n => {
-                // f64 carries the growth; the comparison with the cap happens before any
-                // conversion back, so an infinite or huge factor simply means "capped".
-                let factor = self.multiplier.powf(f64::from(n - 1));
-                let secs = self.initial.as_secs_f64() * factor;
-                if secs.is_finite() && secs < self.max.as_secs_f64() {
-                    Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.clamp(self.initial, self.max))
-                } else {
-                    self.max
-                }
+                // f64 carries the growth. A factor too large for a Duration (or
+                // infinite) fails the conversion and means "capped"; so does one above
+                // the cap.
+                let secs = self.initial.as_secs_f64() * self.multiplier.powf(f64::from(n - 1));
+                Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.clamp(self.initial, self.max))
             }
         }
     }
@@ -202,6 +198,24 @@ mod tests {
         assert_eq!(b.delay(0, 0.0), Duration::ZERO);
         assert_eq!(b.delay(100, 0.0), MAX_BACKOFF);
         assert_eq!(b.delay(u32::MAX, 0.0), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn jitter_follows_its_formula() {
+        let b = Backoff::default().with_jitter(0.5).unwrap();
+        assert_eq!(b.jitter(), 0.5);
+        assert_eq!((b.initial(), b.max(), b.multiplier()), (INITIAL_BACKOFF, MAX_BACKOFF, BACKOFF_MULTIPLIER));
+        // base × (1 − j × unit)
+        assert_eq!(b.delay(1, 0.0), S(30));
+        assert_eq!(b.delay(1, 0.5), Duration::from_millis(22_500));
+        assert_eq!(b.delay(2, 0.25), Duration::from_millis(52_500));
+        assert_eq!(b.delay(1, 0.999_999), Duration::from_secs_f64(30.0 * (1.0 - 0.5 * 0.999_999)));
+        // A sample outside [0, 1) is clamped; NaN counts as 0.
+        assert_eq!(b.delay(1, 7.0), S(15));
+        assert_eq!(b.delay(1, -3.0), S(30));
+        assert_eq!(b.delay(1, f64::NAN), S(30));
+        let full = Backoff::default().with_jitter(1.0).unwrap();
+        assert_eq!(full.delay(3, 0.5), S(60));
     }
 
     #[test]

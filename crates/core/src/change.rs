@@ -374,6 +374,21 @@ mod tests {
     }
 
     #[test]
+    fn change_actions_have_wire_names() {
+        let actions = [
+            (ChangeAction::Unchanged, "unchanged"),
+            (ChangeAction::Metadata, "metadata"),
+            (ChangeAction::Restart, "restart"),
+            (ChangeAction::Start, "start"),
+            (ChangeAction::Update, "update"),
+        ];
+        for (action, name) in actions {
+            assert_eq!(action.as_str(), name);
+            assert_eq!(serde_json::to_value(action).unwrap(), name);
+        }
+    }
+
+    #[test]
     fn name_is_not_compared() {
         let new = with(&stdio(), |s| s.name = "other".into());
         assert_eq!(configuration_changed(&stdio(), &new).kind, ChangeKind::None);

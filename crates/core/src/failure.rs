@@ -234,11 +234,10 @@ pub fn parse_www_authenticate(header: &str) -> Vec<AuthChallenge> {
         }
         let mut challenge = AuthChallenge { scheme: scheme.to_owned(), token68: None, params: Vec::new() };
         // A scheme stands alone, or is followed by at least one space and its credentials.
+        // Anything else after the scheme is not part of it: the next round skips it.
         if p.peek() == Some(b' ') || p.peek() == Some(b'\t') {
             p.skip_ows();
             p.parse_credentials(&mut challenge);
-        } else if !p.at_item_end() {
-            p.skip_item();
         }
         out.push(challenge);
     }
@@ -496,6 +495,35 @@ mod tests {
         assert_eq!(all[0].param("error"), Some("e"));
         let all = parse_www_authenticate("\"quoted\" Bearer, Basic realm=x");
         assert!(all.iter().any(|c| c.scheme == "Basic" && c.param("realm") == Some("x")), "{all:?}");
+    }
+
+    #[test]
+    fn a_tab_may_separate_the_scheme_from_its_parameters() {
+        let c = Challenge::parse("Bearer\trealm=\"r\"");
+        assert_eq!((c.scheme.as_deref(), c.realm.as_deref()), (Some("Bearer"), Some("r")));
+        // Garbage glued to a scheme is skipped up to the next challenge.
+        let all = parse_www_authenticate("Bearer/x=1 y, Basic realm=b");
+        assert_eq!(all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["Bearer", "Basic"]);
+        assert!(all[0].params.is_empty());
+        assert_eq!(all[1].param("realm"), Some("b"));
+    }
+
+    #[test]
+    fn failure_kinds_have_wire_names() {
+        let kinds = [
+            (FailureKind::Transient, "transient"),
+            (FailureKind::Permanent, "permanent"),
+            (FailureKind::NeedsCredentials, "auth_required"),
+            (FailureKind::Cancelled, "cancelled"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+        }
+        assert_eq!(Failure::permanent("x").kind(), FailureKind::Permanent);
+        assert_eq!(Failure::cancelled("x").kind(), FailureKind::Cancelled);
+        assert_eq!(Failure::transient("boom").to_string(), "boom");
     }
 
     #[test]

@@ -960,6 +960,168 @@ mod tests {
         }
     }
 
+    /// One definition per rule, each broken in one way: exactly that error.
+    #[test]
+    fn every_rule_rejects_what_it_should_and_nothing_else() {
+        type Edit = fn(&mut ServerSpec);
+        let stdio: Vec<(Edit, Field, &str)> = vec![
+            (|s| s.command = "   ".into(), Field::Command, "command is required for stdio type"),
+            (|s| s.command = "a\0b".into(), Field::Command, "NUL"),
+            (|s| s.args = vec!["ok".into(), "x\0".into()], Field::Args, "NUL"),
+            (|s| _ = s.env.insert(String::new(), "v".into()), Field::Env, "invalid variable name"),
+            (|s| _ = s.env.insert("A=B".into(), "v".into()), Field::Env, "invalid variable name"),
+            (|s| _ = s.env.insert("A\0".into(), "v".into()), Field::Env, "invalid variable name"),
+            (|s| _ = s.env.insert("A".into(), "v\0".into()), Field::Env, "value of A"),
+            (|s| s.cwd = Some(String::new()), Field::Cwd, "must not be empty"),
+            (|s| s.pass_env = vec![String::new()], Field::PassEnv, "invalid variable name"),
+            (|s| s.pass_env = vec!["A=1".into()], Field::PassEnv, "invalid variable name"),
+            (|s| s.pass_env = vec!["A\0".into()], Field::PassEnv, "invalid variable name"),
+            (|s| s.timeout = Some(301), Field::Timeout, "between 1 and 300"),
+            (|s| s.tool_prefix = "_x".into(), Field::ToolPrefix, "must match"),
+            (|s| s.tool_prefix = "a.b".into(), Field::ToolPrefix, "must match"),
+            (|s| s.description = "d".repeat(501), Field::Description, "at most 500"),
+            (|s| s.name = "a".repeat(65), Field::Name, "at most 64"),
+            (|s| s.name = "_a".into(), Field::Name, "must match"),
+        ];
+        let remote: Vec<(Edit, Field, &str)> = vec![
+            (|s| s.url = String::new(), Field::Url, "url is required for streamable-http and sse types"),
+            (|s| s.url = "https://h/\u{7f}".into(), Field::Url, "control characters"),
+            (|s| _ = s.headers.insert("Bad Name".into(), "v".into()), Field::Headers, "invalid header name"),
+            (|s| _ = s.headers.insert(String::new(), "v".into()), Field::Headers, "invalid header name"),
+            (|s| _ = s.headers.insert("ACCEPT".into(), "v".into()), Field::Headers, "managed by the transport"),
+            (|s| _ = s.headers.insert("X".into(), "a\u{7f}".into()), Field::Headers, "visible ASCII"),
+            (|s| _ = s.headers.insert("X".into(), "a\nb".into()), Field::Headers, "visible ASCII"),
+            (|s| _ = s.headers.insert("X".into(), "é".into()), Field::Headers, "visible ASCII"),
+            (|s| s.command = "c".into(), Field::Command, "command field is only allowed"),
+            (|s| s.args = vec!["a".into()], Field::Args, "args field is only allowed"),
+            (|s| _ = s.env.insert("A".into(), "v".into()), Field::Env, "env field is only allowed"),
+            (|s| s.cwd = Some("/".into()), Field::Cwd, "cwd field is only allowed"),
+            (|s| s.inherit_env = false, Field::InheritEnv, "inherit_env field is only allowed"),
+            (|s| s.pass_env = vec!["A".into()], Field::PassEnv, "pass_env field is only allowed"),
+            (
+                |s| {
+                    s.auth = Some(AuthConfig {
+                        kind: AuthType::Oauth,
+                        authorization_server: Some(AuthorizationServer {
+                            issuer: "https://dex.example?x=1".into(),
+                            scopes: vec![],
+                        }),
+                        ..AuthConfig::default()
+                    })
+                },
+                Field::Auth,
+                "authorization_server.issuer must not end with",
+            ),
+            (
+                |s| {
+                    s.auth = Some(AuthConfig {
+                        kind: AuthType::Oauth,
+                        authorization_server: Some(AuthorizationServer { issuer: "http://dex".into(), scopes: vec![] }),
+                        ..AuthConfig::default()
+                    })
+                },
+                Field::Auth,
+                "must be an https:// URL",
+            ),
+            (
+                |s| {
+                    s.auth = Some(AuthConfig {
+                        token_exchange: Some(TokenExchange {
+                            enabled: true,
+                            token_endpoint: "http://dex/token".into(),
+                            expected_issuer: "https://dex".into(),
+                            ..TokenExchange::default()
+                        }),
+                        ..AuthConfig::default()
+                    })
+                },
+                Field::Auth,
+                "token_exchange.token_endpoint",
+            ),
+            (
+                |s| {
+                    s.auth = Some(AuthConfig {
+                        token_exchange: Some(TokenExchange {
+                            enabled: true,
+                            token_endpoint: "https://dex/token".into(),
+                            expected_issuer: "dex".into(),
+                            ..TokenExchange::default()
+                        }),
+                        ..AuthConfig::default()
+                    })
+                },
+                Field::Auth,
+                "token_exchange.expected_issuer",
+            ),
+            (
+                |s| {
+                    s.auth = Some(AuthConfig {
+                        token_exchange: Some(TokenExchange { connector_id: "1x".into(), ..TokenExchange::default() }),
+                        ..AuthConfig::default()
+                    })
+                },
+                Field::Auth,
+                "connector_id",
+            ),
+        ];
+        for (base, cases) in [
+            (ServerSpec::stdio("s", "echo"), stdio),
+            (ServerSpec::remote("r", ServerType::StreamableHttp, "https://x/mcp"), remote),
+        ] {
+            assert_eq!(base.validate(), Ok(()));
+            for (edit, field, text) in cases {
+                let mut spec = base.clone();
+                edit(&mut spec);
+                let errors = spec.validate().unwrap_err();
+                assert_eq!(errors.len(), 1, "{spec:?}: {errors:?}");
+                assert_eq!(errors[0].field, field, "{errors:?}");
+                assert!(errors[0].to_string().contains(text), "{text:?} not in {}", errors[0]);
+            }
+        }
+    }
+
+    /// The edges of each rule are accepted.
+    #[test]
+    fn the_edges_of_every_rule_are_accepted() {
+        let mut s = ServerSpec::stdio("a", "echo");
+        s.description = "d".repeat(500);
+        s.tool_prefix = "A-_9".into();
+        s.timeout = Some(1);
+        s.env.insert("A".into(), "value with = and spaces".into());
+        s.cwd = Some("/".into());
+        s.pass_env = vec!["HTTPS_PROXY".into()];
+        assert_eq!(s.validate(), Ok(()));
+        let mut r = ServerSpec::remote("9", ServerType::Sse, "http://h/p");
+        r.headers.insert("X-Tab".into(), "a\tb ~".into());
+        r.auth = Some(AuthConfig {
+            kind: AuthType::Oauth,
+            authorization_server: Some(AuthorizationServer { issuer: "https://dex.example".into(), scopes: vec![] }),
+            token_exchange: Some(TokenExchange { connector_id: "gh_1".into(), ..TokenExchange::default() }),
+            ..AuthConfig::default()
+        });
+        assert_eq!(r.validate(), Ok(()));
+        // A disabled token exchange needs no endpoints.
+        r.auth = Some(AuthConfig { token_exchange: Some(TokenExchange::default()), ..AuthConfig::default() });
+        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn type_names_and_defaults() {
+        for t in ServerType::ALL {
+            assert_eq!(ServerType::parse(t.as_str()), Ok(t));
+            assert_eq!(t.to_string(), t.as_str());
+            assert_eq!(t.as_str().parse::<ServerType>(), Ok(t));
+        }
+        assert!(
+            !ServerType::Stdio.is_remote() && ServerType::Sse.is_remote() && ServerType::StreamableHttp.is_remote()
+        );
+        assert_eq!(ServerType::Sse.default_timeout(), DEFAULT_REMOTE_TIMEOUT);
+        assert_eq!(Field::PassEnv.to_string(), "pass_env");
+        let e = ValidationError::new("api", Field::Url, "bad");
+        assert_eq!(e.to_string(), "server \"api\": url: bad");
+        assert_eq!(ValidationError::new("", Field::Url, "bad").to_string(), "url: bad");
+    }
+
     #[test]
     fn ports_and_hosts_must_be_valid() {
         for bad in ["http://127.0.0.1:99999/mcp", "http://h:65536", "http://h:port/x", "http://300.1.1.1/"] {

@@ -169,6 +169,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_server_shows_its_retry_error_and_counts() {
+        let t0 = crate::test_instant();
+        let wall0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let spec = ServerSpec::remote("api", ServerType::StreamableHttp, "https://x/mcp").validated().unwrap();
+        let mut l = Lifecycle::new(spec, Settings::default(), 0);
+        let t = l.handle(t0, Event::StartRequested);
+        let generation = t
+            .effects
+            .iter()
+            .find_map(|e| match e {
+                crate::Effect::Connect { generation, .. } => Some(*generation),
+                _other => None,
+            })
+            .unwrap();
+        let _ = l.handle(t0, Event::ConnectFailed { generation, failure: crate::Failure::transient("refused") });
+        let st = ServerStatus::new(&l, t0 + Duration::from_secs(1), wall0 + Duration::from_secs(1));
+        assert_eq!(st.next_retry_after, Some(1_700_000_030_000), "a time in the future");
+        assert_eq!(st.last_attempt, Some(1_700_000_000_000), "a time in the past");
+        assert_eq!((st.state, st.health, st.consecutive_failures), (State::Failed, Health::Unhealthy, 1));
+        assert_eq!(st.last_error.as_deref(), Some("refused"));
+        assert_eq!(st.last_failure, Some(FailureKind::Transient));
+        assert_eq!((st.client_ready, st.uptime_ms, st.timeout_secs), (false, None, 30));
+        // A wall clock before 1970 cannot be shown.
+        assert_eq!(wall_millis(t0, t0 + Duration::from_secs(5), UNIX_EPOCH), None);
+    }
+
+    #[test]
+    fn an_up_server_shows_its_uptime() {
+        let t0 = crate::test_instant();
+        let spec = ServerSpec::stdio("fs", "x").validated().unwrap();
+        let mut l = Lifecycle::new(spec, Settings::default(), 0);
+        let _ = l.handle(t0, Event::StartRequested);
+        let generation = l.attempt().unwrap();
+        let _ = l.handle(t0, Event::ConnectSucceeded { generation });
+        let st = ServerStatus::new(&l, t0 + Duration::from_millis(1500), UNIX_EPOCH + Duration::from_secs(9));
+        assert_eq!(st.uptime_ms, Some(1500));
+        assert!(st.client_ready);
+        assert_eq!((st.state, st.health), (State::Running, Health::Healthy));
+    }
+
+    #[test]
     fn times_are_wall_clock_millis() {
         let t0 = crate::test_instant();
         let wall0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

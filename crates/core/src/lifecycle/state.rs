@@ -12,39 +12,34 @@ use serde::{Deserialize, Serialize};
 /// Every move [`Lifecycle`](crate::Lifecycle) makes, and no other:
 ///
 /// ```text
-///                       start, restart, change (auto_start switched on)
-///      ┌───────────┐    grace over, retry due                    ┌────────────┐
-///      │ unknown   │ ──────────────────────────────────────────▶ │  starting  │
-///      │ stopped*  │ ◀────────────────────────────────────────── │            │
-///      └───────────┘          stop; restart, change (grace)      └────────────┘
-///          ▲  ▲                                                   │  │   │   │
-///          │  │ session closed                 connect succeeded  │  │   │   │ connect failed:
-///          │  │  (a restart's grace follows)                      ▼  │   │   │ transient, permanent
-///          │ ┌──────────┐  stop, restart,  ┌──────────────────┐      │   │   ▼
-///          │ │ stopping │ ◀──────────────  │ running*         │      │   │ ┌────────┐
-///          │ └──────────┘  change          │ healthy|unhealthy│      │   │ │ failed │
-///          │      ▲                        └──────────────────┘      │   │ └────────┘
-///          │      │ stop (a lost session       │   │  session lost,  │   │  N-th transient
-///          │      │  still closing)            │   │  N failed pings │   │  (remote) ┌─────────────┐
-///          │      │                            │   └──────────────── │ ──┼─────────▶ │ unreachable │
-///          │      │                            │      ▶ failed       │   │           └─────────────┘
-///          │      │                            │ 401 on a ping,      │   │ 401, 403 insufficient_scope
-///          │      │                            │ session lost (401)  ▼   ▼ (remote)
-///          │      │                            └───────────────▶ ┌───────────────┐
-///          │      └───────────────────────────────────────────── │ auth_required │
-///          │                                                     └───────────────┘
-///          └── stop, from failed, unreachable, auth_required, unknown (straight down)
-///
-///   failed, unreachable, auth_required ──▶ starting on start, restart or change
-///   (after a lost session is closed); failed and unreachable also when the retry is due.
-///
-///   Legend: running* is `running` (stdio) or `connected` (remote); stopped* is
-///   `stopped` (stdio) or `disconnected` (remote). "change" is a definition change
-///   that needs a restart (SPEC §8); "grace" is the restart grace period.
+///   unknown ──────────────┬─ start, restart, change (auto_start on) ──▶ starting
+///                         └─ stop ──────────────────────────────────▶ stopped*
+///   stopped* ──────────────── start, restart, change (auto_start on) ──▶ starting
+///   stopped* (grace) ──────── grace over ─────────────────────────────▶ starting
+///   starting ─────────────┬─ connected ─────────────────────────────▶ running*
+///                         ├─ failed: transient, permanent ──────────▶ failed
+///                         ├─ failed: N-th transient (remote) ───────▶ unreachable
+///                         ├─ failed: needs credentials (remote) ────▶ auth_required
+///                         ├─ stop ──────────────────────────────────▶ stopped*
+///                         └─ restart, change ───────────────────────▶ stopped* (grace)
+///   running* ─────────────┬─ stop, restart, change ─────────────────▶ stopping
+///                         ├─ lost; N pings failed ──────────────────▶ failed
+///                         └─ lost or pinged with 401 (remote) ──────▶ auth_required
+///   stopping ─────────────┬─ closed, after a stop ──────────────────▶ stopped*
+///                         └─ closed, in a restart ──────────────────▶ stopped* (grace)
+///   failed, unreachable ───── retry due ──────────────────────────────▶ starting
+///   failed, unreachable, ─┬─ start, restart, change ────────────────▶ starting
+///   auth_required         │    ... while a lost session closes ─────▶ stopping
+///                         └─ stop ──────────────────────────────────▶ stopped*
+///                              ... while a lost session closes ─────▶ stopping
 /// ```
 ///
-/// Health is `healthy` or `unhealthy` while running*, `unhealthy` in `failed`,
-/// and `unknown` everywhere else.
+/// Legend: `running*` is `running` (stdio) or `connected` (remote); `stopped*` is
+/// `stopped` (stdio) or `disconnected` (remote), and `stopped* (grace)` is that
+/// state between the stop and the start of a restart. "change" is a definition
+/// change that needs a restart (SPEC §8). "lost" is a session that died by itself;
+/// "N" is the setting's threshold. Health is `healthy` or `unhealthy` while
+/// `running*`, `unhealthy` in `failed`, and `unknown` everywhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
