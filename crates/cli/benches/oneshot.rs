@@ -68,6 +68,34 @@ fn serve(fixture: &str, switches: &[&str]) -> Server {
     Server(child, format!("{base}/mcp"))
 }
 
+/// The official Python SDK's server (tests/benches/python/server.py), if Python
+/// and the `mcp` package are there.
+fn serve_python() -> Option<Server> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/benches/python/server.py");
+    let importable = Command::new("python3").args(["-c", "import mcp.server.mcpserver"]).status().ok()?.success();
+    if !importable {
+        println!("(no Python SDK: `pip install mcp` to compare against its server)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = Server(child, format!("http://127.0.0.1:{port}/mcp"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
 fn compare(label: &str, goal: &str, roster: &[&str], bare_bin: &str, bare: &[&str]) {
     let (mut r, mut b) = (Vec::new(), Vec::new());
     let _ = run(ROSTER, roster);
@@ -99,6 +127,16 @@ fn main() {
 
     let ok = serve(&fixture, &[]);
     compare("tools over Streamable HTTP", "≤ 1.2x", &["tools", &ok.1], &bare, &["tools", &ok.1]);
+
+    if let Some(python) = serve_python() {
+        compare(
+            "tools over Streamable HTTP, Python SDK server",
+            "≤ 1.2x",
+            &["tools", &python.1],
+            &bare,
+            &["tools", &python.1],
+        );
+    }
 
     let locked = serve(&fixture, &["--unauthorized", "challenge"]);
     let (_, ok_exit) = run(ROSTER, &["ping", &locked.1]);

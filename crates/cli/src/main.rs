@@ -27,6 +27,8 @@ pub(crate) mod exit {
     pub(crate) const TOOL_ERROR: u8 = 1;
     /// `up`: servers did not stop within the shutdown timeout and were killed.
     pub(crate) const UNCLEAN: u8 = 1;
+    /// A command that prints and exits could not write all of its output.
+    pub(crate) const OUTPUT_LOST: u8 = 1;
     /// Bad usage, a bad configuration, or nothing to talk to.
     pub(crate) const USAGE: u8 = 2;
     /// The server wants credentials.
@@ -161,7 +163,11 @@ fn main() -> ExitCode {
             }
         }
     };
-    output::finish(DRAIN);
+    let lost = output::finish(DRAIN);
+    // A command that prints and exits says so when its output did not all reach
+    // stdout (a full disk); `up` warned as it went and keeps its own code.
+    let code =
+        if lost && code == exit::OK && matches!(mode, output::Mode::Blocking) { exit::OUTPUT_LOST } else { code };
     ExitCode::from(code)
 }
 

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 use std::io::{ErrorKind, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +57,10 @@ struct Streams {
 }
 
 static STREAMS: OnceLock<Streams> = OnceLock::new();
+
+/// Set when a line meant for stdout could not be written (a full disk; not a
+/// reader that went away, which is a normal end).
+static LOST: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy)]
 enum Which {
@@ -159,6 +163,9 @@ fn write_lines(which: Which, json: bool, rx: &Receiver<String>, dropped: &Atomic
                 {
                     err(format!("roster: warning: cannot write to stdout ({e}); output is lost until it can"));
                 }
+                if let Which::Stdout = which {
+                    LOST.store(true, Ordering::SeqCst);
+                }
                 dropped.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -217,18 +224,19 @@ pub(crate) async fn stdout_closed() {
     let _ = closed.wait_for(|c| *c).await;
 }
 
-/// Lets the writers finish what is queued, at most `limit` (a reader that stopped
-/// reading does not keep roster from exiting).
-pub(crate) fn finish(limit: Duration) {
-    let Some(streams) = STREAMS.get() else { return };
+/// Lets the writers finish what is queued, at most `limit` each (a reader that
+/// stopped reading does not keep roster from exiting). Stdout goes first: its
+/// writer may still have a warning for stderr. Answers whether any stdout line
+/// could not be written.
+pub(crate) fn finish(limit: Duration) -> bool {
+    let Some(streams) = STREAMS.get() else { return false };
     for stream in [&streams.out, &streams.err] {
         stream.tx.lock().unwrap_or_else(PoisonError::into_inner).take();
-    }
-    for stream in [&streams.out, &streams.err] {
         if let Some(done) = stream.done.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = done.recv_timeout(limit);
         }
     }
+    LOST.load(Ordering::SeqCst)
 }
 
 /// A writer for tracing: each formatted event is one queued message on stderr.

@@ -17,10 +17,18 @@ const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
 fn fixture() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "roster-tests", "--bin", "roster-fixture"])
-            .status()
-            .expect("cargo runs");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "roster-tests", "--bin", "roster-fixture"]);
+        // Cargo sets these for a test; build scripts (ring's) rerun when they change.
+        // Without them, this build and one from a shell share their artifacts
+        // instead of rebuilding in turn.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_PRIMARY_"].iter().any(|p| key.starts_with(p)) {
+                build.env_remove(&*key);
+            }
+        }
+        let status = build.status().expect("cargo runs");
         assert!(status.success(), "the fixture builds");
         let dir = Path::new(ROSTER).parent().expect("a target directory");
         dir.join("roster-fixture").display().to_string()
@@ -949,5 +957,36 @@ fn text_from_servers_is_shown_with_its_control_characters_escaped() {
     assert!(!line.contains('\u{1b}') && !line.contains('\u{7}'), "{line:?}");
     roster_tests::terminate(child.id());
     let _ = exit_within(&mut child, Duration::from_secs(15));
+    assert_gone(&tag);
+}
+
+#[test]
+fn commands_that_print_and_exit_take_a_closed_or_full_stdout_quietly() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &stdio_toml(&tag, "fs", &[]));
+    let config = config.to_str().unwrap();
+    let server = [fixture(), "stdio", "--tag", tag.as_str()];
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--config", config, "check"],
+        [&["tools", "--"][..], &server].concat(),
+        [&["--json", "tools", "--"][..], &server].concat(),
+        [&["ping", "--"][..], &server].concat(),
+        vec!["completions", "bash"],
+    ];
+    for args in &cases {
+        // `roster … | head -0`: the reader is gone before the first line.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(ROSTER).args(args).stdout(writer).output().unwrap();
+        assert_eq!((code(&out), stderr(&out)), (0, String::new()), "{args:?} into a closed pipe");
+        // `roster … > /dev/full`: one warning, and a code that says the output is lost.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(ROSTER).args(args).stdout(full).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(code(&out), 1, "{args:?} into a full disk: {err}");
+        assert_eq!(err.matches("cannot write to stdout").count(), 1, "{args:?}: one warning: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     assert_gone(&tag);
 }
