@@ -83,6 +83,8 @@ pub(crate) enum Format {
 pub(crate) struct Config {
     pub(crate) format: Format,
     pub(crate) servers: Vec<ValidSpec>,
+    /// `roster serve`: the servers' own call timeouts (`tool_timeout`).
+    pub(crate) tool_timeouts: BTreeMap<String, Duration>,
     pub(crate) supervisor: SupervisorConfig,
     pub(crate) http: HttpOptions,
     pub(crate) warnings: Vec<Diagnostic>,
@@ -205,10 +207,10 @@ pub(crate) fn parse(file: &str, text: &str, extension: Option<&str>) -> Result<C
     let json = matches!(extension, Some(e) if e.eq_ignore_ascii_case("json"));
     let root = if json { parse_json(text, &lines, &mut out) } else { parse_toml(text, &lines, &mut out) };
     let Some(root) = root else { return Err(out.errors) };
-    let (format, servers, supervisor, http) =
+    let Loaded { format, servers, tool_timeouts, supervisor, http } =
         if json { read_json(&root, &mut out) } else { read_toml(&root, &mut out) };
     if out.errors.is_empty() {
-        Ok(Config { format, servers, supervisor, http, warnings: out.warnings })
+        Ok(Config { format, servers, tool_timeouts, supervisor, http, warnings: out.warnings })
     } else {
         out.errors.sort_by_key(|d| d.pos);
         Err(out.errors)
@@ -308,7 +310,7 @@ fn toml_value<'a>(
     }
 }
 
-const SERVER_KEYS: [&str; 15] = [
+const SERVER_KEYS: [&str; 16] = [
     "type",
     "command",
     "args",
@@ -321,6 +323,7 @@ const SERVER_KEYS: [&str; 15] = [
     "auto_start",
     "timeout",
     "tool_prefix",
+    "tool_timeout",
     "description",
     "auth",
     "name",
@@ -352,7 +355,18 @@ fn unknown_key(key: &str, known: &[&str]) -> String {
     }
 }
 
-type Loaded = (Format, Vec<ValidSpec>, SupervisorConfig, HttpOptions);
+/// What a file defines, before the last checks.
+struct Loaded {
+    format: Format,
+    servers: Vec<ValidSpec>,
+    tool_timeouts: BTreeMap<String, Duration>,
+    supervisor: SupervisorConfig,
+    http: HttpOptions,
+}
+
+/// The range of `tool_timeout`.
+pub(crate) const TOOL_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
 
 fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
     let keys = root.keys().cloned().unwrap_or_default();
@@ -366,11 +380,15 @@ fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
         None => (SupervisorConfig::default(), HttpOptions::default(), None),
     };
     let mut servers = Vec::new();
+    let mut tool_timeouts = BTreeMap::new();
     if let Some((_, node)) = keys.get("servers") {
         match node.keys() {
             Some(entries) => {
                 for (name, (pos, server)) in entries {
-                    if let Some(spec) = read_server(name, *pos, server, Dialect::Roster, default_auto_start, out) {
+                    if let Some((spec, tool_timeout)) =
+                        read_server(name, *pos, server, Dialect::Roster, default_auto_start, out)
+                    {
+                        tool_timeouts.extend(tool_timeout.map(|t| (spec.name.clone(), t)));
                         servers.push(spec);
                     }
                 }
@@ -378,7 +396,7 @@ fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
             None => out.error(node.pos, None, "`servers` must be a table of servers"),
         }
     }
-    (Format::RosterToml, servers, supervisor, http)
+    Loaded { format: Format::RosterToml, servers, tool_timeouts, supervisor, http }
 }
 
 fn duration(value: &Value) -> Result<Duration, String> {
@@ -560,7 +578,7 @@ fn read_server(
     dialect: Dialect,
     default_auto_start: Option<bool>,
     out: &mut Diagnostics,
-) -> Option<ValidSpec> {
+) -> Option<(ValidSpec, Option<Duration>)> {
     let server = Some(name);
     let Some(keys) = node.keys() else {
         out.error(pos, server, "must be a table of settings");
@@ -602,6 +620,7 @@ fn read_server(
         }
     };
     let mut spec = ServerSpec::empty(name, server_type);
+    let mut tool_timeout = None;
     spec.auto_start = match dialect {
         Dialect::Roster => default_auto_start.unwrap_or(false),
         // The clients that own these files start every server unless disabled.
@@ -643,6 +662,11 @@ fn read_server(
             ("pass_env", Dialect::Roster) => set(&mut spec.pass_env, v, &mut field),
             ("auto_start", Dialect::Roster) => set(&mut spec.auto_start, v, &mut field),
             ("tool_prefix", Dialect::Roster) => set(&mut spec.tool_prefix, v, &mut field),
+            ("tool_timeout", Dialect::Roster) => match duration(&v) {
+                Ok(d) if TOOL_TIMEOUT_RANGE.contains(&d) => tool_timeout = Some(d),
+                Ok(d) => out.error(*kpos, server, format!("tool_timeout: must be between 1s and 24h, got {d:?}")),
+                Err(message) => out.error(*kpos, server, format!("tool_timeout: {message}")),
+            },
             ("disabled", Dialect::Client) => {
                 let mut disabled = false;
                 set(&mut disabled, v, &mut field);
@@ -677,7 +701,7 @@ fn read_server(
     if out.errors.len() > before {
         return None;
     }
-    checked.ok()
+    checked.ok().map(|spec| (spec, tool_timeout))
 }
 
 fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, on_error: &mut impl FnMut(serde_json::Error)) {
@@ -820,7 +844,13 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
             None,
             "expected a JSON object with `mcpServers` (Claude Desktop, Cursor) or `servers` (VS Code)",
         );
-        return (Format::McpServersJson, Vec::new(), defaults.0, defaults.1);
+        return Loaded {
+            format: Format::McpServersJson,
+            servers: Vec::new(),
+            tool_timeouts: BTreeMap::new(),
+            supervisor: defaults.0,
+            http: defaults.1,
+        };
     };
     let (format, key) = if keys.contains_key("mcpServers") {
         (Format::McpServersJson, "mcpServers")
@@ -832,7 +862,13 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
             None,
             "expected a JSON object with `mcpServers` (Claude Desktop, Cursor) or `servers` (VS Code)",
         );
-        return (Format::McpServersJson, Vec::new(), defaults.0, defaults.1);
+        return Loaded {
+            format: Format::McpServersJson,
+            servers: Vec::new(),
+            tool_timeouts: BTreeMap::new(),
+            supervisor: defaults.0,
+            http: defaults.1,
+        };
     };
     for (other, (pos, _)) in keys.iter().filter(|(k, _)| k.as_str() != key) {
         let note =
@@ -844,14 +880,14 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
     match node.keys() {
         Some(entries) => {
             for (name, (spos, server)) in entries {
-                if let Some(spec) = read_server(name, *spos, server, Dialect::Client, None, out) {
+                if let Some((spec, _)) = read_server(name, *spos, server, Dialect::Client, None, out) {
                     servers.push(spec);
                 }
             }
         }
         None => out.error(*pos, None, format!("`{key}` must be an object of servers")),
     }
-    (format, servers, defaults.0, defaults.1)
+    Loaded { format, servers, tool_timeouts: BTreeMap::new(), supervisor: defaults.0, http: defaults.1 }
 }
 
 #[cfg(test)]

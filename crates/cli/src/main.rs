@@ -16,6 +16,7 @@ mod control;
 mod oneshot;
 mod output;
 mod paths;
+mod serve;
 mod up;
 
 /// Exit codes, stable for scripts.
@@ -76,7 +77,16 @@ pub(crate) enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// The status of every server of a running `up`.
+    /// Supervise like `up`, and serve one MCP server in front of every server
+    /// (over stdio, or Streamable HTTP with --http): what an MCP client runs.
+    Serve {
+        /// Do not reload the configuration when the file changes.
+        #[arg(long)]
+        no_watch: bool,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
+    /// The status of every server of a running `up` or `serve`.
     Status,
     /// Start a server of a running `up`.
     Start {
@@ -143,7 +153,7 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mode = match cli.command {
-        Command::Up { .. } => output::Mode::Lossy,
+        Command::Up { .. } | Command::Serve { .. } => output::Mode::Lossy,
         _ => output::Mode::Blocking,
     };
     output::init(mode, cli.json);
@@ -174,7 +184,8 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Check => up::check(cli),
-        Command::Up { no_watch } => up::up(cli, !*no_watch).await,
+        Command::Up { no_watch } => up::up(cli, !*no_watch, None).await,
+        Command::Serve { no_watch, args } => up::up(cli, !*no_watch, Some(args)).await,
         Command::Status => control::status(cli).await,
         Command::Start { name } => control::act(cli, "start", name).await,
         Command::Stop { name } => control::act(cli, "stop", name).await,

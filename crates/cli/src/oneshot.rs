@@ -133,7 +133,7 @@ fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
 fn interrupted(stop: crate::up::Stop) -> u8 {
     output::err(format!("roster: {}; the server was closed", stop.describe()));
     match stop {
-        crate::up::Stop::Interrupt | crate::up::Stop::StdoutClosed => 130,
+        crate::up::Stop::Interrupt | crate::up::Stop::StdoutClosed | crate::up::Stop::ClientGone => 130,
         crate::up::Stop::Terminate => 143,
         crate::up::Stop::Hangup => 129,
     }

@@ -17,8 +17,12 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use roster_serve::{Gateway, GatewayOptions, Hub};
+use roster_transport::mcp::Relay;
+
 use crate::config::{self, Config, Diagnostic};
 use crate::output::{self, Tone, escape, paint};
+use crate::serve::ServeArgs;
 use crate::{Cli, control, exit, paths};
 
 /// How long an editor's burst of writes is given to settle before a reload.
@@ -28,14 +32,18 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// After a second signal: how long the kills are given to be reported.
 const FORCE_GRACE: Duration = Duration::from_secs(3);
 
-/// Every transport, the remote ones on one set of shared HTTP clients.
-pub(crate) fn transports(options: HttpOptions) -> Result<Transports, String> {
+/// Every transport, the remote ones on one set of shared HTTP clients; what the
+/// servers send back goes to `relay` (`roster serve`).
+pub(crate) fn transports(options: HttpOptions, relay: Option<Arc<dyn Relay>>) -> Result<Transports, String> {
     let clients = HttpClients::new(options).map_err(|e| e.to_string())?;
-    Ok(Transports::new(
-        Arc::new(StdioConnector::new()),
-        Arc::new(HttpConnector::new(clients.clone())),
-        Arc::new(SseConnector::new(clients)),
-    ))
+    let (mut stdio, mut http, mut sse) =
+        (StdioConnector::new(), HttpConnector::new(clients.clone()), SseConnector::new(clients));
+    if let Some(relay) = relay {
+        stdio = stdio.with_relay(relay.clone());
+        http = http.with_relay(relay.clone());
+        sse = sse.with_relay(relay);
+    }
+    Ok(Transports::new(Arc::new(stdio), Arc::new(http), Arc::new(sse)))
 }
 
 /// The one transport a one-shot needs: a stdio one-shot builds no HTTP client.
@@ -143,11 +151,17 @@ struct Printer {
     color: bool,
     /// The longest server name, to align event lines.
     width: usize,
+    /// `roster serve` over stdio: stdout is the MCP channel, so everything goes to stderr.
+    to_stderr: bool,
 }
 
 impl Printer {
+    fn line(&self, text: String) {
+        if self.to_stderr { output::err(text) } else { output::out(text) }
+    }
+
     fn event(&self, received: &Received) {
-        output::out(match received {
+        self.line(match received {
             Received::Event(e) if self.json => json!({"event": **e}).to_string(),
             Received::Event(e) => output::event_line(e, self.width, self.color),
             Received::Missed(n) if self.json => json!({"missed": n}).to_string(),
@@ -156,23 +170,25 @@ impl Printer {
     }
 
     fn note(&self, text: &str) {
-        output::out(if self.json { json!({"note": text}).to_string() } else { paint(text, Tone::Dim, self.color) });
+        self.line(if self.json { json!({"note": text}).to_string() } else { paint(text, Tone::Dim, self.color) });
     }
 
     fn table(&self, sup: &Supervisor) {
         if self.json {
-            output::out(json!({"servers": sup.status()}).to_string());
+            self.line(json!({"servers": sup.status()}).to_string());
         } else {
-            output::out_lines(&output::status_table(&sup.status(), self.color));
+            for line in output::status_table(&sup.status(), self.color).lines() {
+                self.line(line.to_owned());
+            }
         }
     }
 
     fn plan(&self, label: &str, plan: &roster_supervisor::Plan) {
         if self.json {
-            output::out(json!({"plan": plan}).to_string());
+            self.line(json!({"plan": plan}).to_string());
         } else {
             for line in output::plan_lines(plan) {
-                output::out(paint(&format!("{label}: {line}"), Tone::Dim, self.color));
+                self.line(paint(&format!("{label}: {line}"), Tone::Dim, self.color));
             }
         }
     }
@@ -187,6 +203,8 @@ pub(crate) enum Stop {
     Hangup,
     /// Nobody reads stdout any more.
     StdoutClosed,
+    /// `roster serve`: the MCP client went away (closed stdin).
+    ClientGone,
 }
 
 impl Stop {
@@ -196,6 +214,7 @@ impl Stop {
             Stop::Terminate => "terminated",
             Stop::Hangup => "the terminal closed (SIGHUP)",
             Stop::StdoutClosed => "stdout was closed",
+            Stop::ClientGone => "the MCP client disconnected",
         }
     }
 }
@@ -278,8 +297,9 @@ struct Reloader {
 type Reload<'a> = Pin<Box<dyn Future<Output = Reloader> + 'a>>;
 
 /// `roster up`: supervise in the foreground until Ctrl-C, SIGTERM, SIGHUP, or
-/// stdout closing.
-pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
+/// stdout closing. With `serve`, `roster serve`: the same, and one MCP server in
+/// front of every server, until the client goes too.
+pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 {
     // From the very start: a Ctrl-C during start-up is not lost.
     let mut stops = match stops() {
         Ok(s) => s,
@@ -362,7 +382,8 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
             return exit::USAGE;
         }
     }
-    let transports = match transports(config.http) {
+    let hub = serve.map(|_| Hub::new());
+    let transports = match transports(config.http, hub.clone().map(|h| h as Arc<dyn Relay>)) {
         Ok(t) => t,
         Err(e) => {
             output::err(format!("roster: {e}"));
@@ -374,7 +395,9 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
     let sup = Arc::new(Supervisor::new(Arc::new(transports), config.supervisor));
     let mut events = sup.subscribe();
     let width = config.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let printer = Printer { json: cli.json, color: output::stdout_color(), width };
+    let to_stderr = serve.is_some_and(ServeArgs::over_stdio);
+    let color = if to_stderr { output::stderr_color() } else { output::stdout_color() };
+    let printer = Printer { json: cli.json, color, width, to_stderr };
     printer.note(&format!(
         "roster {}: {} servers from {}; control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -386,6 +409,17 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         printer.note(&format!("cannot watch {} for changes ({e}); reload by restarting", cli.config.display()));
     }
     let starting = config.servers.iter().filter(|s| s.auto_start).count();
+    // The gateway first: it sees every event from the first start on.
+    let gateway = match (serve, hub) {
+        (Some(_), Some(hub)) => {
+            let gateway = Gateway::new(sup.clone(), hub, GatewayOptions::default());
+            gateway.set_tool_timeouts(config.tool_timeouts.clone());
+            let sync = gateway.clone();
+            tokio::spawn(async move { sync.run().await });
+            Some(gateway)
+        }
+        _ => None,
+    };
     if let Err(errors) = sup.apply(config.servers).await {
         for e in errors {
             output::err(format!("roster: {e}"));
@@ -396,6 +430,26 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         printer.note("no server starts on its own: set auto_start = true (per server, or in [defaults]), or run `roster start NAME`");
     }
     let control = tokio::spawn(control::serve(listener, sup.clone(), cli.config.clone()));
+    let mut endpoint = match (serve, gateway.clone()) {
+        (Some(args), Some(gateway)) => match crate::serve::start(gateway, args).await {
+            Ok(endpoint) => {
+                printer.note(&format!("serving MCP on {}", endpoint.address));
+                Some(endpoint)
+            }
+            Err(e) => {
+                output::err(format!("roster: {e}"));
+                sup.shutdown().await;
+                control.abort();
+                let _ = std::fs::remove_file(&socket);
+                return exit::USAGE;
+            }
+        },
+        _ => None,
+    };
+    let client_gone = async |endpoint: &mut Option<crate::serve::Endpoint>| match endpoint {
+        Some(e) => (&mut e.ended).await,
+        None => std::future::pending().await,
+    };
 
     // Let the first starts settle (at most SETTLE), then show where things stand.
     let mut stopped: Option<Stop> = None;
@@ -405,6 +459,10 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
             Some(received) = events.recv() => printer.event(&received),
             Some(stop) = stops.recv() => {
                 stopped = Some(stop);
+                break;
+            }
+            () = client_gone(&mut endpoint) => {
+                stopped = Some(Stop::ClientGone);
                 break;
             }
             () = tokio::time::sleep(Duration::from_millis(50)) => {
@@ -427,6 +485,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         tokio::select! {
             Some(received) = events.recv() => printer.event(&received),
             Some(stop) = stops.recv() => stopped = Some(stop),
+            () = client_gone(&mut endpoint) => stopped = Some(Stop::ClientGone),
             Some(()) = async { file_watch.as_mut()?.changed.recv().await }, if file_watch.is_some() => {
                 // Editors write in steps: wait until the file holds still.
                 due = Some(tokio::time::Instant::now() + DEBOUNCE);
@@ -434,7 +493,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
             () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
                 due = None;
                 match reloader.take() {
-                    Some(r) => reloading = Some(Box::pin(reload(cli, &sup, printer, (running_config, running_http), r))),
+                    Some(r) => reloading = Some(Box::pin(reload(cli, &sup, gateway.as_ref(), printer, (running_config, running_http), r))),
                     None => again = true,
                 }
             }
@@ -448,6 +507,9 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
         }
     }
     drop(reloading);
+    if let Some(endpoint) = &endpoint {
+        endpoint.stop.cancel();
+    }
     let stop = stopped.unwrap_or(Stop::Terminate);
     printer.note(&format!(
         "{}: stopping {} servers (Ctrl-C again to kill them now)",
@@ -484,6 +546,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool) -> u8 {
 async fn reload(
     cli: &Cli,
     sup: &Supervisor,
+    gateway: Option<&Gateway>,
     printer: Printer,
     running: (SupervisorConfig, HttpOptions),
     mut state: Reloader,
@@ -512,6 +575,9 @@ async fn reload(
             print_warnings(cli, &config);
             if (config.supervisor, config.http) != running {
                 printer.note("reload: [defaults] changed; they apply when `roster up` starts again");
+            }
+            if let Some(gateway) = gateway {
+                gateway.set_tool_timeouts(config.tool_timeouts);
             }
             match sup.apply(config.servers).await {
                 Ok(plan) => printer.plan("reload", &plan),

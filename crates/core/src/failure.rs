@@ -495,6 +495,9 @@ mod tests {
         assert_eq!(all[0].param("error"), Some("e"));
         let all = parse_www_authenticate("\"quoted\" Bearer, Basic realm=x");
         assert!(all.iter().any(|c| c.scheme == "Basic" && c.param("realm") == Some("x")), "{all:?}");
+        // A comma inside a skipped quoted string does not end the skipped item.
+        let all = parse_www_authenticate(r#""x, Evil realm=y", Basic realm=x"#);
+        assert_eq!(all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["Basic"], "{all:?}");
     }
 
     #[test]

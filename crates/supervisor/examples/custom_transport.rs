@@ -74,7 +74,8 @@ impl Connector for InProcess {
         });
         let (read, write) = tokio::io::split(client_end);
         let cancel = CancellationToken::new();
-        let handshake = mcp::client_config(mcp::PROTOCOL_VERSION).serve_with_ct((read, write), cancel.clone());
+        let handshake =
+            mcp::Client::new("in-process", mcp::PROTOCOL_VERSION, None).serve_with_ct((read, write), cancel.clone());
         let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
             Ok(Ok(running)) => running,
             Ok(Err(e)) => return Err(mcp::classify_init(&e, format!("initialize failed: {e}"))),

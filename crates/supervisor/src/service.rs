@@ -106,11 +106,36 @@ struct Snapshot {
     latest: Option<Arc<dyn Session>>,
 }
 
+/// Names one session of one service; never reused within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId {
+    instance: u64,
+    generation: Generation,
+}
+
+/// A live session, as [`Service::live`] reads it.
+#[derive(Clone)]
+pub struct Live {
+    /// Which session it is.
+    pub id: SessionId,
+    /// The session (its rmcp peer, its error classification).
+    pub session: Arc<dyn Session>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
 /// A handle to one supervised server. Cheap to clone; the server's task stops
 /// the server and ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct Service {
     name: Arc<str>,
+    /// Unique among the services of this process: a server removed and added
+    /// again is another service, whose generations start again.
+    instance: u64,
     commands: mpsc::UnboundedSender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     hook: Arc<RwLock<Option<AuthHook>>>,
@@ -148,7 +173,9 @@ impl Service {
         let (actor, report_rx, snapshot_rx) = Actor::new(lifecycle, shared.clone(), hook.clone());
         let span = tracing::info_span!("server", name = %name);
         tokio::spawn(actor.run(command_rx, report_rx).instrument(span));
-        Service { name, commands, snapshot: snapshot_rx, hook, shared }
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Service { name, instance, commands, snapshot: snapshot_rx, hook, shared }
     }
 
     /// Installs the auth-required hook (SPEC §3.5), replacing any earlier one.
@@ -332,6 +359,15 @@ impl Service {
     /// The rmcp client peer of the live session, for listing and calling tools.
     pub fn client(&self) -> Option<Peer<RoleClient>> {
         self.snapshot.borrow().session.as_ref().and_then(|s| s.peer())
+    }
+
+    /// The live session, read at once with its identity: for a host that keeps
+    /// something per session (the tools it listed) and must notice a new one.
+    pub fn live(&self) -> Option<Live> {
+        let snapshot = self.snapshot.borrow();
+        let generation = snapshot.lifecycle.session()?;
+        let session = snapshot.session.clone()?;
+        Some(Live { id: SessionId { instance: self.instance, generation }, session })
     }
 
     /// How often a running server is probed.

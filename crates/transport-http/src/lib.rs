@@ -33,7 +33,7 @@ use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfi
 use roster_core::{Failure, ServerSpec};
 use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
 use roster_http::{BuildError, HttpClients, InvalidHeader, header_map};
-use roster_transport::mcp::{self, McpClient};
+use roster_transport::mcp::{self, McpClient, Relay};
 use roster_transport::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -177,15 +177,29 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
 }
 
 /// Connects to Streamable HTTP servers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpConnector {
     clients: HttpClients,
+    relay: Option<Arc<dyn Relay>>,
+}
+
+impl std::fmt::Debug for HttpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConnector").field("clients", &self.clients).finish_non_exhaustive()
+    }
 }
 
 impl HttpConnector {
     /// A connector on `clients` (share them across a supervisor).
     pub fn new(clients: HttpClients) -> HttpConnector {
-        HttpConnector { clients }
+        HttpConnector { clients, relay: None }
+    }
+
+    /// The same, passing what servers send to roster on to `relay`.
+    #[must_use]
+    pub fn with_relay(mut self, relay: Arc<dyn Relay>) -> HttpConnector {
+        self.relay = Some(relay);
+        self
     }
 
     /// A connector on clients of its own with default options.
@@ -211,7 +225,8 @@ impl HttpConnector {
         let backend = Backend::new(client, options.request_timeout, options.max_message_size, Arc::new(fault_tx));
         let transport = StreamableHttpClientTransport::with_client(backend, config);
         let cancel = CancellationToken::new();
-        let handshake = mcp::client_config(mcp::PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
+        let handshake = mcp::Client::new(&spec.name, mcp::PROTOCOL_VERSION, self.relay.clone())
+            .serve_with_ct(transport, cancel.clone());
         let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
             Ok(Ok(running)) => running,
             Ok(Err(e)) => return Err(HttpError::Initialize(Box::new(e))),

@@ -29,7 +29,7 @@ use rmcp::transport::Transport;
 use roster_core::{Failure, ServerSpec};
 use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
 use roster_http::{BuildError, EventStreamError, HttpClients, HttpOptions, InvalidHeader, header_map, limit_events};
-use roster_transport::mcp::{self, McpClient};
+use roster_transport::mcp::{self, McpClient, Relay};
 use roster_transport::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -408,15 +408,29 @@ impl Drop for SseTransport {
 }
 
 /// Connects to legacy SSE servers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SseConnector {
     clients: HttpClients,
+    relay: Option<Arc<dyn Relay>>,
+}
+
+impl std::fmt::Debug for SseConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseConnector").field("clients", &self.clients).finish_non_exhaustive()
+    }
 }
 
 impl SseConnector {
     /// A connector on `clients` (share them across a supervisor).
     pub fn new(clients: HttpClients) -> SseConnector {
-        SseConnector { clients }
+        SseConnector { clients, relay: None }
+    }
+
+    /// The same, passing what servers send to roster on to `relay`.
+    #[must_use]
+    pub fn with_relay(mut self, relay: Arc<dyn Relay>) -> SseConnector {
+        self.relay = Some(relay);
+        self
     }
 
     /// A connector on clients of its own with default options.
@@ -437,7 +451,8 @@ impl SseConnector {
         let transport = SseTransport::connect(client, &spec.url, headers, deadline, self.clients.options()).await?;
         let ended = transport.ended();
         let cancel = CancellationToken::new();
-        let handshake = mcp::client_config(PROTOCOL_VERSION).serve_with_ct(transport, cancel.clone());
+        let handshake =
+            mcp::Client::new(&spec.name, PROTOCOL_VERSION, self.relay.clone()).serve_with_ct(transport, cancel.clone());
         let running = match tokio::time::timeout_at(deadline.into(), handshake).await {
             Ok(Ok(running)) => running,
             // The stream's own end says more than the handshake's failure.

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use rmcp::RoleClient;
 use rmcp::service::{Peer, ServiceError, ServiceExt};
 use roster_core::{Failure, ServerSpec};
-use roster_transport::mcp::{self, McpClient};
+use roster_transport::mcp::{self, McpClient, Relay};
 use roster_transport::{BoxFuture, CloseError, Connector, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -68,9 +68,16 @@ impl Default for StdioOptions {
 }
 
 /// Connects to stdio servers by spawning them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct StdioConnector {
     options: StdioOptions,
+    relay: Option<Arc<dyn Relay>>,
+}
+
+impl std::fmt::Debug for StdioConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioConnector").field("options", &self.options).finish_non_exhaustive()
+    }
 }
 
 impl StdioConnector {
@@ -81,7 +88,14 @@ impl StdioConnector {
 
     /// A connector with other close timings.
     pub fn with_options(options: StdioOptions) -> StdioConnector {
-        StdioConnector { options }
+        StdioConnector { options, relay: None }
+    }
+
+    /// The same, passing what servers send to roster on to `relay`.
+    #[must_use]
+    pub fn with_relay(mut self, relay: Arc<dyn Relay>) -> StdioConnector {
+        self.relay = Some(relay);
+        self
     }
 
     /// Spawns the server and completes the MCP handshake before `deadline`.
@@ -112,7 +126,8 @@ impl StdioConnector {
         tokio::spawn(process::watch_exit(child, group.clone(), cancel.clone(), exit_tx));
         debug!(pid, command = %spec.command, "spawned");
 
-        let handshake = mcp::client_config(mcp::PROTOCOL_VERSION).serve_with_ct((stdout, stdin), cancel.clone());
+        let handshake = mcp::Client::new(&spec.name, mcp::PROTOCOL_VERSION, self.relay.clone())
+            .serve_with_ct((stdout, stdin), cancel.clone());
         let mut exited = exit.clone();
         let outcome = tokio::select! {
             outcome = tokio::time::timeout_at(deadline.into(), handshake) => outcome,

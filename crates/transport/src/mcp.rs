@@ -1,12 +1,25 @@
-//! Small pieces of MCP client plumbing every adapter shares.
+//! Small pieces of MCP client plumbing every adapter shares: the client roster is
+//! to every server ([`Client`]), with a [`Relay`] for what a server sends back.
 
+// Sampling, roots and logging are deprecated by SEP-2577 (protocol 2026-07-28);
+// roster speaks 2025-11-25 and older, where they are current, and relays them.
+#![allow(deprecated)]
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::RoleClient;
+use async_trait::async_trait;
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest, ProtocolVersion, ServerResult,
+    CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest, CreateMessageRequestParams,
+    CreateMessageResult, ElicitRequestParams, ElicitResult, ErrorData, Implementation, ListRootsResult,
+    LoggingMessageNotificationParam, PingRequest, ProgressNotificationParam, ProtocolVersion, RequestId,
+    ResourceUpdatedNotificationParam, ServerResult,
 };
-use rmcp::service::{ClientInitializeError, Peer, PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::{
+    ClientInitializeError, InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext,
+    RunningService, ServiceError,
+};
+use rmcp::{ClientHandler, RoleClient};
 use roster_core::Failure;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +35,179 @@ pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2025_11_25;
 pub fn client_config(version: ProtocolVersion) -> ClientConfig {
     ClientConfig::new(ClientCapabilities::default(), Implementation::new("roster", env!("CARGO_PKG_VERSION")))
         .with_protocol_version(version)
+}
+
+/// Where the requests and notifications a server sends to roster (its client)
+/// go: `roster serve` passes them on to the MCP client it serves. Without a relay
+/// roster answers as a plain client (no sampling, no elicitation, no roots) and
+/// drops the notifications.
+#[async_trait]
+pub trait Relay: Send + Sync + 'static {
+    /// The client capabilities roster declares to every server, beyond a plain
+    /// client's (sampling, elicitation, roots).
+    fn capabilities(&self) -> ClientCapabilities;
+
+    /// A notification from `server`.
+    fn notify(&self, server: &str, notice: Notice);
+
+    /// `sampling/createMessage` from `server`.
+    ///
+    /// # Errors
+    /// The MCP error to answer with.
+    async fn create_message(
+        &self,
+        server: &str,
+        origin: Option<RequestId>,
+        params: CreateMessageRequestParams,
+    ) -> Result<CreateMessageResult, ErrorData>;
+
+    /// `elicitation/create` from `server`.
+    ///
+    /// # Errors
+    /// The MCP error to answer with.
+    async fn create_elicitation(
+        &self,
+        server: &str,
+        origin: Option<RequestId>,
+        params: ElicitRequestParams,
+    ) -> Result<ElicitResult, ErrorData>;
+
+    /// `roots/list` from `server`.
+    ///
+    /// # Errors
+    /// The MCP error to answer with.
+    async fn list_roots(&self, server: &str, origin: Option<RequestId>) -> Result<ListRootsResult, ErrorData>;
+}
+
+/// The request roster sent to a server that a request from the server belongs
+/// to, where the transport can tell (Streamable HTTP: the server's request came
+/// on that request's response stream). Over stdio and SSE it cannot.
+fn origin(context: &RequestContext<RoleClient>) -> Option<RequestId> {
+    match context.extensions.get::<InboundStreamOrigin>() {
+        Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id.clone()),
+        Some(InboundStreamOrigin::Unassociated) | None => None,
+    }
+}
+
+/// A notification a server sent to roster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// `notifications/progress`, for a request roster sent.
+    Progress(ProgressNotificationParam),
+    /// `notifications/message`: a log line.
+    Log(LoggingMessageNotificationParam),
+    /// `notifications/cancelled`: the server gave up on a request it sent.
+    Cancelled(CancelledNotificationParam),
+    /// `notifications/resources/updated`.
+    ResourceUpdated(ResourceUpdatedNotificationParam),
+    /// `notifications/tools/list_changed`.
+    ToolsChanged,
+    /// `notifications/prompts/list_changed`.
+    PromptsChanged,
+    /// `notifications/resources/list_changed`.
+    ResourcesChanged,
+}
+
+/// roster as the client of one server: rmcp's handler for the session, passing
+/// what the server sends on to the [`Relay`], if there is one.
+#[derive(Clone)]
+pub struct Client {
+    config: ClientConfig,
+    server: Arc<str>,
+    relay: Option<Arc<dyn Relay>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("server", &self.server).field("relay", &self.relay.is_some()).finish()
+    }
+}
+
+impl Client {
+    /// The client of `server`, offering `version`.
+    pub fn new(server: &str, version: ProtocolVersion, relay: Option<Arc<dyn Relay>>) -> Client {
+        let mut config = client_config(version);
+        if let Some(relay) = &relay {
+            config.capabilities = relay.capabilities();
+        }
+        Client { config, server: server.into(), relay }
+    }
+
+    fn pass(&self, notice: Notice) {
+        if let Some(relay) = &self.relay {
+            relay.notify(&self.server, notice);
+        }
+    }
+}
+
+fn no_relay(what: &str) -> ErrorData {
+    ErrorData::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, format!("roster does not handle {what} here"), None)
+}
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        self.config.clone()
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let Some(relay) = &self.relay else { return Err(no_relay("sampling/createMessage")) };
+        tokio::select! {
+            answer = relay.create_message(&self.server, origin(&context), params) => answer,
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let Some(relay) = &self.relay else { return Err(no_relay("elicitation/create")) };
+        tokio::select! {
+            answer = relay.create_elicitation(&self.server, origin(&context), params) => answer,
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+        }
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        let Some(relay) = &self.relay else { return Ok(ListRootsResult::default()) };
+        tokio::select! {
+            answer = relay.list_roots(&self.server, origin(&context)) => answer,
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+        }
+    }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::Progress(params));
+    }
+
+    async fn on_logging_message(&self, params: LoggingMessageNotificationParam, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::Log(params));
+    }
+
+    async fn on_cancelled(&self, params: CancelledNotificationParam, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::Cancelled(params));
+    }
+
+    async fn on_resource_updated(&self, params: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::ResourceUpdated(params));
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::ToolsChanged);
+    }
+
+    async fn on_prompt_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::PromptsChanged);
+    }
+
+    async fn on_resource_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.pass(Notice::ResourcesChanged);
+    }
 }
 
 /// The handshake's protocol-level failures, the same for every transport: a
@@ -83,7 +269,7 @@ pub struct McpClient {
 
 impl McpClient {
     /// Takes over `running`, which was served with `cancel`.
-    pub fn new(running: RunningService<RoleClient, ClientConfig>, cancel: CancellationToken) -> McpClient {
+    pub fn new(running: RunningService<RoleClient, Client>, cancel: CancellationToken) -> McpClient {
         let peer = running.peer().clone();
         let (tx, ended) = watch::channel(false);
         tokio::spawn(async move {

@@ -1,0 +1,176 @@
+//! `roster serve`: `up`'s supervision, with one MCP server in front of every
+//! supervised server (the gateway of `roster-serve`), over stdio or Streamable
+//! HTTP. This module only wires the gateway to its transport.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::ServiceExt;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use roster_serve::Gateway;
+use tokio_util::sync::CancellationToken;
+
+/// `roster serve`'s own options.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Serve over Streamable HTTP on ADDR (for example 127.0.0.1:8931) at `/mcp`,
+    /// instead of over stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
+    /// With --http: a Host the endpoint answers to, besides localhost, 127.0.0.1
+    /// and ::1 (DNS-rebinding protection). Repeatable.
+    #[arg(long = "allow-host", value_name = "HOST", requires = "http")]
+    pub(crate) allow_hosts: Vec<String>,
+    /// With --http: a browser Origin allowed to call the endpoint, with its
+    /// scheme (`http://localhost:*`). Requests with any other Origin are refused.
+    /// Repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "http")]
+    pub(crate) allow_origins: Vec<String>,
+    /// With --http: clients must send `Authorization: Bearer <token>`, the token
+    /// read from this file (its first line).
+    #[arg(long, value_name = "PATH", requires = "http", conflicts_with = "token_env")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// With --http: the same, the token read from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "http")]
+    pub(crate) token_env: Option<String>,
+}
+
+impl ServeArgs {
+    /// Over stdio: stdout is the MCP channel, so nothing else may be printed there.
+    pub(crate) fn over_stdio(&self) -> bool {
+        self.http.is_none()
+    }
+
+    /// The bearer token downstream clients must present, if one is configured.
+    fn token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.token_file, &self.token_env) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or_default().trim().to_owned()
+            }
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
+            }
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            return Err("the bearer token is empty".to_owned());
+        }
+        Ok(Some(token))
+    }
+}
+
+/// A downstream endpoint being served.
+pub(crate) struct Endpoint {
+    /// Serves, and resolves when serving ends by itself: over stdio, when the
+    /// client closes stdin (the client has gone). Poll it to serve.
+    pub(crate) ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    /// Stops serving.
+    pub(crate) stop: CancellationToken,
+    /// Where it listens, for the start-up note.
+    pub(crate) address: String,
+}
+
+/// Starts serving `gateway` as `args` say.
+pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint, String> {
+    let stop = CancellationToken::new();
+    match args.http {
+        None => {
+            // The handshake is part of serving: signals are heard while it waits.
+            let cancel = stop.child_token();
+            let ended = Box::pin(async move {
+                match gateway.serve_with_ct(rmcp::transport::stdio(), cancel).await {
+                    Ok(running) => {
+                        let _ = running.waiting().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the MCP client on stdin did not initialize"),
+                }
+            });
+            Ok(Endpoint { ended, stop, address: "stdio".to_owned() })
+        }
+        Some(addr) => {
+            let token = args.token()?;
+            let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            hosts.extend(args.allow_hosts.iter().cloned());
+            let config = StreamableHttpServerConfig::default()
+                .with_allowed_hosts(hosts)
+                .with_allowed_origins(args.allow_origins.clone())
+                .enforce_origin_validation()
+                .with_cancellation_token(stop.child_token());
+            let service = StreamableHttpService::new(
+                move || Ok(gateway.clone()),
+                Arc::new(LocalSessionManager::default()),
+                config,
+            );
+            let token: Option<Arc<str>> = token.map(Into::into);
+            let router = axum::Router::new().nest_service("/mcp", service).layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| {
+                    let token = token.clone();
+                    async move {
+                        match token {
+                            Some(token) if !bearer_matches(request.headers(), &token) => unauthorized(),
+                            Some(_) | None => next.run(request).await,
+                        }
+                    }
+                },
+            ));
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let address = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+            let shutdown = stop.clone();
+            let server =
+                axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
+            let ended = Box::pin(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "the HTTP endpoint failed");
+                }
+            });
+            Ok(Endpoint { ended, stop, address: format!("http://{address}/mcp") })
+        }
+    }
+}
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a bearer token is required\n").into_response()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in time
+/// that does not depend on where they differ.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some((scheme, value)) = given.split_once(' ') else { return false };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let (a, b) = (value.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_the_right_bearer_token_passes() {
+        assert!(bearer_matches(&headers("Bearer s3cret"), "s3cret"));
+        assert!(bearer_matches(&headers("bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(&headers("Bearer s3creT"), "s3cret"));
+        assert!(!bearer_matches(&headers("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(&headers("Basic s3cret"), "s3cret"));
+        assert!(!bearer_matches(&headers("s3cret"), "s3cret"));
+        assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
+    }
+}

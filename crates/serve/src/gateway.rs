@@ -1,0 +1,675 @@
+//! The gateway: rmcp's [`ServerHandler`] over a [`Supervisor`], and the task
+//! that keeps its catalog in step with the servers that are up.
+
+// Logging is deprecated by SEP-2577 (protocol 2026-07-28); roster serves
+// 2025-11-25 and older, where it is current.
+#![allow(deprecated)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock, ErrorCode,
+    ErrorData, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
+use rmcp::{RoleClient, RoleServer, ServerHandler};
+use roster_core::{ServerStatus, State};
+use roster_supervisor::{Received, SessionId, Supervisor};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::catalog::{Catalog, Changes, Listing, Source};
+use crate::hub::{self, Hub};
+
+/// The URI of roster's own resource: the status of every server.
+pub const STATUS_URI: &str = "roster://status";
+
+/// The name of roster's own tool: the status of every server, for an agent that
+/// wants to tell its user why a tool is missing. No exposed name can take it
+/// (every exposed name has `__` in it).
+pub const STATUS_TOOL: &str = "roster_status";
+
+/// How the gateway behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayOptions {
+    /// At most one `list_changed` per kind per this long: a crash-looping server
+    /// must not flood clients.
+    pub debounce: Duration,
+    /// How long listing one server's tools, prompts and resources may take.
+    pub list_timeout: Duration,
+    /// How long a call may take when its server has no `tool_timeout` of its own.
+    pub tool_timeout: Duration,
+}
+
+/// The default `tool_timeout`.
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for GatewayOptions {
+    fn default() -> GatewayOptions {
+        GatewayOptions {
+            debounce: Duration::from_millis(500),
+            list_timeout: Duration::from_secs(30),
+            tool_timeout: DEFAULT_TOOL_TIMEOUT,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the gateway holds of one server that is up.
+#[derive(Debug, Clone)]
+struct Held {
+    session: SessionId,
+    listing: Listing,
+}
+
+struct Inner {
+    supervisor: Arc<Supervisor>,
+    hub: Arc<Hub>,
+    options: GatewayOptions,
+    /// Per-server call timeouts, from the configuration.
+    tool_timeouts: RwLock<BTreeMap<String, Duration>>,
+    held: Mutex<BTreeMap<String, Held>>,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Every tool name ever served, with its server: a call to a tool whose server
+    /// went down is answered with that server's state, not "unknown tool".
+    known: Mutex<HashMap<String, String>>,
+    /// The level the clients asked for, applied to servers as they come up.
+    level: Mutex<Option<SetLevelRequestParams>>,
+}
+
+/// One MCP server in front of every server of a [`Supervisor`]. Cheap to clone:
+/// rmcp's HTTP service makes one per session, all sharing one state.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("servers", &self.inner.supervisor.names()).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway over `supervisor`, whose transports were built with `hub` as
+    /// their relay. Nothing is listed until [`Gateway::run`] runs.
+    pub fn new(supervisor: Arc<Supervisor>, hub: Arc<Hub>, options: GatewayOptions) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                supervisor,
+                hub,
+                options,
+                tool_timeouts: RwLock::new(BTreeMap::new()),
+                held: Mutex::new(BTreeMap::new()),
+                catalog: RwLock::new(Arc::new(Catalog::default())),
+                known: Mutex::new(HashMap::new()),
+                level: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Sets the servers' own call timeouts (the others get the default); called
+    /// again on every reload.
+    pub fn set_tool_timeouts(&self, timeouts: BTreeMap<String, Duration>) {
+        *self.inner.tool_timeouts.write().unwrap_or_else(PoisonError::into_inner) = timeouts;
+    }
+
+    /// The catalog served now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        read(&self.inner.catalog).clone()
+    }
+
+    /// Keeps the catalog in step with the servers until the supervisor is gone:
+    /// lists a server when a session of it comes up or says its lists changed,
+    /// drops it when it goes down, and tells clients what changed. Run it once,
+    /// beside the server.
+    pub async fn run(&self) {
+        let forward = {
+            let rx = lock(&self.inner.hub.outgoing_rx).take();
+            let hub = self.inner.hub.clone();
+            async move {
+                match rx {
+                    Some(rx) => hub::forward(&hub, rx).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = forward => {}
+            () = self.sync() => {}
+        }
+    }
+
+    async fn sync(&self) {
+        let inner = &self.inner;
+        let mut events = inner.supervisor.subscribe();
+        let mut fetches: JoinSet<(String, SessionId, Result<Listing, String>)> = JoinSet::new();
+        let mut fetching: BTreeMap<String, SessionId> = BTreeMap::new();
+        let mut pending = Changes::default();
+        let mut last_sent: Option<Instant> = None;
+        let mut forced: Vec<String> = inner.supervisor.names();
+        // Servers that said their lists changed: listed again even in the same session.
+        let mut stale: BTreeSet<String> = BTreeSet::new();
+        loop {
+            // Look at every server something happened to.
+            let mut look: Vec<String> = std::mem::take(&mut forced);
+            let dirty = inner.hub.take_dirty();
+            look.extend(dirty.iter().cloned());
+            stale.extend(dirty);
+            let mut changed = false;
+            for name in look {
+                changed |= self.reconcile(&name, &mut fetches, &mut fetching, &mut stale);
+            }
+            if changed {
+                pending = pending.union(self.rebuild());
+            }
+            let notify_at = pending.any().then(|| {
+                let soon = Instant::now() + Duration::from_millis(20);
+                last_sent.map_or(soon, |at| (at + inner.options.debounce).max(soon))
+            });
+            tokio::select! {
+                received = events.recv() => match received {
+                    Some(Received::Event(e)) => forced.push(e.server.clone()),
+                    Some(Received::Missed(_)) => forced = inner.supervisor.names(),
+                    None => return,
+                },
+                () = inner.hub.wake.notified() => {}
+                Some(done) = fetches.join_next() => {
+                    if let Ok((name, session, result)) = done {
+                        fetching.remove(&name);
+                        if self.store(&name, session, result) {
+                            pending = pending.union(self.rebuild());
+                        }
+                        // Another session by now, or a list_changed during the fetch.
+                        forced.push(name);
+                    }
+                }
+                () = sleep_until(notify_at) => {
+                    self.announce(pending).await;
+                    pending = Changes::default();
+                    last_sent = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Brings what is held of `name` in line with its live session; true if
+    /// something held was dropped.
+    fn reconcile(
+        &self,
+        name: &str,
+        fetches: &mut JoinSet<(String, SessionId, Result<Listing, String>)>,
+        fetching: &mut BTreeMap<String, SessionId>,
+        stale: &mut BTreeSet<String>,
+    ) -> bool {
+        let inner = &self.inner;
+        let live = inner.supervisor.get(name).filter(|s| s.is_running()).and_then(|s| s.live());
+        let Some(live) = live else {
+            fetching.remove(name);
+            stale.remove(name);
+            return lock(&inner.held).remove(name).is_some();
+        };
+        if fetching.contains_key(name) {
+            // One fetch at a time per server; its end looks again.
+            return false;
+        }
+        let held = lock(&inner.held).get(name).map(|h| h.session);
+        if held == Some(live.id) && !stale.contains(name) {
+            return false;
+        }
+        let Some(peer) = live.session.peer() else { return false };
+        stale.remove(name);
+        fetching.insert(name.to_owned(), live.id);
+        let timeout = inner.options.list_timeout;
+        let level = lock(&inner.level).clone();
+        let name = name.to_owned();
+        fetches.spawn(async move {
+            if let Some(level) = level {
+                let _ = tokio::time::timeout(timeout, peer.set_level(level)).await;
+            }
+            let result = match tokio::time::timeout(timeout, list(&peer)).await {
+                Ok(Ok(listing)) => Ok(listing),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("listing took longer than {timeout:?}")),
+            };
+            (name, live.id, result)
+        });
+        false
+    }
+
+    /// Keeps a listing if its session is still the live one; false if not.
+    fn store(&self, name: &str, session: SessionId, result: Result<Listing, String>) -> bool {
+        let inner = &self.inner;
+        let live = inner.supervisor.get(name).filter(|s| s.is_running()).and_then(|s| s.live());
+        if live.map(|l| l.id) != Some(session) {
+            return false;
+        }
+        let listing = result.unwrap_or_else(|e| {
+            warn!(server = name, error = %e, "could not list what the server offers; it contributes nothing");
+            Listing::default()
+        });
+        debug!(server = name, tools = listing.tools.len(), "listed");
+        lock(&inner.held).insert(name.to_owned(), Held { session, listing });
+        true
+    }
+
+    /// Builds the catalog from what is held; what changed.
+    fn rebuild(&self) -> Changes {
+        let inner = &self.inner;
+        let prefixes: BTreeMap<String, String> = inner
+            .supervisor
+            .status()
+            .into_iter()
+            .map(|s| {
+                let prefix = if s.tool_prefix.is_empty() { s.name.clone() } else { s.tool_prefix };
+                (s.name, prefix)
+            })
+            .collect();
+        let held = lock(&inner.held);
+        let catalog =
+            Catalog::build(held.iter().filter_map(|(name, h)| {
+                Some(Source { server: name, prefix: prefixes.get(name)?, listing: &h.listing })
+            }));
+        drop(held);
+        for collision in catalog.collisions() {
+            warn!(%collision, "name collision");
+        }
+        {
+            let mut known = lock(&inner.known);
+            for tool in catalog.tools() {
+                if let Some(route) = catalog.tool(&tool.name) {
+                    known.insert(tool.name.to_string(), route.server.clone());
+                }
+            }
+        }
+        let mut current = inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let changes = current.changes(&catalog);
+        *current = Arc::new(catalog);
+        changes
+    }
+
+    /// Tells every client what changed.
+    async fn announce(&self, changes: Changes) {
+        let clients = self.inner.hub.clients();
+        info!(
+            tools = changes.tools,
+            prompts = changes.prompts,
+            resources = changes.resources,
+            clients = clients.len(),
+            "lists changed"
+        );
+        for client in clients {
+            if changes.tools {
+                let _ = client.notify_tool_list_changed().await;
+            }
+            if changes.prompts {
+                let _ = client.notify_prompt_list_changed().await;
+            }
+            if changes.resources {
+                let _ = client.notify_resource_list_changed().await;
+            }
+        }
+    }
+
+    fn tool_timeout(&self, server: &str) -> Duration {
+        read(&self.inner.tool_timeouts).get(server).copied().unwrap_or(self.inner.options.tool_timeout)
+    }
+
+    fn status(&self) -> Vec<ServerStatus> {
+        self.inner.supervisor.status()
+    }
+
+    /// What the clients are told about the servers behind roster.
+    fn instructions(&self) -> String {
+        let catalog = self.catalog();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for tool in catalog.tools() {
+            if let Some(route) = catalog.tool(&tool.name) {
+                *counts.entry(route.server.as_str()).or_default() += 1;
+            }
+        }
+        let mut text = String::from(
+            "roster keeps these MCP servers running and serves their tools as <server prefix>__<tool>. \
+             A server that is down contributes no tools; the roster_status tool and the roster://status \
+             resource say why and when it is retried.\n",
+        );
+        for s in self.status() {
+            let tools = counts.get(s.name.as_str()).copied().unwrap_or(0);
+            text.push_str(&format!("- {}: {}", s.name, describe(&s)));
+            if s.state == State::Running || s.state == State::Connected {
+                text.push_str(&format!(", {tools} tools"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    fn status_json(&self) -> String {
+        serde_json::to_string_pretty(&self.status()).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    /// A call that cannot be forwarded: the server is not up. Says which server,
+    /// its state and when it is retried.
+    fn unavailable(&self, server: &str) -> CallToolResult {
+        let text = match self.inner.supervisor.get(server) {
+            Some(service) => format!("roster: the server {server:?} is {}", describe(&service.status())),
+            None => format!("roster: the server {server:?} is no longer configured"),
+        };
+        CallToolResult::error(vec![ContentBlock::text(text)])
+    }
+
+    fn peer_of(&self, server: &str) -> Option<Peer<RoleClient>> {
+        self.inner.supervisor.get(server).filter(|s| s.is_running()).and_then(|s| s.client())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything `peer` offers, every page, for the kinds it declared.
+async fn list(peer: &Peer<RoleClient>) -> Result<Listing, ServiceError> {
+    let capabilities = peer.peer_info().map(|info| info.capabilities.clone()).unwrap_or_default();
+    let mut listing = Listing::default();
+    if capabilities.tools.is_some() {
+        listing.tools = peer.list_all_tools().await?;
+    }
+    if capabilities.prompts.is_some() {
+        listing.prompts = peer.list_all_prompts().await?;
+    }
+    if capabilities.resources.is_some() {
+        listing.resources = peer.list_all_resources().await?;
+        listing.templates = peer.list_all_resource_templates().await?;
+    }
+    Ok(listing)
+}
+
+/// A server's state in words: "running", "failed (connection refused); retried
+/// in 12s", "waiting for credentials (log in with `roster login NAME`)".
+pub fn describe(s: &ServerStatus) -> String {
+    let mut text = s.state.to_string();
+    if let Some(error) = &s.last_error
+        && s.state != State::Running
+    {
+        text.push_str(&format!(" ({error})"));
+    }
+    if let Some(at) = s.next_retry_after {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let secs = at.saturating_sub(now).div_ceil(1000);
+        text.push_str(&format!("; next attempt in {secs}s"));
+    }
+    text
+}
+
+fn unknown(what: &str, name: &str) -> ErrorData {
+    ErrorData::new(ErrorCode::INVALID_PARAMS, format!("roster serves no {what} named {name:?}"), None)
+}
+
+impl ServerHandler for Gateway {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_logging()
+            .build();
+        let mut info = ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("roster", env!("CARGO_PKG_VERSION")))
+            .with_protocol_version(ProtocolVersion::V_2025_11_25);
+        info.instructions = Some(self.instructions());
+        info
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        // Up to the last version with `initialize` and server-sent list_changed.
+        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.inner.hub.add_client(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools: Vec<Tool> = self.catalog().tools().to_vec();
+        tools.push(status_tool());
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == STATUS_TOOL {
+            return Ok(CallToolResult::success(vec![ContentBlock::text(self.status_json())]).into());
+        }
+        let catalog = self.catalog();
+        let Some(route) = catalog.tool(&request.name).cloned() else {
+            let server = lock(&self.inner.known).get(request.name.as_ref()).cloned();
+            return match server {
+                Some(server) => Ok(self.unavailable(&server).into()),
+                None => Err(unknown("tool", &request.name)),
+            };
+        };
+        let Some(peer) = self.peer_of(&route.server) else { return Ok(self.unavailable(&route.server).into()) };
+        let timeout = self.tool_timeout(&route.server);
+        let mut params = request;
+        params.name = route.name.clone().into();
+        // rmcp sets a progress token of its own upstream.
+        let client_token = context.meta.get_progress_token();
+        if let Some(meta) = params.meta.as_mut() {
+            meta.remove("progressToken");
+        }
+        let sent = peer
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                PeerRequestOptions::with_timeout(timeout),
+            )
+            .await;
+        let handle = match sent {
+            Ok(handle) => handle,
+            Err(e) => return Ok(failed(&route.server, &e, timeout).into()),
+        };
+        let upstream_id = handle.id.clone();
+        let _call = self.inner.hub.register(
+            &route.server,
+            handle.id.clone(),
+            handle.progress_token.clone(),
+            context.peer.clone(),
+            context.id.clone(),
+            client_token,
+        );
+        let cancel_peer = handle.peer.clone();
+        tokio::select! {
+            answer = handle.await_response() => match answer {
+                Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
+                Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "roster: {} answered tools/call with something other than a tool result", route.server
+                ))]).into()),
+                Err(ServiceError::McpError(e)) => Err(e),
+                Err(e) => Ok(failed(&route.server, &e, timeout).into()),
+            },
+            () = context.ct.cancelled() => {
+                // The client gave up: so does the server.
+                let cancel = rmcp::model::CancelledNotificationParam::new(
+                    Some(upstream_id),
+                    Some("cancelled by the client".to_owned()),
+                );
+                let _ = cancel_peer.notify_cancelled(cancel).await;
+                Err(ErrorData::internal_error("cancelled", None))
+            }
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(self.catalog().prompts().to_vec()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let catalog = self.catalog();
+        let route = catalog.prompt(&request.name).cloned().ok_or_else(|| unknown("prompt", &request.name))?;
+        let peer = self.peer_of(&route.server).ok_or_else(|| down(self, &route.server))?;
+        let mut params = request;
+        params.name = route.name.clone();
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match send(&peer, request, self.tool_timeout(&route.server)).await? {
+            ServerResult::GetPromptResult(result) => Ok(result.into()),
+            _ => Err(ErrorData::internal_error(
+                format!("{} answered prompts/get with something else", route.server),
+                None,
+            )),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let mut resources: Vec<Resource> = self.catalog().resources().to_vec();
+        resources.push(
+            Resource::new(STATUS_URI, "roster status")
+                .with_description("The state of every server roster runs, as `roster status --json` prints it")
+                .with_mime_type("application/json"),
+        );
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(self.catalog().templates().to_vec()))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri == STATUS_URI {
+            let contents = ResourceContents::TextResourceContents {
+                uri: STATUS_URI.to_owned(),
+                mime_type: Some("application/json".to_owned()),
+                text: self.status_json(),
+                meta: None,
+            };
+            return Ok(ReadResourceResult::new(vec![contents]).into());
+        }
+        let catalog = self.catalog();
+        let route = catalog.resource(&request.uri).ok_or_else(|| unknown("resource", &request.uri))?;
+        let peer = self.peer_of(&route.server).ok_or_else(|| down(self, &route.server))?;
+        let exposed = request.uri.clone();
+        let mut params = request;
+        params.uri = route.name.clone();
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
+        match send(&peer, request, self.tool_timeout(&route.server)).await? {
+            ServerResult::ReadResourceResult(mut result) => {
+                // A URI exposed under a prefix is shown under it in the contents too.
+                if exposed != route.name {
+                    for c in &mut result.contents {
+                        if let ResourceContents::TextResourceContents { uri, .. }
+                        | ResourceContents::BlobResourceContents { uri, .. } = c
+                            && *uri == route.name
+                        {
+                            uri.clone_from(&exposed);
+                        }
+                    }
+                }
+                Ok(result.into())
+            }
+            _ => Err(ErrorData::internal_error(
+                format!("{} answered resources/read with something else", route.server),
+                None,
+            )),
+        }
+    }
+
+    async fn set_level(&self, request: SetLevelRequestParams, _: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        *lock(&self.inner.level) = Some(request.clone());
+        for name in self.inner.supervisor.names() {
+            if let Some(peer) = self.peer_of(&name) {
+                let level = request.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), peer.set_level(level)).await;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status_tool() -> Tool {
+    let schema: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"type": "object", "properties": {}}"#).unwrap_or_default();
+    Tool::new(
+        STATUS_TOOL,
+        "The state of every MCP server roster runs: running or not, the last error, when it is retried. \
+         Use it when a tool you expected is missing.",
+        Arc::new(schema),
+    )
+}
+
+/// A request roster sent that did not come back, as the caller sees it.
+fn failed(server: &str, e: &ServiceError, timeout: Duration) -> CallToolResult {
+    let text = match e {
+        ServiceError::Timeout { .. } => {
+            format!("roster: {server} did not answer within {}s (its tool_timeout)", timeout.as_secs())
+        }
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+            format!("roster: the session with {server} ended during the call; roster restarts it")
+        }
+        other => format!("roster: the call to {server} failed: {other}"),
+    };
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+fn down(gateway: &Gateway, server: &str) -> ErrorData {
+    let text = gateway.unavailable(server).content.first().and_then(|c| c.as_text().map(|t| t.text.clone()));
+    ErrorData::internal_error(text.unwrap_or_else(|| format!("{server} is down")), None)
+}
+
+async fn send(peer: &Peer<RoleClient>, request: ClientRequest, timeout: Duration) -> Result<ServerResult, ErrorData> {
+    let handle = peer
+        .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    handle.await_response().await.map_err(|e| match e {
+        ServiceError::McpError(e) => e,
+        other => ErrorData::internal_error(other.to_string(), None),
+    })
+}

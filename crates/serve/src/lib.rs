@@ -1,0 +1,11 @@
+//! # roster-serve: one MCP server in front of many
+//!
+//! WIP
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+mod hub;
+pub mod names;
+pub use hub::Hub;
+mod gateway;
+pub use gateway::{DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, STATUS_TOOL, STATUS_URI, describe};
