@@ -495,6 +495,13 @@ mod tests {
         assert_eq!(all[0].param("error"), Some("e"));
         let all = parse_www_authenticate("\"quoted\" Bearer, Basic realm=x");
         assert!(all.iter().any(|c| c.scheme == "Basic" && c.param("realm") == Some("x")), "{all:?}");
+        // Two tokens as the first item are neither token68 nor a new challenge: skipped.
+        let all = parse_www_authenticate("Bearer xyz abc");
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!((all[0].token68.as_deref(), all[0].params.len()), (None, 0));
+        // A parameter without a value is no parameter; the next one still counts.
+        let all = parse_www_authenticate("Bearer realm=, error=e");
+        assert_eq!((all[0].param("realm"), all[0].param("error")), (None, Some("e")), "{all:?}");
         // A comma inside a skipped quoted string does not end the skipped item.
         let all = parse_www_authenticate(r#""x, Evil realm=y", Basic realm=x"#);
         assert_eq!(all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["Basic"], "{all:?}");

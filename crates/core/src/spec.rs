@@ -872,6 +872,26 @@ mod tests {
         let mut spec = ServerSpec::remote("a", ServerType::Sse, "http://h/sse");
         spec.timeout = Some(60);
         assert_eq!(spec.connect_timeout(), Duration::from_secs(60));
+        spec.timeout = Some(1);
+        assert_eq!(spec.connect_timeout(), Duration::from_secs(1));
+        // The reference's zero, "unset", read from a file: the type's default.
+        spec.timeout = Some(0);
+        assert_eq!(spec.connect_timeout(), DEFAULT_REMOTE_TIMEOUT);
+    }
+
+    #[test]
+    fn token_exchange_debug_shows_the_settings_and_never_the_credentials() {
+        let te = TokenExchange {
+            enabled: true,
+            token_endpoint: "https://dex/token".into(),
+            connector_id: "github".into(),
+            resolved: Some(ClientCredentials { client_id: "id-1".into(), client_secret: "hunter2".into() }),
+            ..TokenExchange::default()
+        };
+        let text = format!("{te:?}");
+        assert!(text.starts_with("TokenExchange {"), "{text}");
+        assert!(text.contains("https://dex/token") && text.contains("github") && text.contains("<redacted>"), "{text}");
+        assert!(!text.contains("hunter2") && !text.contains("id-1"), "{text}");
     }
 
     #[test]

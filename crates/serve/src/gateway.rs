@@ -45,6 +45,10 @@ pub struct GatewayOptions {
     pub list_timeout: Duration,
     /// How long a call may take when its server has no `tool_timeout` of its own.
     pub tool_timeout: Duration,
+    /// How long the first lists wait for the servers' first attempts to end (and
+    /// their listings to arrive), so that a client that lists at once sees every
+    /// server that comes up, not the first few.
+    pub settle: Duration,
 }
 
 /// The default `tool_timeout`.
@@ -56,6 +60,7 @@ impl Default for GatewayOptions {
             debounce: Duration::from_millis(500),
             list_timeout: Duration::from_secs(30),
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
+            settle: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +93,8 @@ struct Inner {
     known: Mutex<HashMap<String, String>>,
     /// The level the clients asked for, applied to servers as they come up.
     level: Mutex<Option<SetLevelRequestParams>>,
+    /// Set once the first attempts have ended and their listings arrived.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// One MCP server in front of every server of a [`Supervisor`]. Cheap to clone:
@@ -117,6 +124,7 @@ impl Gateway {
                 catalog: RwLock::new(Arc::new(Catalog::default())),
                 known: Mutex::new(HashMap::new()),
                 level: Mutex::new(None),
+                ready: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -161,6 +169,7 @@ impl Gateway {
         let mut pending = Changes::default();
         let mut last_sent: Option<Instant> = None;
         let mut forced: Vec<String> = inner.supervisor.names();
+        let settle_at = Instant::now() + inner.options.settle;
         // Servers that said their lists changed: listed again even in the same session.
         let mut stale: BTreeSet<String> = BTreeSet::new();
         loop {
@@ -176,6 +185,14 @@ impl Gateway {
             if changed {
                 pending = pending.union(self.rebuild());
             }
+            if !*inner.ready.borrow() {
+                let starting = inner.supervisor.status().iter().any(|s| s.state == State::Starting);
+                if (fetching.is_empty() && !starting) || Instant::now() >= settle_at {
+                    debug!("the first lists are ready");
+                    inner.ready.send_replace(true);
+                }
+            }
+            let settling = !*inner.ready.borrow();
             let notify_at = pending.any().then(|| {
                 let soon = Instant::now() + Duration::from_millis(20);
                 last_sent.map_or(soon, |at| (at + inner.options.debounce).max(soon))
@@ -197,6 +214,7 @@ impl Gateway {
                         forced.push(name);
                     }
                 }
+                () = tokio::time::sleep_until(settle_at), if settling => {}
                 () = sleep_until(notify_at) => {
                     self.announce(pending).await;
                     pending = Changes::default();
@@ -322,6 +340,12 @@ impl Gateway {
                 let _ = client.notify_resource_list_changed().await;
             }
         }
+    }
+
+    /// Waits (at most `settle`) for the first lists.
+    async fn settled(&self) {
+        let mut ready = self.inner.ready.subscribe();
+        let _ = tokio::time::timeout(self.inner.options.settle, ready.wait_for(|r| *r)).await;
     }
 
     fn tool_timeout(&self, server: &str) -> Duration {
@@ -455,6 +479,7 @@ impl ServerHandler for Gateway {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.settled().await;
         let mut tools: Vec<Tool> = self.catalog().tools().to_vec();
         tools.push(status_tool());
         Ok(ListToolsResult::with_all_items(tools))
@@ -468,6 +493,7 @@ impl ServerHandler for Gateway {
         if request.name == STATUS_TOOL {
             return Ok(CallToolResult::success(vec![ContentBlock::text(self.status_json())]).into());
         }
+        self.settled().await;
         let catalog = self.catalog();
         let Some(route) = catalog.tool(&request.name).cloned() else {
             let server = lock(&self.inner.known).get(request.name.as_ref()).cloned();
@@ -496,7 +522,7 @@ impl ServerHandler for Gateway {
             Err(e) => return Ok(failed(&route.server, &e, timeout).into()),
         };
         let upstream_id = handle.id.clone();
-        let _call = self.inner.hub.register(
+        let (_call, mut progress) = self.inner.hub.register(
             &route.server,
             handle.id.clone(),
             handle.progress_token.clone(),
@@ -505,24 +531,42 @@ impl ServerHandler for Gateway {
             client_token,
         );
         let cancel_peer = handle.peer.clone();
-        tokio::select! {
-            answer = handle.await_response() => match answer {
-                Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
-                Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                    "roster: {} answered tools/call with something other than a tool result", route.server
-                ))]).into()),
-                Err(ServiceError::McpError(e)) => Err(e),
-                Err(e) => Ok(failed(&route.server, &e, timeout).into()),
-            },
-            () = context.ct.cancelled() => {
-                // The client gave up: so does the server.
-                let cancel = rmcp::model::CancelledNotificationParam::new(
-                    Some(upstream_id),
-                    Some("cancelled by the client".to_owned()),
-                );
-                let _ = cancel_peer.notify_cancelled(cancel).await;
-                Err(ErrorData::internal_error("cancelled", None))
+        let answer = handle.await_response();
+        tokio::pin!(answer);
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                Some(p) = progress.recv() => {
+                    let _ = context.peer.notify_progress(p).await;
+                }
+                () = context.ct.cancelled() => {
+                    // The client gave up: so does the server.
+                    let cancel = rmcp::model::CancelledNotificationParam::new(
+                        Some(upstream_id),
+                        Some("cancelled by the client".to_owned()),
+                    );
+                    let _ = cancel_peer.notify_cancelled(cancel).await;
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
             }
+        };
+        // Progress the server sent just before its result is handled by tasks of
+        // their own: let them run, then send what came, still before the result.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        while let Ok(p) = progress.try_recv() {
+            let _ = context.peer.notify_progress(p).await;
+        }
+        match answer {
+            Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
+            Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "roster: {} answered tools/call with something other than a tool result",
+                route.server
+            ))])
+            .into()),
+            Err(ServiceError::McpError(e)) => Err(e),
+            Err(e) => Ok(failed(&route.server, &e, timeout).into()),
         }
     }
 
@@ -531,6 +575,7 @@ impl ServerHandler for Gateway {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
+        self.settled().await;
         Ok(ListPromptsResult::with_all_items(self.catalog().prompts().to_vec()))
     }
 
@@ -559,6 +604,7 @@ impl ServerHandler for Gateway {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        self.settled().await;
         let mut resources: Vec<Resource> = self.catalog().resources().to_vec();
         resources.push(
             Resource::new(STATUS_URI, "roster status")
@@ -573,6 +619,7 @@ impl ServerHandler for Gateway {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.settled().await;
         Ok(ListResourceTemplatesResult::with_all_items(self.catalog().templates().to_vec()))
     }
 

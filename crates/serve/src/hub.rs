@@ -6,9 +6,10 @@
 //! - Progress of an upstream request goes to the downstream request it serves.
 //!   rmcp gives every upstream request a token of its own, known only once the
 //!   request is sent, so progress that comes before the call is registered is
-//!   held (a few per token) and delivered at registration. Progress is
-//!   forwarded in order, and an update that does not advance is dropped (MCP
-//!   requires progress to increase).
+//!   held (a few per token) and delivered at registration. The call sends its
+//!   progress itself, in order and before its result (over HTTP the result ends
+//!   the stream progress rides on); an update that does not advance is dropped
+//!   (MCP requires progress to increase).
 //! - A request from an upstream server (sampling, elicitation, roots) goes to the
 //!   client whose call it belongs to: over Streamable HTTP the transport says
 //!   which call; over stdio and SSE it cannot, and the latest call in flight to
@@ -58,12 +59,16 @@ struct Call {
     client_request: RequestId,
     client_token: Option<ProgressToken>,
     last_progress: Option<f64>,
+    /// To the call itself, which sends its progress before its result.
+    progress: mpsc::Sender<ProgressNotificationParam>,
 }
 
-/// Something to send to clients, in order.
+/// Progress updates waiting in one call, at most.
+const CALL_PROGRESS: usize = 256;
+
+/// Something to send to every client, in order.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Progress(Peer<RoleServer>, ProgressNotificationParam),
     Log(LoggingMessageNotificationParam),
 }
 
@@ -138,8 +143,9 @@ impl Hub {
         self.wake.notify_one();
     }
 
-    /// Registers a call sent upstream; its early progress is delivered now.
-    #[allow(clippy::too_many_arguments)]
+    /// Registers a call sent upstream. Its progress, with the client's token,
+    /// comes out of the receiver (early progress at once), for the call to send
+    /// before its result.
     pub(crate) fn register(
         &self,
         server: &str,
@@ -148,7 +154,8 @@ impl Hub {
         client: Peer<RoleServer>,
         client_request: RequestId,
         client_token: Option<ProgressToken>,
-    ) -> CallGuard<'_> {
+    ) -> (CallGuard<'_>, mpsc::Receiver<ProgressNotificationParam>) {
+        let (progress, rx) = mpsc::channel(CALL_PROGRESS);
         let key = {
             let mut next = lock(&self.next_key);
             *next += 1;
@@ -170,11 +177,12 @@ impl Hub {
             client_request,
             client_token,
             last_progress: None,
+            progress,
         });
         for p in held {
             self.progress(server, p);
         }
-        CallGuard { hub: self, key }
+        (CallGuard { hub: self, key }, rx)
     }
 
     fn progress(&self, server: &str, p: ProgressNotificationParam) {
@@ -196,7 +204,9 @@ impl Hub {
         call.last_progress = Some(p.progress);
         let mut param = p;
         param.progress_token = token;
-        self.send(Outgoing::Progress(call.client.clone(), param));
+        if call.progress.try_send(param).is_err() {
+            debug!(server, "progress dropped: the call has too many waiting");
+        }
     }
 
     fn send(&self, out: Outgoing) {
@@ -321,11 +331,6 @@ impl Relay for Hub {
 pub(crate) async fn forward(hub: &Hub, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(out) = rx.recv().await {
         match out {
-            Outgoing::Progress(client, p) => {
-                if let Err(e) = client.notify_progress(p).await {
-                    debug!(error = %e, "progress not delivered");
-                }
-            }
             Outgoing::Log(log) => {
                 for client in hub.clients() {
                     if let Err(e) = client.notify_logging_message(log.clone()).await {

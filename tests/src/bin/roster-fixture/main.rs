@@ -47,16 +47,33 @@
 //!
 //! Tools: `echo {text}`, `add {a, b}`, `sleep {ms}`, `getenv {name}`, `cwd {}`,
 //! `header {name}` (the value of an HTTP request header, HTTP mode), `fail {text}`
-//! (a tool result with `isError: true`).
+//! (a tool result with `isError: true`), `progress {steps}` (that many progress
+//! notifications, then "done"), `sample {text}` (asks the client to sample, and
+//! returns the answer's text), `wait {ms}` (sleeps; a cancellation is written to
+//! the `--record` file as `cancelled`), `grow {}` (adds the tool `extra` and sends
+//! tools/list_changed), `log {text}` (a log message notification).
+//! Prompts: `greet {name}`. Resources: `fixture://info`, `notes.txt` (no scheme);
+//! template `fixture://item/{id}`.
+//!
+//! More switches:
+//!   --record PATH           append what the fixture was asked to record (cancellations)
 
 #![allow(missing_docs)]
+// Sampling and logging are deprecated by SEP-2577; the fixture speaks 2025-11-25.
+#![allow(deprecated)]
 
 use std::io::Write;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, CreateMessageRequestParams, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ResourceTemplate, Role, SamplingMessage, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+};
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
@@ -90,6 +107,7 @@ struct Faults {
     serve_http: Option<u16>,
     ping_meta: bool,
     endless_event: Option<String>,
+    record: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Faults, String> {
@@ -130,6 +148,7 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--serve-http" => f.serve_http = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--ping-meta" => f.ping_meta = true,
             "--endless-event" => f.endless_event = Some(value()?),
+            "--record" => f.record = Some(value()?),
             other => return Err(format!("unknown switch {other}")),
         }
     }
@@ -162,6 +181,14 @@ struct HeaderArgs {
     name: String,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct StepsArgs {
+    steps: u32,
+}
+
+/// Whether `grow` was called (in this process: every HTTP session sees it).
+static GROWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Clone)]
 pub(crate) struct Fixture {
     faults: Faults,
@@ -172,6 +199,87 @@ pub(crate) struct Fixture {
 impl Fixture {
     pub(crate) fn new(faults: Faults) -> Fixture {
         Fixture { faults, tool_router: Self::tool_router() }
+    }
+
+    /// The tools offered now: `extra` only once `grow` was called.
+    fn router(&self) -> ToolRouter<Fixture> {
+        let mut router = self.tool_router.clone();
+        if !GROWN.load(std::sync::atomic::Ordering::SeqCst) {
+            router.remove_route("extra");
+        }
+        router
+    }
+
+    fn record(&self, line: &str) {
+        if let Some(path) = &self.faults.record {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the record file");
+            writeln!(file, "{line}").expect("a record");
+        }
+    }
+
+    #[tool(description = "Reports progress steps times, then returns done")]
+    async fn progress(
+        &self,
+        Parameters(StepsArgs { steps }): Parameters<StepsArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> String {
+        if let Some(token) = ctx.meta.get_progress_token() {
+            for i in 1..=steps {
+                let p = ProgressNotificationParam::new(token.clone(), f64::from(i)).with_total(f64::from(steps));
+                let _ = ctx.peer.notify_progress(p).await;
+            }
+        }
+        "done".to_owned()
+    }
+
+    #[tool(description = "Asks the client to sample a reply to text; returns the reply's text")]
+    async fn sample(
+        &self,
+        Parameters(EchoArgs { text }): Parameters<EchoArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<String, ErrorData> {
+        let params = CreateMessageRequestParams::new(vec![SamplingMessage::user_text(text)], 64);
+        let reply =
+            ctx.peer.create_message(params).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        Ok(reply.message.content.into_vec().iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect())
+    }
+
+    #[tool(description = "Sleeps for ms milliseconds; records a cancellation")]
+    async fn wait(
+        &self,
+        Parameters(SleepArgs { ms }): Parameters<SleepArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> String {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => format!("waited {ms} ms"),
+            () = ctx.ct.cancelled() => {
+                self.record("cancelled");
+                "cancelled".to_owned()
+            }
+        }
+    }
+
+    #[tool(description = "Adds the tool extra and says the tool list changed")]
+    async fn grow(&self, ctx: RequestContext<RoleServer>) -> String {
+        GROWN.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = ctx.peer.notify_tool_list_changed().await;
+        "grown".to_owned()
+    }
+
+    #[tool(description = "Only there after grow")]
+    fn extra(&self) -> String {
+        "extra".to_owned()
+    }
+
+    #[tool(description = "Sends text as a log message notification")]
+    async fn log(
+        &self,
+        Parameters(EchoArgs { text }): Parameters<EchoArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> String {
+        let message = LoggingMessageNotificationParam::new(LoggingLevel::Info, serde_json::json!(text));
+        let _ = ctx.peer.notify_logging_message(message).await;
+        "logged".to_owned()
     }
 
     #[tool(description = "Returns its text")]
@@ -220,11 +328,78 @@ impl Fixture {
     }
 }
 
-#[tool_handler(router = self.tool_router)]
+#[tool_handler(router = self.router())]
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions("roster's test fixture")
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_resources()
+            .enable_logging()
+            .build();
+        ServerConfig::new(capabilities).with_instructions("roster's test fixture")
+    }
+
+    async fn set_level(&self, _: SetLevelRequestParams, _: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let name = PromptArgument::new("name").with_required(true);
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new("greet", Some("Greets someone"), Some(vec![name]))]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name != "greet" {
+            return Err(ErrorData::invalid_params(format!("no prompt {}", request.name), None));
+        }
+        let who = request.arguments.and_then(|a| a.get("name").and_then(|v| v.as_str()).map(str::to_owned));
+        let text = format!("Hello, {}!", who.unwrap_or_else(|| "you".to_owned()));
+        Ok(GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)]).into())
+    }
+
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new("fixture://info", "info"),
+            Resource::new("notes.txt", "notes"),
+        ]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![ResourceTemplate::new("fixture://item/{id}", "item")]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let text = match request.uri.as_str() {
+            "fixture://info" => "the fixture's info".to_owned(),
+            "notes.txt" => "the fixture's notes".to_owned(),
+            uri => match uri.strip_prefix("fixture://item/") {
+                Some(id) => format!("item {id}"),
+                None => return Err(ErrorData::resource_not_found(format!("no resource {uri}"), None)),
+            },
+        };
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri)]).into())
     }
 
     async fn ping(&self, _ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod serve;
+
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
 
 /// The fixture server, built (or found up to date) once per run.

@@ -1,0 +1,493 @@
+//! `roster serve` driven by rmcp clients, in front of the fixture over stdio,
+//! Streamable HTTP and SSE.
+
+// Sampling and logging are deprecated by SEP-2577; roster serves 2025-11-25.
+#![allow(deprecated)]
+
+use std::io::{Read, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
+    CreateMessageRequestParams, CreateMessageResult, ErrorData, GetPromptRequestParams, Implementation,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ReadResourceRequestParams, SamplingMessage,
+    ServerResult,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{Remote, Tag, assert_gone, stdio_toml, write_config};
+
+/// What the downstream test client saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    ToolsChanged,
+    Progress(f64),
+    Log(String),
+}
+
+/// A downstream MCP client that can sample, and reports what it is sent.
+#[derive(Clone)]
+struct Client {
+    seen: mpsc::UnboundedSender<Seen>,
+    sampled: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        ClientConfig::new(capabilities, Implementation::new("serve-test", "0"))
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let asked: String = params
+            .messages
+            .iter()
+            .flat_map(|m| m.content.clone().into_vec())
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect();
+        self.sampled.lock().unwrap().push(asked.clone());
+        Ok(CreateMessageResult::new(SamplingMessage::assistant_text(format!("sampled: {asked}")), "test-model".into()))
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        let _ = self.seen.send(Seen::ToolsChanged);
+    }
+
+    async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        let _ = self.seen.send(Seen::Progress(p.progress));
+    }
+
+    async fn on_logging_message(&self, m: LoggingMessageNotificationParam, _: NotificationContext<RoleClient>) {
+        let _ = self.seen.send(Seen::Log(format!("{}: {}", m.logger.unwrap_or_default(), m.data)));
+    }
+}
+
+struct Served {
+    client: RunningService<RoleClient, Client>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    sampled: Arc<Mutex<Vec<String>>>,
+    pid: u32,
+}
+
+/// `roster serve --config CONFIG` spawned by an rmcp client over stdio.
+async fn serve_stdio(config: &Path) -> Served {
+    let mut cmd = tokio::process::Command::new(super::ROSTER);
+    cmd.arg("--config").arg(config).arg("serve").env("NO_COLOR", "1");
+    let (process, _stderr) =
+        TokioChildProcess::builder(cmd).stderr(std::process::Stdio::null()).spawn().expect("roster serve starts");
+    let pid = process.id().expect("a pid");
+    let (tx, seen) = mpsc::unbounded_channel();
+    let sampled = Arc::new(Mutex::new(Vec::new()));
+    let handler = Client { seen: tx, sampled: sampled.clone() };
+    let client = tokio::time::timeout(Duration::from_secs(20), handler.serve(process))
+        .await
+        .expect("initialize in time")
+        .expect("initialize");
+    Served { client, seen, sampled, pid }
+}
+
+impl Served {
+    fn drain(&mut self) {
+        while self.seen.try_recv().is_ok() {}
+    }
+
+    async fn tool_names(&self) -> Vec<String> {
+        self.client.list_all_tools().await.expect("tools/list").into_iter().map(|t| t.name.to_string()).collect()
+    }
+
+    /// Waits until the tool list satisfies `ok`; the last list.
+    async fn tools_until(&self, limit: Duration, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let until = Instant::now() + limit;
+        loop {
+            let names = self.tool_names().await;
+            if ok(&names) || Instant::now() >= until {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn call(&self, name: &str, args: Value) -> rmcp::model::CallToolResult {
+        let params =
+            CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap_or_default());
+        self.client.call_tool(params).await.expect("tools/call")
+    }
+
+    /// Waits for the client to see `want`; everything seen until then.
+    async fn wait_for(&mut self, limit: Duration, want: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+        let mut all = Vec::new();
+        let until = tokio::time::Instant::now() + limit;
+        while let Ok(Some(seen)) = tokio::time::timeout_at(until, self.seen.recv()).await {
+            let done = want(&seen);
+            all.push(seen);
+            if done {
+                return all;
+            }
+        }
+        panic!("not seen within {limit:?}; saw {all:?}");
+    }
+}
+
+fn text(result: &rmcp::model::CallToolResult) -> String {
+    result.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect()
+}
+
+const FAST: &str = "[defaults]\nauto_start = true\ninitial_backoff = \"200ms\"\nmax_backoff = \"500ms\"\n\n";
+
+#[tokio::test]
+async fn tools_prompts_and_resources_of_stdio_http_and_sse_servers_are_served_under_their_prefixes() {
+    let tag = Tag::new();
+    let remote = Tag::new();
+    let http = Remote::start(&remote, "http", &[]);
+    let sse = Remote::start(&remote, "sse", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAST}{}tool_prefix = \"local\"\n\n[servers.web]\nurl = \"{}/mcp\"\n\n[servers.old]\ntype = \"sse\"\nurl = \"{}/sse\"\n",
+        stdio_toml(&tag, "fs", &[]),
+        http.base,
+        sse.base
+    );
+    let config = write_config(dir.path(), &toml);
+    let served = serve_stdio(&config).await;
+    let info = served.client.peer_info().expect("server info");
+    assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("roster"));
+    let names = served
+        .tools_until(Duration::from_secs(15), |n| {
+            ["local__echo", "web__echo", "old__echo"].iter().all(|t| n.iter().any(|x| x == t))
+        })
+        .await;
+    for expected in ["local__echo", "local__add", "web__echo", "old__echo", "roster_status"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    }
+    assert!(names.iter().all(|n| n == "roster_status" || n.contains("__")), "{names:?}");
+    let instructions = served.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(
+        instructions.contains("fs") && instructions.contains("web") && instructions.contains("old"),
+        "{instructions}"
+    );
+
+    // Each call reaches its own server.
+    assert_eq!(text(&served.call("local__add", json!({"a": 2, "b": 3})).await), "5");
+    assert_eq!(text(&served.call("web__echo", json!({"text": "over http"})).await), "over http");
+    assert_eq!(text(&served.call("old__echo", json!({"text": "over sse"})).await), "over sse");
+    let failed = served.call("web__fail", json!({"text": "as asked"})).await;
+    assert_eq!((failed.is_error, text(&failed)), (Some(true), "as asked".to_owned()), "isError passes through");
+
+    // Prompts and resources, under the same rules.
+    let prompts: Vec<String> = served.client.list_all_prompts().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert!(prompts.contains(&"local__greet".to_owned()) && prompts.contains(&"old__greet".to_owned()), "{prompts:?}");
+    let greeting = served
+        .client
+        .get_prompt(
+            GetPromptRequestParams::new("web__greet")
+                .with_arguments(json!({"name": "Ada"}).as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert!(format!("{:?}", greeting.messages).contains("Hello, Ada!"), "{greeting:?}");
+    let resources: Vec<String> = served.client.list_all_resources().await.unwrap().into_iter().map(|r| r.uri).collect();
+    for uri in ["fixture://info", "local__notes.txt", "web__notes.txt", "roster://status"] {
+        assert!(resources.contains(&uri.to_owned()), "{uri} in {resources:?}");
+    }
+    let notes = served.client.read_resource(ReadResourceRequestParams::new("web__notes.txt")).await.unwrap();
+    assert!(
+        format!("{notes:?}").contains("the fixture's notes") && format!("{notes:?}").contains("web__notes.txt"),
+        "{notes:?}"
+    );
+    let item = served.client.read_resource(ReadResourceRequestParams::new("fixture://item/42")).await.unwrap();
+    assert!(format!("{item:?}").contains("item 42"), "{item:?}");
+    let status = served.client.read_resource(ReadResourceRequestParams::new("roster://status")).await.unwrap();
+    assert!(format!("{status:?}").contains("running"), "{status:?}");
+
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+}
+
+/// After the client is gone: roster exits, and every server with it.
+fn assert_gone_of(pid: u32, tag: &Tag) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(Instant::now() < until, "roster serve did not exit after its client left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_gone(tag);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn a_server_that_dies_leaves_and_comes_back_and_the_client_is_told() {
+    let tag = Tag::new();
+    let victim = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{FAST}{}{}", stdio_toml(&tag, "steady", &[]), stdio_toml(&victim, "victim", &[]));
+    let config = write_config(dir.path(), &toml);
+    let mut served = serve_stdio(&config).await;
+    served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "victim__echo")).await;
+    // Let the announcements of the start pass.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    served.drain();
+    // A call in flight when its server dies fails, clearly and at once.
+    let in_flight = served.call("victim__sleep", json!({"ms": 10_000}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for pid in victim.processes() {
+            roster_tests::kill(pid);
+        }
+    };
+    let started = Instant::now();
+    let (died, ()) = tokio::join!(in_flight, killer);
+    assert!(started.elapsed() < Duration::from_secs(3), "failed after {:?}", started.elapsed());
+    assert_eq!(died.is_error, Some(true));
+    assert!(text(&died).contains("victim") && text(&died).contains("ended during the call"), "{}", text(&died));
+    // At once, a call to the dead server names it; it never hangs.
+    let started = Instant::now();
+    let down = served.call("victim__echo", json!({"text": "x"})).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
+    assert_eq!(down.is_error, Some(true));
+    assert!(text(&down).contains("victim"), "{}", text(&down));
+    served.wait_for(Duration::from_secs(10), |s| *s == Seen::ToolsChanged).await;
+    let gone = served.tools_until(Duration::from_secs(10), |n| !n.iter().any(|t| t == "victim__echo")).await;
+    assert!(!gone.iter().any(|t| t == "victim__echo"), "{gone:?}");
+    // Back after the restart, and the client is told again.
+    served.wait_for(Duration::from_secs(10), |s| *s == Seen::ToolsChanged).await;
+    let names = served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "victim__echo")).await;
+    assert!(names.iter().any(|t| t == "victim__echo"), "{names:?}");
+    assert!(names.iter().any(|t| t == "steady__echo"), "the other server was never affected: {names:?}");
+    assert_eq!(text(&served.call("victim__echo", json!({"text": "back"})).await), "back");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+    assert_gone(&victim);
+}
+
+#[tokio::test]
+async fn an_upstream_list_changed_reaches_the_client_with_the_new_tool() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let mut served = serve_stdio(&config).await;
+    let before = served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "fx__grow")).await;
+    assert!(!before.iter().any(|t| t == "fx__extra"), "{before:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    served.drain();
+    assert_eq!(text(&served.call("fx__grow", json!({})).await), "grown");
+    served.wait_for(Duration::from_secs(10), |s| *s == Seen::ToolsChanged).await;
+    let after = served.tool_names().await;
+    assert!(after.iter().any(|t| t == "fx__extra"), "{after:?}");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+}
+
+#[tokio::test]
+async fn calls_are_bounded_cancelled_upstream_and_carry_progress_sampling_and_logs() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.txt");
+    let record_arg = record.display().to_string();
+    let toml = format!("{FAST}{}tool_timeout = \"1s\"\n", stdio_toml(&tag, "fx", &["--record", &record_arg]));
+    let config = write_config(dir.path(), &toml);
+    let mut served = serve_stdio(&config).await;
+    served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "fx__sleep")).await;
+
+    // tool_timeout bounds the call.
+    let started = Instant::now();
+    let slow = served.call("fx__sleep", json!({"ms": 10_000})).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(slow.is_error, Some(true));
+    assert!(text(&slow).contains("did not answer within 1s"), "{}", text(&slow));
+
+    // A cancelled call is cancelled upstream too.
+    let params =
+        CallToolRequestParams::new("fx__wait").with_arguments(json!({"ms": 900}).as_object().cloned().unwrap());
+    let handle = served
+        .client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&record).unwrap_or_default().contains("cancelled") {
+        assert!(Instant::now() < until, "the fixture never saw the cancellation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Progress arrives, in order, for the client's own token.
+    let params =
+        CallToolRequestParams::new("fx__progress").with_arguments(json!({"steps": 20}).as_object().cloned().unwrap());
+    let handle = served
+        .client
+        .send_request_with_option(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let done = handle.await_response().await.unwrap();
+    assert!(matches!(&done, ServerResult::CallToolResult(r) if text(r) == "done"), "{done:?}");
+    let seen = served.wait_for(Duration::from_secs(5), |s| *s == Seen::Progress(20.0)).await;
+    let progress: Vec<f64> =
+        seen.iter().filter_map(|s| if let Seen::Progress(p) = s { Some(*p) } else { None }).collect();
+    assert_eq!(progress, (1..=20).map(f64::from).collect::<Vec<_>>());
+
+    // A sampling request from the server reaches this client, and the answer goes back.
+    let sampled = served.call("fx__sample", json!({"text": "a haiku"})).await;
+    assert_eq!(text(&sampled), "sampled: a haiku");
+    assert_eq!(served.sampled.lock().unwrap().as_slice(), ["a haiku"]);
+
+    // Log messages come with the server's name.
+    served.call("fx__log", json!({"text": "hello"})).await;
+    let seen = served.wait_for(Duration::from_secs(5), |s| matches!(s, Seen::Log(_))).await;
+    assert!(seen.iter().any(|s| matches!(s, Seen::Log(l) if l.starts_with("fx") && l.contains("hello"))), "{seen:?}");
+
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+}
+
+#[test]
+fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAST}{}tool_prefix = \"same\"\n\n{}tool_prefix = \"same\"\n",
+        stdio_toml(&tag, "beta", &[]),
+        stdio_toml(&tag, "alpha", &[])
+    );
+    let config = write_config(dir.path(), &toml);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let served = serve_stdio(&config).await;
+        let names = served
+            .tools_until(Duration::from_secs(15), |n| n.iter().filter(|t| t.starts_with("same__echo")).count() == 2)
+            .await;
+        let echoes: Vec<&String> = names.iter().filter(|t| t.starts_with("same__echo")).collect();
+        assert_eq!(echoes.len(), 2, "{names:?}");
+        // alpha sorts first and keeps the plain name.
+        let result = served.call("same__echo", json!({"text": "who"})).await;
+        assert_eq!(text(&result), "who");
+        let status = served.call("roster_status", json!({})).await;
+        assert!(text(&status).contains("alpha"), "{}", text(&status));
+        served.client.cancel().await.unwrap();
+        assert_gone_of(served.pid, &tag);
+    });
+}
+
+/// `roster serve --http` on a free port, once it listens; its address.
+fn serve_http(config: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(super::ROSTER)
+        .args(["--config", config.to_str().unwrap(), "serve", "--http", &addr])
+        .args(extra)
+        .env("ROSTER_TEST_TOKEN", "s3cret")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < until, "the endpoint never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
+#[tokio::test]
+async fn an_http_client_gets_the_same_service_with_progress_and_sampling() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let (mut child, addr) = serve_http(&config, &[]);
+    let url = format!("http://{addr}/mcp");
+    let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap().for_url(&url).unwrap();
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        http,
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url),
+    );
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let sampled = Arc::new(Mutex::new(Vec::new()));
+    let client = Client { seen: tx, sampled: sampled.clone() }.serve(transport).await.expect("initialize over HTTP");
+    let names: Vec<String> = client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    assert!(names.iter().any(|n| n == "fx__echo"), "{names:?}");
+    let call = |name: &str, args: Value| {
+        CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap_or_default())
+    };
+    let echoed = client.call_tool(call("fx__echo", json!({"text": "over http"}))).await.unwrap();
+    assert_eq!(text(&echoed), "over http");
+    // A sampling request from the server rides the call's own response stream.
+    let reply = client.call_tool(call("fx__sample", json!({"text": "a limerick"}))).await.unwrap();
+    assert_eq!(text(&reply), "sampled: a limerick");
+    let handle = client
+        .send_request_with_option(
+            ClientRequest::CallToolRequest(CallToolRequest::new(call("fx__progress", json!({"steps": 5})))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    handle.await_response().await.unwrap();
+    let mut progress = Vec::new();
+    while progress.last() != Some(&5.0) {
+        match tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
+            Ok(Some(Seen::Progress(p))) => progress.push(p),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("progress so far: {progress:?}"),
+        }
+    }
+    assert_eq!(progress, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    client.cancel().await.unwrap();
+    roster_tests::terminate(child.id());
+    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    assert_gone(&tag);
+}
+
+/// One raw HTTP request to `addr`; the status code.
+fn raw_status(addr: &str, host: &str, extra: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_http_endpoint_refuses_a_wrong_host_origin_or_token() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let (mut child, addr) = serve_http(&config, &["--token-env", "ROSTER_TEST_TOKEN"]);
+    let good = "Authorization: Bearer s3cret\r\n";
+    assert_eq!(raw_status(&addr, &addr, good), 200, "the right host and token");
+    assert_eq!(raw_status(&addr, &addr, ""), 401, "no token");
+    assert_eq!(raw_status(&addr, &addr, "Authorization: Bearer wrong\r\n"), 401, "a wrong token");
+    assert_eq!(raw_status(&addr, "evil.example:80", good), 403, "a foreign Host (DNS rebinding)");
+    assert_eq!(raw_status(&addr, &addr, &format!("{good}Origin: http://evil.example\r\n")), 403, "a foreign Origin");
+    roster_tests::terminate(child.id());
+    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    assert_gone(&tag);
+}
