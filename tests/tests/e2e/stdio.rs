@@ -58,7 +58,10 @@ async fn start_ping_list_call_and_stop() {
     let tools = svc.client().unwrap().list_all_tools().await.unwrap();
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(names, ["add", "cwd", "echo", "fail", "getenv", "header", "sleep"]);
+    assert_eq!(
+        names,
+        ["add", "cwd", "echo", "fail", "getenv", "grow", "header", "log", "progress", "sample", "sleep", "wait"]
+    );
     assert_eq!(call(&svc, "add", serde_json::json!({"a": 2, "b": 3})).await, "5");
     assert_eq!(call(&svc, "echo", serde_json::json!({"text": "hi"})).await, "hi");
 
