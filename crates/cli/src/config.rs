@@ -21,6 +21,7 @@ use std::time::Duration;
 use jsonc_parser::common::Ranged;
 use roster_core::{Backoff, Field, NonZeroDuration, ServerSpec, ServerType, Settings, ValidSpec};
 use roster_http::HttpOptions;
+use roster_serve::ServerSettings;
 use roster_supervisor::SupervisorConfig;
 use serde::Serialize;
 use serde_json::Value;
@@ -83,8 +84,8 @@ pub(crate) enum Format {
 pub(crate) struct Config {
     pub(crate) format: Format,
     pub(crate) servers: Vec<ValidSpec>,
-    /// `roster serve`: the servers' own call timeouts (`tool_timeout`).
-    pub(crate) tool_timeouts: BTreeMap<String, Duration>,
+    /// `roster serve`: the servers' own settings (`tool_timeout`, `start`).
+    pub(crate) serve: BTreeMap<String, ServerSettings>,
     pub(crate) supervisor: SupervisorConfig,
     pub(crate) http: HttpOptions,
     pub(crate) warnings: Vec<Diagnostic>,
@@ -207,10 +208,10 @@ pub(crate) fn parse(file: &str, text: &str, extension: Option<&str>) -> Result<C
     let json = matches!(extension, Some(e) if e.eq_ignore_ascii_case("json"));
     let root = if json { parse_json(text, &lines, &mut out) } else { parse_toml(text, &lines, &mut out) };
     let Some(root) = root else { return Err(out.errors) };
-    let Loaded { format, servers, tool_timeouts, supervisor, http } =
+    let Loaded { format, servers, serve, supervisor, http } =
         if json { read_json(&root, &mut out) } else { read_toml(&root, &mut out) };
     if out.errors.is_empty() {
-        Ok(Config { format, servers, tool_timeouts, supervisor, http, warnings: out.warnings })
+        Ok(Config { format, servers, serve, supervisor, http, warnings: out.warnings })
     } else {
         out.errors.sort_by_key(|d| d.pos);
         Err(out.errors)
@@ -310,7 +311,7 @@ fn toml_value<'a>(
     }
 }
 
-const SERVER_KEYS: [&str; 16] = [
+const SERVER_KEYS: [&str; 17] = [
     "type",
     "command",
     "args",
@@ -324,6 +325,7 @@ const SERVER_KEYS: [&str; 16] = [
     "timeout",
     "tool_prefix",
     "tool_timeout",
+    "start",
     "description",
     "auth",
     "name",
@@ -359,7 +361,7 @@ fn unknown_key(key: &str, known: &[&str]) -> String {
 struct Loaded {
     format: Format,
     servers: Vec<ValidSpec>,
-    tool_timeouts: BTreeMap<String, Duration>,
+    serve: BTreeMap<String, ServerSettings>,
     supervisor: SupervisorConfig,
     http: HttpOptions,
 }
@@ -380,15 +382,17 @@ fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
         None => (SupervisorConfig::default(), HttpOptions::default(), None),
     };
     let mut servers = Vec::new();
-    let mut tool_timeouts = BTreeMap::new();
+    let mut serve = BTreeMap::new();
     if let Some((_, node)) = keys.get("servers") {
         match node.keys() {
             Some(entries) => {
                 for (name, (pos, server)) in entries {
-                    if let Some((spec, tool_timeout)) =
+                    if let Some((spec, settings)) =
                         read_server(name, *pos, server, Dialect::Roster, default_auto_start, out)
                     {
-                        tool_timeouts.extend(tool_timeout.map(|t| (spec.name.clone(), t)));
+                        if settings != ServerSettings::default() {
+                            serve.insert(spec.name.clone(), settings);
+                        }
                         servers.push(spec);
                     }
                 }
@@ -396,7 +400,7 @@ fn read_toml(root: &Node, out: &mut Diagnostics) -> Loaded {
             None => out.error(node.pos, None, "`servers` must be a table of servers"),
         }
     }
-    Loaded { format: Format::RosterToml, servers, tool_timeouts, supervisor, http }
+    Loaded { format: Format::RosterToml, servers, serve, supervisor, http }
 }
 
 fn duration(value: &Value) -> Result<Duration, String> {
@@ -578,7 +582,7 @@ fn read_server(
     dialect: Dialect,
     default_auto_start: Option<bool>,
     out: &mut Diagnostics,
-) -> Option<(ValidSpec, Option<Duration>)> {
+) -> Option<(ValidSpec, ServerSettings)> {
     let server = Some(name);
     let Some(keys) = node.keys() else {
         out.error(pos, server, "must be a table of settings");
@@ -620,7 +624,7 @@ fn read_server(
         }
     };
     let mut spec = ServerSpec::empty(name, server_type);
-    let mut tool_timeout = None;
+    let mut settings = ServerSettings::default();
     spec.auto_start = match dialect {
         Dialect::Roster => default_auto_start.unwrap_or(false),
         // The clients that own these files start every server unless disabled.
@@ -663,9 +667,18 @@ fn read_server(
             ("auto_start", Dialect::Roster) => set(&mut spec.auto_start, v, &mut field),
             ("tool_prefix", Dialect::Roster) => set(&mut spec.tool_prefix, v, &mut field),
             ("tool_timeout", Dialect::Roster) => match duration(&v) {
-                Ok(d) if TOOL_TIMEOUT_RANGE.contains(&d) => tool_timeout = Some(d),
+                Ok(d) if TOOL_TIMEOUT_RANGE.contains(&d) => settings.tool_timeout = Some(d),
                 Ok(d) => out.error(*kpos, server, format!("tool_timeout: must be between 1s and 24h, got {d:?}")),
                 Err(message) => out.error(*kpos, server, format!("tool_timeout: {message}")),
+            },
+            ("start", Dialect::Roster) => match v.as_str() {
+                Some("on_demand") => settings.on_demand = true,
+                _ => out.error(
+                    *kpos,
+                    server,
+                    "start: the one value is \"on_demand\" (started by `roster serve` at the first call); \
+                     auto_start says whether a server starts with roster",
+                ),
             },
             ("disabled", Dialect::Client) => {
                 let mut disabled = false;
@@ -683,6 +696,9 @@ fn read_server(
             bad.extend(field_of(key));
         }
     }
+    if settings.on_demand {
+        spec.auto_start = false;
+    }
     let checked = spec.clone().validated();
     if let Err(errors) = &checked {
         // With the type unknown, what the inferred type requires is no news.
@@ -698,10 +714,20 @@ fn read_server(
             out.error(at, server, e.to_string());
         }
     }
+    if settings.on_demand
+        && let Some((apos, v)) = keys.get("auto_start")
+        && v.to_value().as_bool() == Some(true)
+    {
+        out.error(
+            *apos,
+            server,
+            "auto_start: a server with start = \"on_demand\" starts at its first call, not with roster",
+        );
+    }
     if out.errors.len() > before {
         return None;
     }
-    checked.ok().map(|spec| (spec, tool_timeout))
+    checked.ok().map(|spec| (spec, settings))
 }
 
 fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, on_error: &mut impl FnMut(serde_json::Error)) {
@@ -847,7 +873,7 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
         return Loaded {
             format: Format::McpServersJson,
             servers: Vec::new(),
-            tool_timeouts: BTreeMap::new(),
+            serve: BTreeMap::new(),
             supervisor: defaults.0,
             http: defaults.1,
         };
@@ -865,7 +891,7 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
         return Loaded {
             format: Format::McpServersJson,
             servers: Vec::new(),
-            tool_timeouts: BTreeMap::new(),
+            serve: BTreeMap::new(),
             supervisor: defaults.0,
             http: defaults.1,
         };
@@ -887,7 +913,7 @@ fn read_json(root: &Node, out: &mut Diagnostics) -> Loaded {
         }
         None => out.error(*pos, None, format!("`{key}` must be an object of servers")),
     }
-    Loaded { format, servers, tool_timeouts: BTreeMap::new(), supervisor: defaults.0, http: defaults.1 }
+    Loaded { format, servers, serve: BTreeMap::new(), supervisor: defaults.0, http: defaults.1 }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //!   others may write to, and says why; it never follows a symbolic link there.
 
 use std::fs::File;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -25,6 +24,37 @@ pub(crate) fn runtime_dir() -> PathBuf {
     }
 }
 
+/// roster's state directory: `$XDG_STATE_HOME/roster`, else
+/// `~/.local/state/roster`, else (no home) under the runtime directory.
+pub(crate) fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("roster");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/roster"),
+        None => runtime_dir().join("state"),
+    }
+}
+
+/// Where `roster serve` keeps the listings of the on-demand servers of the
+/// configuration at `config`: one directory per configuration file.
+pub(crate) fn listing_cache_dir(config: &Path) -> PathBuf {
+    state_dir().join("listings").join(config_id(config))
+}
+
+/// A name for the configuration file: its stem and a hash of its canonical path
+/// (SHA-256, so that it stays the same across versions of roster).
+fn config_id(config: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = canonical(config);
+    let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_os_str().as_bytes());
+    let hash: String = hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let stem: String = canonical.file_stem().and_then(|s| s.to_str()).unwrap_or("roster").chars().take(24).collect();
+    let stem: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    format!("{stem}-{hash}")
+}
+
 /// The canonical path of the configuration, or the path as given.
 fn canonical(config: &Path) -> PathBuf {
     std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf())
@@ -33,13 +63,7 @@ fn canonical(config: &Path) -> PathBuf {
 /// The control socket of `up` for the configuration at `config`, in the runtime
 /// directory: named after the file and a hash of its canonical path.
 pub(crate) fn socket_path(config: &Path) -> PathBuf {
-    let canonical = canonical(config);
-    let mut h = DefaultHasher::new();
-    canonical.hash(&mut h);
-    let stem: String = canonical.file_stem().and_then(|s| s.to_str()).unwrap_or("roster").chars().take(24).collect();
-    let stem: String =
-        stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    let name = format!("{stem}-{:016x}.sock", h.finish());
+    let name = format!("{}.sock", config_id(config));
     let dir = runtime_dir();
     let path = dir.join(&name);
     if path.as_os_str().len() <= MAX_SOCKET_PATH {

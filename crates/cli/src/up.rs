@@ -17,6 +17,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use roster_serve::cache::ListingCache;
 use roster_serve::{Gateway, GatewayOptions, Hub};
 use roster_transport::mcp::Relay;
 
@@ -412,8 +413,10 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     // The gateway first: it sees every event from the first start on.
     let gateway = match (serve, hub) {
         (Some(_), Some(hub)) => {
-            let gateway = Gateway::new(sup.clone(), hub, GatewayOptions::default());
-            gateway.set_tool_timeouts(config.tool_timeouts.clone());
+            let cache = ListingCache::new(paths::listing_cache_dir(&cli.config));
+            let options = GatewayOptions { cache: Some(cache), ..GatewayOptions::default() };
+            let gateway = Gateway::new(sup.clone(), hub, options);
+            gateway.configure(config.serve.clone());
             let sync = gateway.clone();
             tokio::spawn(async move { sync.run().await });
             Some(gateway)
@@ -577,7 +580,7 @@ async fn reload(
                 printer.note("reload: [defaults] changed; they apply when `roster up` starts again");
             }
             if let Some(gateway) = gateway {
-                gateway.set_tool_timeouts(config.tool_timeouts);
+                gateway.configure(config.serve);
             }
             match sup.apply(config.servers).await {
                 Ok(plan) => printer.plan("reload", &plan),

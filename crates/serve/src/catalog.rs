@@ -20,7 +20,7 @@ use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
 use crate::names;
 
 /// What one server offers, as listed from it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Listing {
     /// `tools/list`, every page.
     pub tools: Vec<Tool>,

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::cache::ListingCache;
 use crate::catalog::{Catalog, Changes, Listing, Source};
 use crate::hub::{self, Hub};
 
@@ -35,8 +36,18 @@ pub const STATUS_URI: &str = "roster://status";
 /// (every exposed name has `__` in it).
 pub const STATUS_TOOL: &str = "roster_status";
 
+/// What the gateway knows of one server beyond its definition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// How long a call to it may take; the gateway's default when `None`.
+    pub tool_timeout: Option<Duration>,
+    /// Listed from the cache of its last run while it is not running, and started
+    /// by the first call.
+    pub on_demand: bool,
+}
+
 /// How the gateway behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// At most one `list_changed` per kind per this long: a crash-looping server
     /// must not flood clients.
@@ -49,6 +60,9 @@ pub struct GatewayOptions {
     /// their listings to arrive), so that a client that lists at once sees every
     /// server that comes up, not the first few.
     pub settle: Duration,
+    /// Where on-demand servers' listings are kept between runs; without one they
+    /// contribute nothing until started.
+    pub cache: Option<ListingCache>,
 }
 
 /// The default `tool_timeout`.
@@ -61,6 +75,7 @@ impl Default for GatewayOptions {
             list_timeout: Duration::from_secs(30),
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
             settle: Duration::from_secs(10),
+            cache: None,
         }
     }
 }
@@ -76,7 +91,8 @@ fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 /// What the gateway holds of one server that is up.
 #[derive(Debug, Clone)]
 struct Held {
-    session: SessionId,
+    /// The session it was listed from; `None`: from the cache.
+    session: Option<SessionId>,
     listing: Listing,
 }
 
@@ -84,8 +100,8 @@ struct Inner {
     supervisor: Arc<Supervisor>,
     hub: Arc<Hub>,
     options: GatewayOptions,
-    /// Per-server call timeouts, from the configuration.
-    tool_timeouts: RwLock<BTreeMap<String, Duration>>,
+    /// Per-server settings, from the configuration.
+    settings: RwLock<BTreeMap<String, ServerSettings>>,
     held: Mutex<BTreeMap<String, Held>>,
     catalog: RwLock<Arc<Catalog>>,
     /// Every tool name ever served, with its server: a call to a tool whose server
@@ -119,7 +135,7 @@ impl Gateway {
                 supervisor,
                 hub,
                 options,
-                tool_timeouts: RwLock::new(BTreeMap::new()),
+                settings: RwLock::new(BTreeMap::new()),
                 held: Mutex::new(BTreeMap::new()),
                 catalog: RwLock::new(Arc::new(Catalog::default())),
                 known: Mutex::new(HashMap::new()),
@@ -129,10 +145,17 @@ impl Gateway {
         }
     }
 
-    /// Sets the servers' own call timeouts (the others get the default); called
-    /// again on every reload.
-    pub fn set_tool_timeouts(&self, timeouts: BTreeMap<String, Duration>) {
-        *self.inner.tool_timeouts.write().unwrap_or_else(PoisonError::into_inner) = timeouts;
+    /// Sets the servers' own settings (the others get the defaults); called again
+    /// on every reload.
+    pub fn configure(&self, settings: BTreeMap<String, ServerSettings>) {
+        *self.inner.settings.write().unwrap_or_else(PoisonError::into_inner) = settings;
+        for name in self.inner.supervisor.names() {
+            self.inner.hub.mark_dirty(&name);
+        }
+    }
+
+    fn settings(&self, server: &str) -> ServerSettings {
+        read(&self.inner.settings).get(server).copied().unwrap_or_default()
     }
 
     /// The catalog served now.
@@ -164,30 +187,27 @@ impl Gateway {
     async fn sync(&self) {
         let inner = &self.inner;
         let mut events = inner.supervisor.subscribe();
-        let mut fetches: JoinSet<(String, SessionId, Result<Listing, String>)> = JoinSet::new();
-        let mut fetching: BTreeMap<String, SessionId> = BTreeMap::new();
+        let mut sync = SyncState::default();
         let mut pending = Changes::default();
         let mut last_sent: Option<Instant> = None;
         let mut forced: Vec<String> = inner.supervisor.names();
         let settle_at = Instant::now() + inner.options.settle;
-        // Servers that said their lists changed: listed again even in the same session.
-        let mut stale: BTreeSet<String> = BTreeSet::new();
         loop {
             // Look at every server something happened to.
             let mut look: Vec<String> = std::mem::take(&mut forced);
             let dirty = inner.hub.take_dirty();
             look.extend(dirty.iter().cloned());
-            stale.extend(dirty);
+            sync.stale.extend(dirty);
             let mut changed = false;
             for name in look {
-                changed |= self.reconcile(&name, &mut fetches, &mut fetching, &mut stale);
+                changed |= self.reconcile(&name, &mut sync);
             }
             if changed {
                 pending = pending.union(self.rebuild());
             }
             if !*inner.ready.borrow() {
                 let starting = inner.supervisor.status().iter().any(|s| s.state == State::Starting);
-                if (fetching.is_empty() && !starting) || Instant::now() >= settle_at {
+                if (sync.fetching.is_empty() && !starting) || Instant::now() >= settle_at {
                     debug!("the first lists are ready");
                     inner.ready.send_replace(true);
                 }
@@ -204,9 +224,9 @@ impl Gateway {
                     None => return,
                 },
                 () = inner.hub.wake.notified() => {}
-                Some(done) = fetches.join_next() => {
+                Some(done) = sync.fetches.join_next() => {
                     if let Ok((name, session, result)) = done {
-                        fetching.remove(&name);
+                        sync.fetching.remove(&name);
                         if self.store(&name, session, result) {
                             pending = pending.union(self.rebuild());
                         }
@@ -226,25 +246,41 @@ impl Gateway {
 
     /// Brings what is held of `name` in line with its live session; true if
     /// something held was dropped.
-    fn reconcile(
-        &self,
-        name: &str,
-        fetches: &mut JoinSet<(String, SessionId, Result<Listing, String>)>,
-        fetching: &mut BTreeMap<String, SessionId>,
-        stale: &mut BTreeSet<String>,
-    ) -> bool {
+    fn reconcile(&self, name: &str, sync: &mut SyncState) -> bool {
         let inner = &self.inner;
-        let live = inner.supervisor.get(name).filter(|s| s.is_running()).and_then(|s| s.live());
+        let service = inner.supervisor.get(name);
+        let live = service.as_ref().filter(|s| s.is_running()).and_then(|s| s.live());
         let Some(live) = live else {
-            fetching.remove(name);
-            stale.remove(name);
-            return lock(&inner.held).remove(name).is_some();
+            sync.fetching.remove(name);
+            sync.stale.remove(name);
+            let on_demand = service.as_ref().filter(|_| self.settings(name).on_demand);
+            let cached = on_demand.and_then(|s| self.cached(&s.spec()));
+            if let Some(service) = on_demand
+                && cached.is_none()
+                && service.state() == State::Unknown
+                && sync.primed.insert(name.to_owned())
+            {
+                // Never listed under this definition: started once to learn its
+                // tools (and kept running); the next run lists it from the cache.
+                info!(server = name, "starting an on-demand server once to learn what it offers");
+                service.request_start();
+            }
+            let mut held = lock(&inner.held);
+            return match cached {
+                Some(listing) => {
+                    let same = held.get(name).is_some_and(|h| h.session.is_none() && h.listing == listing);
+                    held.insert(name.to_owned(), Held { session: None, listing });
+                    !same
+                }
+                None => held.remove(name).is_some(),
+            };
         };
+        let (fetches, fetching, stale) = (&mut sync.fetches, &mut sync.fetching, &mut sync.stale);
         if fetching.contains_key(name) {
             // One fetch at a time per server; its end looks again.
             return false;
         }
-        let held = lock(&inner.held).get(name).map(|h| h.session);
+        let held = lock(&inner.held).get(name).and_then(|h| h.session);
         if held == Some(live.id) && !stale.contains(name) {
             return false;
         }
@@ -271,16 +307,28 @@ impl Gateway {
     /// Keeps a listing if its session is still the live one; false if not.
     fn store(&self, name: &str, session: SessionId, result: Result<Listing, String>) -> bool {
         let inner = &self.inner;
-        let live = inner.supervisor.get(name).filter(|s| s.is_running()).and_then(|s| s.live());
+        let service = inner.supervisor.get(name);
+        let live = service.as_ref().filter(|s| s.is_running()).and_then(|s| s.live());
         if live.map(|l| l.id) != Some(session) {
             return false;
         }
-        let listing = result.unwrap_or_else(|e| {
-            warn!(server = name, error = %e, "could not list what the server offers; it contributes nothing");
-            Listing::default()
-        });
+        let listing = match result {
+            Ok(listing) => {
+                if let (Some(cache), Some(service)) = (&inner.options.cache, &service)
+                    && self.settings(name).on_demand
+                    && let Err(e) = cache.store(&service.spec(), &listing)
+                {
+                    warn!(server = name, error = %e, dir = %cache.dir().display(), "cannot keep the listing for next time");
+                }
+                listing
+            }
+            Err(e) => {
+                warn!(server = name, error = %e, "could not list what the server offers; it contributes nothing");
+                Listing::default()
+            }
+        };
         debug!(server = name, tools = listing.tools.len(), "listed");
-        lock(&inner.held).insert(name.to_owned(), Held { session, listing });
+        lock(&inner.held).insert(name.to_owned(), Held { session: Some(session), listing });
         true
     }
 
@@ -348,8 +396,29 @@ impl Gateway {
         let _ = tokio::time::timeout(self.inner.options.settle, ready.wait_for(|r| *r)).await;
     }
 
+    fn cached(&self, spec: &roster_core::ServerSpec) -> Option<Listing> {
+        self.inner.options.cache.as_ref()?.load(spec)
+    }
+
     fn tool_timeout(&self, server: &str) -> Duration {
-        read(&self.inner.tool_timeouts).get(server).copied().unwrap_or(self.inner.options.tool_timeout)
+        self.settings(server).tool_timeout.unwrap_or(self.inner.options.tool_timeout)
+    }
+
+    /// The live session's peer; an on-demand server that is not running is
+    /// started first (the wait is bounded by its connect timeout).
+    async fn peer_or_start(&self, server: &str) -> Option<Peer<RoleClient>> {
+        if let Some(peer) = self.peer_of(server) {
+            return Some(peer);
+        }
+        if !self.settings(server).on_demand {
+            return None;
+        }
+        let service = self.inner.supervisor.get(server)?;
+        info!(server, "starting on demand");
+        if let Err(e) = service.start().await {
+            debug!(server, error = %e, "the on-demand start failed");
+        }
+        self.peer_of(server)
     }
 
     fn status(&self) -> Vec<ServerStatus> {
@@ -375,6 +444,8 @@ impl Gateway {
             text.push_str(&format!("- {}: {}", s.name, describe(&s)));
             if s.state == State::Running || s.state == State::Connected {
                 text.push_str(&format!(", {tools} tools"));
+            } else if self.settings(&s.name).on_demand && tools > 0 {
+                text.push_str(&format!(", {tools} tools (it starts at the first call)"));
             }
             text.push('\n');
         }
@@ -422,6 +493,18 @@ async fn list(peer: &Peer<RoleClient>) -> Result<Listing, ServiceError> {
         listing.templates = peer.list_all_resource_templates().await?;
     }
     Ok(listing)
+}
+
+/// What the sync loop keeps between its rounds.
+#[derive(Default)]
+struct SyncState {
+    fetches: JoinSet<(String, SessionId, Result<Listing, String>)>,
+    /// The session each listing in flight is of.
+    fetching: BTreeMap<String, SessionId>,
+    /// Servers that said their lists changed: listed again even in the same session.
+    stale: BTreeSet<String>,
+    /// On-demand servers started once to be listed.
+    primed: BTreeSet<String>,
 }
 
 /// A server's state in words: "running", "failed (connection refused); retried
@@ -502,7 +585,9 @@ impl ServerHandler for Gateway {
                 None => Err(unknown("tool", &request.name)),
             };
         };
-        let Some(peer) = self.peer_of(&route.server) else { return Ok(self.unavailable(&route.server).into()) };
+        let Some(peer) = self.peer_or_start(&route.server).await else {
+            return Ok(self.unavailable(&route.server).into());
+        };
         let timeout = self.tool_timeout(&route.server);
         let mut params = request;
         params.name = route.name.clone().into();
@@ -586,7 +671,7 @@ impl ServerHandler for Gateway {
     ) -> Result<GetPromptResponse, ErrorData> {
         let catalog = self.catalog();
         let route = catalog.prompt(&request.name).cloned().ok_or_else(|| unknown("prompt", &request.name))?;
-        let peer = self.peer_of(&route.server).ok_or_else(|| down(self, &route.server))?;
+        let peer = self.peer_or_start(&route.server).await.ok_or_else(|| down(self, &route.server))?;
         let mut params = request;
         params.name = route.name.clone();
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
@@ -639,7 +724,7 @@ impl ServerHandler for Gateway {
         }
         let catalog = self.catalog();
         let route = catalog.resource(&request.uri).ok_or_else(|| unknown("resource", &request.uri))?;
-        let peer = self.peer_of(&route.server).ok_or_else(|| down(self, &route.server))?;
+        let peer = self.peer_or_start(&route.server).await.ok_or_else(|| down(self, &route.server))?;
         let exposed = request.uri.clone();
         let mut params = request;
         params.uri = route.name.clone();

@@ -3,9 +3,10 @@
 //! WIP
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod catalog;
 mod hub;
 pub mod names;
 pub use hub::Hub;
 mod gateway;
-pub use gateway::{DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, STATUS_TOOL, STATUS_URI, describe};
+pub use gateway::{DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, STATUS_TOOL, STATUS_URI, ServerSettings, describe};

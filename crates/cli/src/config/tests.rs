@@ -323,3 +323,57 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn serve_settings_tool_timeout_and_on_demand() {
+    let c = toml(
+        r#"
+[defaults]
+auto_start = true
+
+[servers.slow]
+command = "a"
+tool_timeout = "5m"
+
+[servers.lazy]
+command = "b"
+start = "on_demand"
+
+[servers.plain]
+command = "c"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.serve["slow"], ServerSettings { tool_timeout: Some(Duration::from_secs(300)), on_demand: false });
+    assert_eq!(c.serve["lazy"], ServerSettings { tool_timeout: None, on_demand: true });
+    assert!(!c.serve.contains_key("plain"), "only servers with settings of their own");
+    let lazy = c.servers.iter().find(|s| s.name == "lazy").unwrap();
+    assert!(!lazy.auto_start, "an on-demand server does not start with roster, whatever [defaults] says");
+    assert!(c.servers.iter().find(|s| s.name == "plain").unwrap().auto_start);
+
+    let errors = messages(
+        &toml(
+            r#"
+[servers.a]
+command = "a"
+tool_timeout = "0s"
+[servers.b]
+command = "b"
+tool_timeout = "2d"
+[servers.c]
+command = "c"
+start = "always"
+[servers.d]
+command = "d"
+start = "on_demand"
+auto_start = true
+"#,
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(errors[0].contains("tool_timeout: must be between 1s and 24h"), "{errors:?}");
+    assert!(errors[1].contains("tool_timeout: must be between 1s and 24h"), "{errors:?}");
+    assert!(errors[2].contains("start: the one value is \"on_demand\""), "{errors:?}");
+    assert!(errors[3].contains("auto_start: a server with start = \"on_demand\""), "{errors:?}");
+}

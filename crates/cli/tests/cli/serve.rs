@@ -83,8 +83,15 @@ struct Served {
 
 /// `roster serve --config CONFIG` spawned by an rmcp client over stdio.
 async fn serve_stdio(config: &Path) -> Served {
+    serve_stdio_with(config, &[]).await
+}
+
+async fn serve_stdio_with(config: &Path, env: &[(&str, &Path)]) -> Served {
     let mut cmd = tokio::process::Command::new(super::ROSTER);
     cmd.arg("--config").arg(config).arg("serve").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let (process, _stderr) =
         TokioChildProcess::builder(cmd).stderr(std::process::Stdio::null()).spawn().expect("roster serve starts");
     let pid = process.id().expect("a pid");
@@ -211,6 +218,48 @@ async fn tools_prompts_and_resources_of_stdio_http_and_sse_servers_are_served_un
     let status = served.client.read_resource(ReadResourceRequestParams::new("roster://status")).await.unwrap();
     assert!(format!("{status:?}").contains("running"), "{status:?}");
 
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+}
+
+#[tokio::test]
+async fn an_on_demand_server_is_listed_from_its_last_run_and_started_by_the_first_call() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let toml = format!("{}start = \"on_demand\"\n", stdio_toml(&tag, "lazy", &[]));
+    let config = write_config(dir.path(), &toml);
+    let env = [("XDG_STATE_HOME", state.as_path())];
+    let state_of = |status: &str| -> String {
+        let v: Value = serde_json::from_str(status).unwrap();
+        v.as_array().unwrap().iter().find(|s| s["name"] == "lazy").unwrap()["state"].as_str().unwrap().to_owned()
+    };
+
+    // The first run has nothing kept: the server is started once to learn its tools.
+    let served = serve_stdio_with(&config, &env).await;
+    let names = served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "lazy__echo")).await;
+    assert!(names.iter().any(|t| t == "lazy__echo"), "{names:?}");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+
+    // The next run lists it from the cache without starting it...
+    let served = serve_stdio_with(&config, &env).await;
+    let names = served.tool_names().await;
+    assert!(names.iter().any(|t| t == "lazy__echo"), "listed from the cache: {names:?}");
+    assert_eq!(state_of(&text(&served.call("roster_status", json!({})).await)), "unknown", "not started");
+    assert!(tag.processes().is_empty(), "no process of it runs");
+    // ...and the first call starts it and waits for it.
+    assert_eq!(text(&served.call("lazy__echo", json!({"text": "woken"})).await), "woken");
+    assert_eq!(state_of(&text(&served.call("roster_status", json!({})).await)), "running");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+
+    // A changed definition is not listed from the old run.
+    let toml = format!("{}start = \"on_demand\"\ntool_prefix = \"renamed\"\n", stdio_toml(&tag, "lazy", &[]));
+    std::fs::write(&config, toml).unwrap();
+    let served = serve_stdio_with(&config, &env).await;
+    let names = served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "renamed__echo")).await;
+    assert!(!names.iter().any(|t| t.starts_with("lazy__")), "{names:?}");
     served.client.cancel().await.unwrap();
     assert_gone_of(served.pid, &tag);
 }
