@@ -1160,6 +1160,7 @@ mod tests {
             ("http://bob@h/p", "http://bob@h/p"),
             ("http://h/p?token=abc&x=1", "http://h/p?token=<redacted>&x=<redacted>"),
             ("http://h/p?s3cret", "http://h/p?<redacted>"),
+            ("http://h/p?a=1&&b=2", "http://h/p?a=<redacted>&&b=<redacted>"),
             ("http://h/p#access_token=abc", "http://h/p#<redacted>"),
             ("not a url s3cret", "<invalid URL>"),
         ];
@@ -1169,6 +1170,68 @@ mod tests {
         let spec = ServerSpec::remote("r", ServerType::StreamableHttp, "http://u:pw@h/mcp?key=k");
         assert!(!format!("{spec:?}").contains("pw") && !format!("{spec:?}").contains("key=k"));
         assert_eq!(spec.display_url(), "http://u:<redacted>@h/mcp?key=<redacted>");
+    }
+
+    #[test]
+    fn url_parse_errors_have_their_own_words() {
+        assert_eq!(check_http_url("http://:80/x"), Err("must name a host"));
+        assert_eq!(check_http_url("http://1.2.3.256/"), Err("has an invalid IP address"));
+        assert_eq!(check_http_url("http://[::g]/"), Err("has an invalid IP address"));
+        assert_eq!(check_http_url("http://exa<mple.com/"), Err("has an invalid host name"));
+        assert_eq!(check_http_url("http://%2eexample.com/"), Err("must name a host"));
+    }
+
+    #[test]
+    fn any_auth_setting_on_a_stdio_server_is_an_error() {
+        let only: [fn(&mut AuthConfig); 4] = [
+            |a| a.kind = AuthType::Oauth,
+            |a| a.forward_token = true,
+            |a| a.token_exchange = Some(TokenExchange::default()),
+            |a| {
+                a.authorization_server = Some(AuthorizationServer { issuer: "https://dex".into(), scopes: vec![] });
+            },
+        ];
+        for set in only {
+            let mut auth = AuthConfig::default();
+            set(&mut auth);
+            let mut spec = ServerSpec::stdio("fs", "echo");
+            spec.auth = Some(auth);
+            assert_eq!(
+                messages(&spec),
+                ["auth configuration is only supported for remote server types (streamable-http or sse)"],
+                "{spec:?}"
+            );
+        }
+        let mut spec = ServerSpec::stdio("fs", "echo");
+        spec.auth = Some(AuthConfig::default());
+        assert_eq!(spec.validate(), Ok(()), "an empty auth table is no auth");
+    }
+
+    #[test]
+    fn boolean_defaults_in_files_and_in_what_is_written_back() {
+        let spec: ServerSpec = serde_json::from_str(r#"{"name": "fs", "type": "stdio", "command": "echo"}"#).unwrap();
+        assert!(spec.inherit_env, "inherit_env defaults to true");
+        assert!(!spec.auto_start, "auto_start defaults to false");
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(
+            json.get("inherit_env").is_none() && json.get("auto_start").is_none(),
+            "defaults are not written: {json}"
+        );
+        let mut changed = spec.clone();
+        changed.inherit_env = false;
+        changed.auto_start = true;
+        let json = serde_json::to_value(&changed).unwrap();
+        assert_eq!((json["inherit_env"].as_bool(), json["auto_start"].as_bool()), (Some(false), Some(true)));
+        let mut auth = AuthConfig::default();
+        assert!(serde_json::to_value(&auth).unwrap().get("forward_token").is_none());
+        auth.forward_token = true;
+        assert_eq!(serde_json::to_value(&auth).unwrap()["forward_token"], true);
+    }
+
+    #[test]
+    fn a_valid_spec_debugs_as_its_definition() {
+        let spec = ServerSpec::stdio("fs", "echo");
+        assert_eq!(format!("{:?}", spec.clone().validated().unwrap()), format!("{spec:?}"));
     }
 
     #[test]

@@ -1224,6 +1224,9 @@ fn the_predicates_follow_state_and_health() {
     assert!(!h.l.is_client_ready() && !h.l.is_running());
     assert_eq!((h.l.up_since(), h.l.missed_pings()), (None, 0));
     assert_eq!(h.l.settings(), &Settings::default());
+    let custom = Settings { unhealthy_threshold: std::num::NonZeroU32::new(7).unwrap(), ..Settings::default() };
+    let other = Lifecycle::new(ServerSpec::stdio("a", "b").validated().unwrap(), custom, 0);
+    assert_eq!(other.settings(), &custom, "the settings it was made with");
 }
 
 #[test]
