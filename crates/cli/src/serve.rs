@@ -67,6 +67,53 @@ impl ServeArgs {
     }
 }
 
+/// Whether `spec` is this very `roster serve`: a client's configuration that
+/// lists roster, read by that roster, would otherwise start itself again and
+/// again. It is: the same program, running `serve`, on the same configuration
+/// file.
+pub(crate) fn serves_itself(spec: &roster_core::ServerSpec, config: &std::path::Path) -> bool {
+    let same_program = || {
+        let ours = std::env::current_exe().ok().and_then(|p| std::fs::canonicalize(p).ok());
+        let theirs = which(&spec.command).and_then(|p| std::fs::canonicalize(p).ok());
+        ours.is_some() && ours == theirs
+            || std::path::Path::new(&spec.command).file_name().is_some_and(|n| n == "roster")
+    };
+    let config = std::fs::canonicalize(config).ok();
+    let mut args = spec.args.iter();
+    let mut serving = false;
+    let mut same_config = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "serve" => serving = true,
+            "--config" | "-c" => {
+                let given = args.next().and_then(|a| {
+                    let path = match &spec.cwd {
+                        Some(cwd) => std::path::Path::new(cwd).join(a),
+                        None => std::path::PathBuf::from(a),
+                    };
+                    std::fs::canonicalize(path).ok()
+                });
+                same_config = given.is_some() && given == config;
+            }
+            other => {
+                if let Some(path) = other.strip_prefix("--config=") {
+                    let given = std::fs::canonicalize(path).ok();
+                    same_config = given.is_some() && given == config;
+                }
+            }
+        }
+    }
+    spec.server_type == roster_core::ServerType::Stdio && serving && same_config && same_program()
+}
+
+/// The program `command` names, found on `PATH` when it has no slash.
+fn which(command: &str) -> Option<PathBuf> {
+    if command.contains('/') {
+        return Some(PathBuf::from(command));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(command)).find(|p| p.is_file())
+}
+
 /// A downstream endpoint being served.
 pub(crate) struct Endpoint {
     /// Serves, and resolves when serving ends by itself: over stdio, when the
@@ -156,6 +203,29 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_is_this_roster_serve_is_recognized() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("claude.json");
+        std::fs::write(&config, "{}").unwrap();
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, "{}").unwrap();
+        let spec = |args: &[&str]| {
+            let mut s = roster_core::ServerSpec::stdio("roster", "roster");
+            s.args = args.iter().map(|a| (*a).to_owned()).collect();
+            s
+        };
+        let path = config.to_str().unwrap();
+        assert!(serves_itself(&spec(&["serve", "--config", path]), &config));
+        assert!(serves_itself(&spec(&["--config", path, "serve"]), &config));
+        assert!(serves_itself(&spec(&[&format!("--config={path}"), "serve"]), &config));
+        assert!(!serves_itself(&spec(&["serve", "--config", other.to_str().unwrap()]), &config), "another file");
+        assert!(!serves_itself(&spec(&["up", "--config", path]), &config), "not serve");
+        let mut elsewhere = spec(&["serve", "--config", path]);
+        elsewhere.command = "/usr/bin/node".into();
+        assert!(!serves_itself(&elsewhere, &config), "another program");
+    }
 
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -347,6 +347,10 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
             return exit::USAGE;
         }
     };
+    let mut config = config;
+    if serve.is_some() {
+        config.servers = leave_out_itself(cli, config.servers);
+    }
     if let Err(why) = paths::ensure_runtime_dir(&paths::runtime_dir()) {
         output::err(format!("roster: {why}"));
         return exit::USAGE;
@@ -546,6 +550,16 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     }
 }
 
+/// A client's file that lists this roster: serving it would start roster again.
+fn leave_out_itself(cli: &Cli, servers: Vec<roster_core::ValidSpec>) -> Vec<roster_core::ValidSpec> {
+    let (itself, others): (Vec<_>, Vec<_>) =
+        servers.into_iter().partition(|s| crate::serve::serves_itself(s, &cli.config));
+    for s in itself {
+        output::err(format!("roster: leaving out {:?}: it is this `roster serve` on {}", s.name, cli.config.display()));
+    }
+    others
+}
+
 async fn reload(
     cli: &Cli,
     sup: &Supervisor,
@@ -579,10 +593,14 @@ async fn reload(
             if (config.supervisor, config.http) != running {
                 printer.note("reload: [defaults] changed; they apply when `roster up` starts again");
             }
-            if let Some(gateway) = gateway {
-                gateway.configure(config.serve);
-            }
-            match sup.apply(config.servers).await {
+            let servers = match gateway {
+                Some(gateway) => {
+                    gateway.configure(config.serve);
+                    leave_out_itself(cli, config.servers)
+                }
+                None => config.servers,
+            };
+            match sup.apply(servers).await {
                 Ok(plan) => printer.plan("reload", &plan),
                 Err(errors) => {
                     for e in errors {
