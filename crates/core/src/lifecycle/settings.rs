@@ -268,6 +268,22 @@ mod tests {
             stable_period: Duration::ZERO,
         };
         assert_eq!(edges.check(), Ok(()), "the ends of every range are accepted");
+        let other_ends = Settings {
+            backoff: Backoff::new(Duration::from_secs(86_400), Duration::from_secs(86_400), 1.0).unwrap(),
+            unreachable_threshold: NonZeroU32::MIN,
+            restart_grace: Duration::ZERO,
+            health_check_interval: NonZeroDuration::from_secs(86_400),
+            ping_timeout: NonZeroDuration::from_millis(100),
+            unhealthy_threshold: NonZeroU32::new(1000).unwrap(),
+            stable_period: Duration::from_secs(7 * 86_400),
+        };
+        assert_eq!(other_ends.check(), Ok(()), "and the other ends");
+    }
+
+    #[test]
+    fn the_caps_are_a_day_for_retry_after_and_a_year_for_any_delay() {
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(86_400));
+        assert_eq!(MAX_DELAY, Duration::from_secs(365 * 86_400));
     }
 
     #[test]

@@ -430,8 +430,12 @@ fn s5_jitter_is_deterministic_for_a_seed() {
         l.next_retry_after().unwrap() - t0
     };
     assert_eq!(run(9), run(9));
-    let d = run(9);
-    assert!(d <= S(30) && d >= S(15), "{d:?}");
+    let delays: Vec<Duration> = (0..8).map(run).collect();
+    for d in &delays {
+        assert!(*d <= S(30) && *d >= S(15), "{d:?}");
+    }
+    assert!(delays.iter().any(|d| *d != delays[0]), "seeds draw different jitter: {delays:?}");
+    assert!(delays.iter().all(|d| *d < S(30)), "jitter only shortens: {delays:?}");
 }
 
 // ----- §6 Stop and restart -----------------------------------------------------------

@@ -1,0 +1,426 @@
+//! `roster serve` against the servers behind it, in one run:
+//!
+//! 1. a `tools/call` of a trivial tool through `roster serve` and straight to the
+//!    fixture, over stdio and over Streamable HTTP: p50 and p99 per call;
+//! 2. `tools/list` of 100 servers with 20 tools each (in-process servers behind
+//!    the gateway library): time and bytes;
+//! 3. 1,000 concurrent calls spread over 10 upstream servers, through `roster
+//!    serve --http` and straight to the servers: throughput, and roster's peak RSS.
+//!
+//! Run: `cargo bench -p roster-cli --bench serve` (figures go to BENCHMARKS.md).
+
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{Peer, RequestContext, RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use roster_core::{Failure, ServerSpec};
+use roster_serve::{Gateway, GatewayOptions, Hub};
+use roster_supervisor::{
+    BoxFuture, CloseError, Connector, Session, Supervisor, SupervisorConfig, Transports, Unsupported,
+};
+use roster_transport::mcp::{self, McpClient, Relay};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
+
+fn fixture() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success());
+    PathBuf::from(ROSTER).parent().expect("target dir").join("roster-fixture")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fixture_http(fixture: &Path) -> (Proc, String) {
+    let mut child =
+        Command::new(fixture).arg("http").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("fixture");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    let base = line.trim().strip_prefix("listening on ").expect("listening").to_owned();
+    (Proc(child), format!("{base}/mcp"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn roster_serve_http(config: &Path) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(ROSTER)
+        .args(["--config", config.to_str().unwrap(), "serve", "--no-watch", "--http", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("roster serve");
+    let until = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < until, "roster serve never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), format!("http://{addr}/mcp"))
+}
+
+async fn http_client(url: &str) -> RunningService<RoleClient, ()> {
+    let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap().for_url(url).unwrap();
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        http,
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()),
+    );
+    ().serve(transport).await.expect("initialize over HTTP")
+}
+
+fn echo(name: &str, text: &str) -> CallToolRequestParams {
+    CallToolRequestParams::new(name.to_owned()).with_arguments(json!({"text": text}).as_object().cloned().unwrap())
+}
+
+/// Sorted latencies of `n` sequential calls of `tool`, after a warm-up.
+async fn latencies(client: &RunningService<RoleClient, ()>, tool: &str, n: usize) -> Vec<Duration> {
+    for _ in 0..50 {
+        client.call_tool(echo(tool, "warm")).await.expect("call");
+    }
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = client.call_tool(echo(tool, &i.to_string())).await.expect("call");
+        all.push(t.elapsed());
+        assert_eq!(r.is_error, Some(false));
+    }
+    all.sort();
+    all
+}
+
+/// Waits until `client` lists `tool`.
+async fn wait_for_tool(client: &RunningService<RoleClient, ()>, tool: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tools = client.list_all_tools().await.expect("tools/list");
+        if tools.iter().any(|t| t.name == tool) {
+            return;
+        }
+        assert!(Instant::now() < until, "{tool} never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn report(what: &str, direct: &[Duration], through: &[Duration]) {
+    let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
+    let (r50, r99) = (percentile(through, 0.5), percentile(through, 0.99));
+    println!(
+        "{what}: direct p50 {} p99 {} | through roster serve p50 {} p99 {} | p50 ratio {:.2}, added p50 {}",
+        us(d50),
+        us(d99),
+        us(r50),
+        us(r99),
+        r50.as_secs_f64() / d50.as_secs_f64(),
+        us(r50.saturating_sub(d50))
+    );
+}
+
+const CALLS: usize = 2000;
+
+async fn latency(fixture: &Path, dir: &Path) {
+    // stdio: the fixture spawned by the client, against roster serve spawned by the
+    // client with the fixture behind it over stdio.
+    let direct = {
+        let mut cmd = tokio::process::Command::new(fixture);
+        cmd.arg("stdio");
+        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
+        let client = ().serve(process).await.expect("initialize");
+        let l = latencies(&client, "echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    let config = dir.join("stdio.toml");
+    std::fs::write(
+        &config,
+        format!("[servers.fx]\ncommand = {:?}\nargs = [\"stdio\"]\nauto_start = true\n", fixture.display().to_string()),
+    )
+    .unwrap();
+    let through = {
+        let mut cmd = tokio::process::Command::new(ROSTER);
+        cmd.args(["--config", config.to_str().unwrap(), "serve", "--no-watch"]);
+        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
+        let client = ().serve(process).await.expect("initialize");
+        wait_for_tool(&client, "fx__echo").await;
+        let l = latencies(&client, "fx__echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    report("tools/call over stdio", &direct, &through);
+
+    // Streamable HTTP: the fixture over HTTP, against roster serve --http with the
+    // same fixture behind it over HTTP.
+    let (_server, url) = fixture_http(fixture);
+    let direct = {
+        let client = http_client(&url).await;
+        let l = latencies(&client, "echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    let config = dir.join("http.toml");
+    std::fs::write(&config, format!("[servers.fx]\nurl = {url:?}\nauto_start = true\n")).unwrap();
+    let (_roster, roster_url) = roster_serve_http(&config);
+    let through = {
+        let client = http_client(&roster_url).await;
+        wait_for_tool(&client, "fx__echo").await;
+        let l = latencies(&client, "fx__echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    report("tools/call over Streamable HTTP", &direct, &through);
+}
+
+// ----- 2. tools/list of 100 servers × 20 tools, in process -----------------------------
+
+#[derive(Clone)]
+struct Toolbox;
+
+impl ServerHandler for Toolbox {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema =
+            json!({"type": "object", "properties": {"text": {"type": "string", "description": "what to echo"}}});
+        let schema = Arc::new(schema.as_object().cloned().unwrap_or_default());
+        let tools = (0..20)
+            .map(|i| {
+                Tool::new(format!("tool_{i:02}"), format!("Tool number {i}, which echoes its text"), schema.clone())
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let text = request.arguments.as_ref().and_then(|a| a.get("text")).and_then(|t| t.as_str()).unwrap_or("");
+        Ok(CallToolResult::success(vec![ContentBlock::text(text.to_owned())]).into())
+    }
+}
+
+struct InProcess {
+    relay: Arc<dyn Relay>,
+}
+
+#[async_trait]
+impl Connector for InProcess {
+    async fn connect(&self, spec: &ServerSpec, deadline: std::time::Instant) -> Result<Box<dyn Session>, Failure> {
+        let (client_end, server_end) = tokio::io::duplex(256 * 1024);
+        let stop = CancellationToken::new();
+        let server_stop = stop.clone();
+        tokio::spawn(async move {
+            if let Ok(running) = Toolbox.serve_with_ct(tokio::io::split(server_end), server_stop).await {
+                let _ = running.waiting().await;
+            }
+        });
+        let cancel = CancellationToken::new();
+        let handshake = mcp::Client::new(&spec.name, mcp::PROTOCOL_VERSION, Some(self.relay.clone()))
+            .serve_with_ct(tokio::io::split(client_end), cancel.clone());
+        let running = tokio::time::timeout_at(deadline.into(), handshake)
+            .await
+            .map_err(|_| Failure::transient("timeout"))?
+            .map_err(|e| Failure::transient(e.to_string()))?;
+        Ok(Box::new(InSession { client: McpClient::new(running, cancel), stop }))
+    }
+}
+
+struct InSession {
+    client: McpClient,
+    stop: CancellationToken,
+}
+
+#[async_trait]
+impl Session for InSession {
+    async fn ping(&self, timeout: Duration) -> Result<(), Failure> {
+        self.client.ping(timeout).await.map_err(|e| Failure::transient(e.to_string()))
+    }
+
+    fn closed(&self) -> BoxFuture<Failure> {
+        let ended = self.client.ended();
+        Box::pin(async move {
+            ended.await;
+            Failure::transient("gone")
+        })
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        self.stop.cancel();
+        self.client.close_within(Duration::from_secs(1), "in-process").await
+    }
+
+    fn peer(&self) -> Option<Peer<RoleClient>> {
+        Some(self.client.peer().clone())
+    }
+
+    fn classify(&self, error: &ServiceError) -> Failure {
+        Failure::transient(error.to_string())
+    }
+}
+
+async fn big_list() {
+    let hub = Hub::new();
+    let connector = Arc::new(InProcess { relay: hub.clone() });
+    let transports = Transports::new(connector, Arc::new(Unsupported), Arc::new(Unsupported));
+    let config = SupervisorConfig { max_concurrent_connects: 100, ..SupervisorConfig::default() };
+    let sup = Arc::new(Supervisor::new(Arc::new(transports), config));
+    let gateway = Gateway::new(sup.clone(), hub, GatewayOptions::default());
+    let sync = gateway.clone();
+    tokio::spawn(async move { sync.run().await });
+    let specs = (0..100)
+        .map(|i| {
+            let mut s = ServerSpec::stdio(format!("server-{i:03}"), "in-process");
+            s.auto_start = true;
+            s.validated().unwrap()
+        })
+        .collect();
+    sup.apply(specs).await.unwrap();
+    let (down, up) = tokio::io::duplex(4 << 20);
+    let served = gateway.clone();
+    tokio::spawn(async move {
+        if let Ok(running) = served.serve(tokio::io::split(up)).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let client = ().serve(tokio::io::split(down)).await.expect("initialize");
+    let until = Instant::now() + Duration::from_secs(30);
+    while gateway.catalog().tools().len() < 2000 {
+        assert!(Instant::now() < until, "only {} tools listed", gateway.catalog().tools().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..200 {
+        let t = Instant::now();
+        let result = client.list_tools(None).await.expect("tools/list");
+        times.push(t.elapsed());
+        bytes = serde_json::to_vec(&result).unwrap().len();
+        assert_eq!(result.tools.len(), 2001);
+    }
+    times.sort();
+    println!(
+        "tools/list of 100 servers x 20 tools (2,001 with roster_status), in process: p50 {} p99 {}, {} KiB",
+        us(percentile(&times, 0.5)),
+        us(percentile(&times, 0.99)),
+        bytes / 1024
+    );
+    client.cancel().await.unwrap();
+    sup.shutdown().await;
+}
+
+// ----- 3. 1,000 concurrent calls over 10 upstream servers ------------------------------
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn concurrent(fixture: &Path, dir: &Path) {
+    const SERVERS: usize = 10;
+    const TOTAL: usize = 1000;
+    let servers: Vec<(Proc, String)> = (0..SERVERS).map(|_| fixture_http(fixture)).collect();
+
+    // Straight to the servers: one client per server, TOTAL / SERVERS calls each, all at once.
+    let mut clients = Vec::new();
+    for (_, url) in &servers {
+        clients.push(http_client(url).await);
+    }
+    let mut direct_best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let calls = (0..TOTAL).map(|i| clients[i % SERVERS].call_tool(echo("echo", "x")));
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.expect("call").is_error, Some(false));
+        }
+        direct_best = direct_best.min(t.elapsed());
+    }
+    for c in clients {
+        c.cancel().await.unwrap();
+    }
+
+    let mut toml = String::from("[defaults]\nauto_start = true\n");
+    for (i, (_, url)) in servers.iter().enumerate() {
+        toml.push_str(&format!("[servers.s{i}]\nurl = {url:?}\n"));
+    }
+    let config = dir.join("ten.toml");
+    std::fs::write(&config, toml).unwrap();
+    let (roster, url) = roster_serve_http(&config);
+    let client = http_client(&url).await;
+    wait_for_tool(&client, &format!("s{}__echo", SERVERS - 1)).await;
+    let names: Vec<String> = (0..SERVERS).map(|i| format!("s{i}__echo")).collect();
+    let mut through_best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let calls = (0..TOTAL).map(|i| client.call_tool(echo(&names[i % SERVERS], "x")));
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.expect("call").is_error, Some(false));
+        }
+        through_best = through_best.min(t.elapsed());
+    }
+    let rss = peak_rss_kib(roster.0.id());
+    client.cancel().await.unwrap();
+    let per_sec = |d: Duration| TOTAL as f64 / d.as_secs_f64();
+    println!(
+        "1,000 concurrent calls over 10 servers: direct {:.0} calls/s, through roster serve {:.0} calls/s ({:.2}x of direct); roster serve peak RSS {} KiB",
+        per_sec(direct_best),
+        per_sec(through_best),
+        per_sec(through_best) / per_sec(direct_best),
+        rss
+    );
+}
+
+fn main() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        latency(&fixture, dir.path()).await;
+        big_list().await;
+        concurrent(&fixture, dir.path()).await;
+    });
+}
