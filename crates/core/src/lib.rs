@@ -55,7 +55,7 @@ pub use lifecycle::{
     Effect, Event, Generation, Health, Lifecycle, LifecycleEvent, NonZeroDuration, Reason, Reply, Settings,
     SettingsError, StartError, State, Transition,
 };
-pub use spec::{AuthConfig, AuthType, Field, ServerSpec, ServerType, ValidSpec, ValidationError, redact_url};
+pub use spec::{AuthConfig, AuthType, Field, Grant, ServerSpec, ServerType, ValidSpec, ValidationError, redact_url};
 pub use status::ServerStatus;
 
 /// An arbitrary base instant for this crate's own tests: the core never reads a clock,

@@ -136,9 +136,69 @@ pub struct AuthConfig {
     /// The authorization server to log in against, when it is not discovered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorization_server: Option<AuthorizationServer>,
+    /// OAuth: a client registered with the authorization server beforehand. Without
+    /// one, `roster login` uses `client_metadata_url` or dynamic registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// OAuth: the name of the environment variable that holds the client secret
+    /// (the secret itself is never written in a configuration file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// OAuth: the `https://` URL of this client's metadata document (CIMD), used as
+    /// the client id where the authorization server supports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_metadata_url: Option<String>,
+    /// OAuth: the scopes to ask for (default: what the server's challenge or
+    /// metadata names).
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// OAuth: the loopback port for the login's redirect (default: any free port).
+    /// A pre-registered client usually needs a fixed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_port: Option<u16>,
+    /// OAuth: how tokens are obtained.
+    #[serde(skip_serializing_if = "Grant::is_default")]
+    pub grant: Grant,
+}
+
+/// How an OAuth server's tokens are obtained (`auth.grant`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// A person logs in once with `roster login` (a browser, PKCE); roster
+    /// refreshes the tokens from then on.
+    #[default]
+    AuthorizationCode,
+    /// Machine to machine: roster gets and renews tokens with the client id and
+    /// secret, with no person involved.
+    ClientCredentials,
+}
+
+impl Grant {
+    fn is_default(&self) -> bool {
+        *self == Grant::AuthorizationCode
+    }
+
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::ClientCredentials => "client_credentials",
+        }
+    }
 }
 
 impl AuthConfig {
+    /// Whether any of the OAuth client settings (`client_id` to `grant`) is set.
+    pub fn has_client_settings(&self) -> bool {
+        self.client_id.is_some()
+            || self.client_secret_env.is_some()
+            || self.client_metadata_url.is_some()
+            || !self.scopes.is_empty()
+            || self.redirect_port.is_some()
+            || self.grant != Grant::AuthorizationCode
+    }
+
     /// A copy without runtime-only data (resolved client credentials), for comparisons.
     pub fn spec_only(&self) -> AuthConfig {
         let mut copy = self.clone();
@@ -530,6 +590,7 @@ fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>)
             || auth.forward_token
             || auth.token_exchange.is_some()
             || auth.authorization_server.is_some()
+            || auth.has_client_settings()
         {
             v.push_exact(
                 Field::Auth,
@@ -555,6 +616,7 @@ fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>)
             v.push(Field::Auth, format!("authorization_server.issuer {why}"));
         }
     }
+    check_oauth_client(auth, v);
     if let Some(te) = &auth.token_exchange {
         for (value, what) in [(&te.token_endpoint, "token_endpoint"), (&te.expected_issuer, "expected_issuer")] {
             if te.enabled && (!value.starts_with("https://") || check_http_url(value).is_err()) {
@@ -564,6 +626,52 @@ fn check_auth(auth: &AuthConfig, server_type: ServerType, v: &mut Validator<'_>)
         if !te.connector_id.is_empty() && !is_identifier(&te.connector_id, IdentStart::Letter, "_-") {
             v.push(Field::Auth, "token_exchange.connector_id must match ^[A-Za-z][A-Za-z0-9_-]*$");
         }
+    }
+}
+
+/// The OAuth client settings: only with `type = "oauth"`, and consistent.
+fn check_oauth_client(auth: &AuthConfig, v: &mut Validator<'_>) {
+    let set = [
+        ("client_id", auth.client_id.is_some()),
+        ("client_secret_env", auth.client_secret_env.is_some()),
+        ("client_metadata_url", auth.client_metadata_url.is_some()),
+        ("scopes", !auth.scopes.is_empty()),
+        ("redirect_port", auth.redirect_port.is_some()),
+        ("grant", auth.grant != Grant::AuthorizationCode),
+    ];
+    if auth.kind != AuthType::Oauth {
+        for (what, _) in set.iter().filter(|(_, is_set)| *is_set) {
+            v.push(Field::Auth, format!("auth.{what} is only valid when auth.type is \"oauth\""));
+        }
+        return;
+    }
+    if auth.client_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        v.push(Field::Auth, "auth.client_id must not be empty");
+    }
+    if let Some(name) = &auth.client_secret_env {
+        if !is_identifier(name, IdentStart::LetterOrUnderscore, "_") {
+            v.push(Field::Auth, "auth.client_secret_env must name an environment variable (^[A-Za-z_][A-Za-z0-9_]*$)");
+        }
+        if auth.client_id.is_none() {
+            v.push(Field::Auth, "auth.client_secret_env needs auth.client_id: a secret belongs to a registered client");
+        }
+    }
+    if let Some(url) = &auth.client_metadata_url {
+        let path = url.strip_prefix("https://").and_then(|rest| rest.find('/').map(|i| &rest[i..]));
+        if check_http_url(url).is_err() || path.is_none_or(|p| p == "/") {
+            v.push(Field::Auth, "auth.client_metadata_url must be an https:// URL with a path");
+        }
+    }
+    for scope in &auth.scopes {
+        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+            v.push(Field::Auth, format!("auth.scopes: {scope:?} is not a scope (no spaces, quotes or backslashes)"));
+        }
+    }
+    if auth.redirect_port == Some(0) {
+        v.push(Field::Auth, "auth.redirect_port must be 1 to 65535 (leave it out for any free port)");
+    }
+    if auth.grant == Grant::ClientCredentials && (auth.client_id.is_none() || auth.client_secret_env.is_none()) {
+        v.push(Field::Auth, "auth.grant = \"client_credentials\" needs auth.client_id and auth.client_secret_env");
     }
 }
 
@@ -661,6 +769,7 @@ fn is_header_value(value: &str) -> bool {
 #[derive(Clone, Copy)]
 enum IdentStart {
     Letter,
+    LetterOrUnderscore,
     Alphanumeric,
 }
 
@@ -669,6 +778,7 @@ fn is_identifier(s: &str, start: IdentStart, extra: &str) -> bool {
     let Some(first) = chars.next() else { return false };
     let first_ok = match start {
         IdentStart::Letter => first.is_ascii_alphabetic(),
+        IdentStart::LetterOrUnderscore => first.is_ascii_alphabetic() || first == '_',
         IdentStart::Alphanumeric => first.is_ascii_alphanumeric(),
     };
     first_ok && chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
@@ -1336,5 +1446,126 @@ mod tests {
         let err = serde_json::from_str::<ServerSpec>(r#"{"name":"x","type":"stdio","command":"c","comand":"d"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("comand"), "{err}");
+    }
+
+    fn oauth(edit: impl FnOnce(&mut AuthConfig)) -> Vec<String> {
+        let mut spec = ServerSpec::remote("s", ServerType::StreamableHttp, "https://mcp.example/mcp");
+        let mut auth = AuthConfig { kind: AuthType::Oauth, ..AuthConfig::default() };
+        edit(&mut auth);
+        spec.auth = Some(auth);
+        messages(&spec)
+    }
+
+    #[test]
+    fn oauth_client_settings_are_checked_one_by_one() {
+        let ok: [fn(&mut AuthConfig); 5] = [
+            |_| {},
+            |a| a.client_id = Some("roster".into()),
+            |a| {
+                a.client_id = Some("roster".into());
+                a.client_secret_env = Some("_ROSTER_SECRET1".into());
+                a.grant = Grant::ClientCredentials;
+            },
+            |a| {
+                a.client_metadata_url = Some("https://roster.example/client.json".into());
+                a.scopes = vec!["read".into(), "mcp:tools".into()];
+                a.redirect_port = Some(65535);
+            },
+            |a| a.redirect_port = Some(1),
+        ];
+        for edit in ok {
+            assert_eq!(oauth(edit), Vec::<String>::new());
+        }
+        type Edit = fn(&mut AuthConfig);
+        let bad: [(Edit, &str); 12] = [
+            (|a| a.client_id = Some(" ".into()), "auth.client_id must not be empty"),
+            (|a| a.client_secret_env = Some("SECRET".into()), "needs auth.client_id"),
+            (
+                |a| {
+                    a.client_id = Some("c".into());
+                    a.client_secret_env = Some("1SECRET".into());
+                },
+                "must name an environment variable",
+            ),
+            (
+                |a| {
+                    a.client_id = Some("c".into());
+                    a.client_secret_env = Some("A-B".into());
+                },
+                "must name an environment variable",
+            ),
+            (|a| a.client_metadata_url = Some("http://roster.example/c.json".into()), "https:// URL with a path"),
+            (|a| a.client_metadata_url = Some("https://roster.example/".into()), "https:// URL with a path"),
+            (|a| a.client_metadata_url = Some("https://roster.example".into()), "https:// URL with a path"),
+            (|a| a.scopes = vec!["a b".into()], "\"a b\" is not a scope"),
+            (|a| a.scopes = vec![String::new()], "is not a scope"),
+            (|a| a.redirect_port = Some(0), "auth.redirect_port must be 1 to 65535"),
+            (|a| a.grant = Grant::ClientCredentials, "needs auth.client_id and auth.client_secret_env"),
+            (
+                |a| {
+                    a.grant = Grant::ClientCredentials;
+                    a.client_id = Some("c".into());
+                },
+                "needs auth.client_id and auth.client_secret_env",
+            ),
+        ];
+        for (edit, want) in bad {
+            let got = oauth(edit);
+            assert_eq!(got.len(), 1, "{want}: {got:?}");
+            assert!(got[0].contains(want), "{want}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn oauth_client_settings_need_type_oauth() {
+        let mut spec = ServerSpec::remote("s", ServerType::Sse, "https://mcp.example/sse");
+        spec.auth = Some(AuthConfig {
+            client_id: Some("c".into()),
+            scopes: vec!["x".into()],
+            redirect_port: Some(8080),
+            grant: Grant::ClientCredentials,
+            client_secret_env: Some("S".into()),
+            client_metadata_url: Some("https://roster.example/c.json".into()),
+            ..AuthConfig::default()
+        });
+        let got = messages(&spec);
+        let fields = ["client_id", "client_secret_env", "client_metadata_url", "scopes", "redirect_port", "grant"];
+        assert_eq!(got.len(), fields.len(), "{got:?}");
+        for (message, field) in got.iter().zip(fields) {
+            assert!(message.contains(&format!("auth.{field} is only valid when auth.type is \"oauth\"")), "{message}");
+        }
+    }
+
+    #[test]
+    fn oauth_client_settings_on_stdio_are_refused_as_auth_on_stdio() {
+        let mut spec = ServerSpec::stdio("s", "c");
+        spec.auth = Some(AuthConfig { redirect_port: Some(1), ..AuthConfig::default() });
+        assert_eq!(
+            messages(&spec),
+            ["auth configuration is only supported for remote server types (streamable-http or sse)"]
+        );
+        for auth in [
+            AuthConfig { client_id: Some("c".into()), ..AuthConfig::default() },
+            AuthConfig { client_secret_env: Some("c".into()), ..AuthConfig::default() },
+            AuthConfig { client_metadata_url: Some("c".into()), ..AuthConfig::default() },
+            AuthConfig { scopes: vec!["c".into()], ..AuthConfig::default() },
+            AuthConfig { redirect_port: Some(1), ..AuthConfig::default() },
+            AuthConfig { grant: Grant::ClientCredentials, ..AuthConfig::default() },
+        ] {
+            assert!(auth.has_client_settings(), "{auth:?}");
+        }
+        assert!(!AuthConfig::default().has_client_settings());
+    }
+
+    #[test]
+    fn grant_reads_and_writes_its_configuration_names() {
+        for grant in [Grant::AuthorizationCode, Grant::ClientCredentials] {
+            let text = serde_json::to_string(&grant).unwrap();
+            assert_eq!(text, format!("\"{}\"", grant.as_str()));
+            assert_eq!(serde_json::from_str::<Grant>(&text).unwrap(), grant);
+        }
+        let auth: AuthConfig = serde_json::from_str(r#"{"type":"oauth"}"#).unwrap();
+        assert_eq!(auth.grant, Grant::AuthorizationCode);
+        assert!(!serde_json::to_string(&auth).unwrap().contains("grant"), "the default is not written");
     }
 }
