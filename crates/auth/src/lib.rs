@@ -1,0 +1,32 @@
+//! # roster-auth: OAuth for remote MCP servers
+//!
+//! A remote MCP server that answers `401` wants the client to log in with OAuth
+//! 2.1 as the MCP authorization spec describes. This crate is roster's side of
+//! it, around rmcp's implementation of the protocol steps:
+//!
+//! - [`login`]: the server's challenge, discovery of its authorization server,
+//!   client registration (pre-registered, client metadata document, dynamic
+//!   registration, in that order), PKCE, a redirect listener on 127.0.0.1 that
+//!   accepts one callback with the right `state`, the token exchange. Or, for
+//!   `grant = "client_credentials"`, a token request with no person involved.
+//! - [`Store`]: one file per (server, URL) under the user's state directory,
+//!   versioned, private (0700 directory, 0600 files), written atomically.
+//! - [`Tokens`]: the token a session sends, renewed before it expires and once
+//!   after the server refuses it, under a cross-process lock that makes two
+//!   roster processes share one refresh instead of spending a rotating refresh
+//!   token twice.
+//! - [`logout`]: revokes (where the authorization server can) and removes.
+//!
+//! Tokens, codes, verifiers and secrets never appear in this crate's errors,
+//! `Debug` output or logs.
+
+mod login;
+mod store;
+mod tokens;
+
+pub use login::{
+    DEFAULT_LOGIN_TIMEOUT, LoggedIn, LoginError, LoginOptions, Logout, Prompt, Revoked, Target, login, logout,
+};
+pub use rmcp::transport::auth::AuthError;
+pub use store::{Entry, FORMAT_VERSION, FileCredentials, LOCK_WAIT, Lock, Record, Store, StoreError, URL_ONLY};
+pub use tokens::{MAX_SCOPE_UPGRADES, MissingSecret, TOKEN_REQUEST_TIMEOUT, Tokens, needs_renewal};
