@@ -28,9 +28,11 @@ use async_trait::async_trait;
 use rmcp::RoleClient;
 use rmcp::service::{ClientInitializeError, Peer, ServiceError, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::auth::AuthError;
 use rmcp::transport::common::client_side_sse::NeverRetry;
 use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
-use roster_core::{Failure, ServerSpec};
+use roster_auth::{MissingSecret, Store, StoreError, Tokens};
+use roster_core::{AuthType, Challenge, Failure, ServerSpec};
 use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
 use roster_http::{BuildError, HttpClients, InvalidHeader, header_map};
 use roster_transport::mcp::{self, McpClient, Relay};
@@ -39,8 +41,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+mod authed;
 mod backend;
 
+pub use authed::Authed;
 pub use backend::Backend;
 
 /// How long closing waits for rmcp to finish (its `DELETE` has 5 s of its own).
@@ -64,6 +68,12 @@ pub enum HttpError {
     /// A request on a live session failed.
     #[error("{}", service_text(.0))]
     Request(#[source] Box<ServiceError>),
+    /// The server's client secret is not in the environment.
+    #[error(transparent)]
+    MissingSecret(#[from] MissingSecret),
+    /// The token store could not be read.
+    #[error("credentials: {0}")]
+    Store(#[from] StoreError),
 }
 
 fn transport_error(e: &ClientInitializeError) -> Option<&StreamableHttpError<reqwest::Error>> {
@@ -108,7 +118,9 @@ fn streamable_text(e: &StreamableHttpError<reqwest::Error>) -> String {
 /// (SPEC §4, reference/rmcp.md §8), from types only.
 pub fn classify(error: &HttpError) -> Failure {
     match error {
-        HttpError::Client(_) | HttpError::InvalidHeader(_) => Failure::permanent(error.to_string()),
+        HttpError::Client(_) | HttpError::InvalidHeader(_) | HttpError::MissingSecret(_) | HttpError::Store(_) => {
+            Failure::permanent(error.to_string())
+        }
         HttpError::Timeout(_) => Failure::transient(error.to_string()),
         HttpError::Initialize(e) => match transport_error(e) {
             Some(inner) => classify_streamable(inner, Phase::StreamableInitialize),
@@ -154,6 +166,7 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
             phase,
         ),
         StreamableHttpError::Client(re) => classify_reqwest(re),
+        StreamableHttpError::Auth(e) => classify_auth(e),
         StreamableHttpError::SessionExpired
         | StreamableHttpError::SessionRecoveryTimeout
         | StreamableHttpError::ReinitializationFailed(_) => Failure::transient(format!("session lost: {text}")),
@@ -176,11 +189,54 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
     }
 }
 
+/// Failures of a server's token source into classes: a token that cannot be
+/// renewed without a person is auth required; an authorization server that
+/// cannot be reached is transient; a store that cannot be read is permanent
+/// (it needs the user: `roster logout`, then `roster login`).
+pub fn classify_auth(e: &AuthError) -> Failure {
+    let login = "log in again with `roster login`";
+    match e {
+        AuthError::AuthorizationRequired => Failure::needs_credentials(
+            Challenge::default(),
+            format!("the access token expired and cannot be renewed: {login}"),
+        ),
+        AuthError::TokenRefreshRejected(_) => Failure::needs_credentials(
+            Challenge::default(),
+            format!("the authorization server refused to renew the token: {login}"),
+        ),
+        AuthError::CredentialStoreError(why) => Failure::permanent(format!("credentials: {why}")),
+        AuthError::ClientCredentialsError(why) => Failure::permanent(format!("client credentials: {why}")),
+        AuthError::TokenRefreshFailed(_)
+        | AuthError::TokenExchangeFailed(_)
+        | AuthError::HttpError(_)
+        | AuthError::DiscoveryRequestFailed { .. } => Failure::transient(format!("token renewal failed: {e}")),
+        _ => Failure::transient(format!("token renewal failed: {e}")),
+    }
+}
+
+/// The token source of `spec`'s sessions: one when the server is configured
+/// for OAuth or someone has logged in to it; `None` otherwise (requests carry
+/// no token, and a 401 is auth required as ever).
+///
+/// # Errors
+/// When `client_secret_env` is not set, or the store cannot be read.
+pub fn tokens_for(store: &Store, spec: &ServerSpec, clients: &HttpClients) -> Result<Option<Tokens>, HttpError> {
+    let entry = store.entry(&spec.name, &spec.url);
+    let configured = spec.auth.as_ref().is_some_and(|a| a.kind == AuthType::Oauth);
+    if !configured && entry.read()?.is_none() {
+        return Ok(None);
+    }
+    // Token endpoints are https:// in the wild even for a plain-HTTP server.
+    let http = clients.for_url("https://")?;
+    Ok(Some(Tokens::new(entry, spec.auth.as_ref(), http)?))
+}
+
 /// Connects to Streamable HTTP servers.
 #[derive(Clone)]
 pub struct HttpConnector {
     clients: HttpClients,
     relay: Option<Arc<dyn Relay>>,
+    store: Option<Store>,
 }
 
 impl std::fmt::Debug for HttpConnector {
@@ -192,7 +248,14 @@ impl std::fmt::Debug for HttpConnector {
 impl HttpConnector {
     /// A connector on `clients` (share them across a supervisor).
     pub fn new(clients: HttpClients) -> HttpConnector {
-        HttpConnector { clients, relay: None }
+        HttpConnector { clients, relay: None, store: None }
+    }
+
+    /// The same, sending the tokens kept in `store` to the servers logged in to.
+    #[must_use]
+    pub fn with_credentials(mut self, store: Store) -> HttpConnector {
+        self.store = Some(store);
+        self
     }
 
     /// The same, passing what servers send to roster on to `relay`.
@@ -223,6 +286,11 @@ impl HttpConnector {
         let (fault_tx, fault) = watch::channel(None);
         let options = self.clients.options();
         let backend = Backend::new(client, options.request_timeout, options.max_message_size, Arc::new(fault_tx));
+        let tokens = match &self.store {
+            Some(store) => tokens_for(store, spec, &self.clients)?,
+            None => None,
+        };
+        let backend = Authed::new(backend, tokens);
         let transport = StreamableHttpClientTransport::with_client(backend, config);
         let cancel = CancellationToken::new();
         let handshake = mcp::Client::new(&spec.name, mcp::PROTOCOL_VERSION, self.relay.clone())
