@@ -344,3 +344,18 @@ pub(crate) async fn plan(cli: &Cli) -> u8 {
     }
     exit::OK
 }
+
+/// Sends `cmd` for `server` to a running `up` or `serve`, quietly: `None` when
+/// none runs for this configuration (or it does not answer in time).
+pub(crate) async fn notify(cli: &Cli, cmd: &str, server: &str) -> Option<Value> {
+    let socket = paths::socket_path(&cli.config);
+    let exchange = async {
+        let stream = UnixStream::connect(&socket).await.ok()?;
+        let (read, mut write) = stream.into_split();
+        let line = serde_json::to_string(&Request { cmd: cmd.into(), server: Some(server.into()) }).ok()?;
+        write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+        let answer = BufReader::new(read).lines().next_line().await.ok()??;
+        serde_json::from_str(&answer).ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), exchange).await.ok()?
+}

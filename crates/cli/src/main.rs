@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod config;
 mod control;
+mod login;
 mod oneshot;
 mod output;
 mod paths;
@@ -127,6 +128,16 @@ pub(crate) enum Command {
         #[arg(long, value_name = "JSON", default_value = "{}")]
         args: String,
     },
+    /// Log in to a remote server with OAuth (a browser; PKCE), and keep its tokens.
+    Login {
+        #[command(flatten)]
+        args: login::LoginArgs,
+    },
+    /// Remove (and revoke) a remote server's tokens.
+    Logout {
+        #[command(flatten)]
+        args: login::LogoutArgs,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -137,6 +148,11 @@ pub(crate) enum Command {
 fn init_logging(format: LogFormat) {
     // rmcp logs every failed connection as an error; roster reports them itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rmcp=off".into());
+    // rmcp's OAuth code logs authorization codes at debug level: never, whatever RUST_LOG says.
+    let filter = match "rmcp::transport::auth=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     // Logs go through stderr's queue (never blocking a runtime thread), and a
     // write that fails is not reported by writing again.
     let builder =
@@ -197,6 +213,8 @@ async fn run(cli: &Cli) -> u8 {
         Command::Call { tool, target, args } => {
             oneshot::run(cli, target, oneshot::Op::Call { tool: tool.clone(), args: args.clone() }).await
         }
+        Command::Login { args } => login::login(cli, args).await,
+        Command::Logout { args } => login::logout(cli, args).await,
         Command::Completions { .. } => exit::OK,
     }
 }

@@ -98,7 +98,7 @@ fn elapsed_ms(started: Instant) -> u64 {
 }
 
 /// Prints a failure and returns its exit code.
-fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
+fn failed(cli: &Cli, failure: &Failure, started: Instant, target: &TargetArgs) -> u8 {
     let challenge = match &failure.class {
         FailureClass::NeedsCredentials(c) => Some(c.as_ref()),
         FailureClass::Transient { .. } | FailureClass::Permanent | FailureClass::Cancelled => None,
@@ -123,6 +123,9 @@ fn failed(cli: &Cli, failure: &Failure, started: Instant) -> u8 {
                 if let Some(v) = v {
                     output::err(format!("  {k}: {}", escape(v, false)));
                 }
+            }
+            if let Some(name) = &target.target {
+                output::err(format!("  to log in: roster login {}", escape(name, false)));
             }
         }
     }
@@ -181,7 +184,7 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
     let session = tokio::select! {
         result = connector.connect(&spec, started + timeout) => match result {
             Ok(s) => s,
-            Err(failure) => return failed(cli, &failure, started),
+            Err(failure) => return failed(cli, &failure, started, target),
         },
         // Dropping the attempt kills what it spawned.
         Some(stop) = stops.recv() => return interrupted(stop),
@@ -204,7 +207,7 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
     let Some(outcome) = outcome else { return interrupted(stopped.unwrap_or(crate::up::Stop::Interrupt)) };
     let (result, tool_error) = match outcome {
         Ok(x) => x,
-        Err(failure) => return failed(cli, &failure, started),
+        Err(failure) => return failed(cli, &failure, started, target),
     };
     let server =
         info.as_ref().and_then(|i| i.server_info.as_ref()).map(|s| json!({"name": s.name, "version": s.version}));

@@ -37,8 +37,11 @@ const FORCE_GRACE: Duration = Duration::from_secs(3);
 /// servers send back goes to `relay` (`roster serve`).
 pub(crate) fn transports(options: HttpOptions, relay: Option<Arc<dyn Relay>>) -> Result<Transports, String> {
     let clients = HttpClients::new(options).map_err(|e| e.to_string())?;
-    let (mut stdio, mut http, mut sse) =
-        (StdioConnector::new(), HttpConnector::new(clients.clone()), SseConnector::new(clients));
+    let (mut stdio, mut http, mut sse) = (
+        StdioConnector::new(),
+        HttpConnector::new(clients.clone()).with_credentials(crate::login::store()),
+        SseConnector::new(clients),
+    );
     if let Some(relay) = relay {
         stdio = stdio.with_relay(relay.clone());
         http = http.with_relay(relay.clone());
@@ -51,9 +54,10 @@ pub(crate) fn transports(options: HttpOptions, relay: Option<Arc<dyn Relay>>) ->
 pub(crate) fn connector(server_type: ServerType, options: HttpOptions) -> Result<Arc<dyn Connector>, String> {
     Ok(match server_type {
         ServerType::Stdio => Arc::new(StdioConnector::new()),
-        ServerType::StreamableHttp => {
-            Arc::new(HttpConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?))
-        }
+        ServerType::StreamableHttp => Arc::new(
+            HttpConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)
+                .with_credentials(crate::login::store()),
+        ),
         ServerType::Sse => Arc::new(SseConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)),
     })
 }

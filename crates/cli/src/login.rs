@@ -1,0 +1,222 @@
+//! `roster login` and `roster logout`.
+
+use std::time::Duration;
+
+use roster_auth::{LoginError, LoginOptions, Prompt, Revoked, Store, Target};
+use roster_core::ServerType;
+use roster_http::{HttpClients, HttpOptions};
+use serde_json::json;
+
+use crate::oneshot::UrlTransport;
+use crate::output::{self, Tone, escape, paint};
+use crate::{Cli, config, control, exit, paths};
+
+/// Which server to log in to, and how.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoginArgs {
+    /// A remote server's name from the configuration, or an http(s) URL.
+    #[arg(value_name = "TARGET")]
+    target: String,
+    /// The transport of a URL target.
+    #[arg(long, value_enum, default_value_t = UrlTransport::StreamableHttp)]
+    transport: UrlTransport,
+    /// Print the URL to open; start no browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// How long to wait for the browser's redirect.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// A scope to ask for on top of the configured ones (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+}
+
+/// Which server to log out of.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogoutArgs {
+    /// A remote server's name from the configuration, or an http(s) URL.
+    #[arg(value_name = "TARGET")]
+    target: String,
+}
+
+/// Where the tokens are kept.
+pub(crate) fn store() -> Store {
+    Store::new(paths::state_dir().join("credentials"))
+}
+
+/// The target, its HTTP options, and whether it is a configured server.
+fn resolve(cli: &Cli, target: &str, transport: UrlTransport) -> Result<(Target, HttpOptions, bool), String> {
+    if target.starts_with("http://") || target.starts_with("https://") {
+        let server_type = match transport {
+            UrlTransport::StreamableHttp => ServerType::StreamableHttp,
+            UrlTransport::Sse => ServerType::Sse,
+        };
+        let target = Target { server: roster_auth::URL_ONLY.into(), url: target.into(), server_type, auth: None };
+        return Ok((target, HttpOptions::default(), false));
+    }
+    let config = config::load(&cli.config).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("{} has errors:\n  {}", cli.config.display(), lines.join("\n  "))
+    })?;
+    let spec = config
+        .servers
+        .iter()
+        .map(roster_core::ValidSpec::spec)
+        .find(|s| s.name == target)
+        .ok_or_else(|| format!("no server named {target:?} in {}", cli.config.display()))?;
+    if !spec.is_remote() {
+        return Err(format!("{target} is a stdio server; login applies to remote servers (streamable-http, sse)"));
+    }
+    let target = Target {
+        server: spec.name.clone(),
+        url: spec.url.clone(),
+        server_type: spec.server_type,
+        auth: spec.auth.clone(),
+    };
+    Ok((target, config.http, true))
+}
+
+fn client(options: HttpOptions) -> Result<reqwest::Client, String> {
+    HttpClients::new(options).and_then(|c| c.for_url("https://")).map_err(|e| e.to_string())
+}
+
+fn exit_code(e: &LoginError) -> u8 {
+    match e {
+        LoginError::MissingSecret(_) | LoginError::Listener { .. } => exit::USAGE,
+        LoginError::Timeout(_) | LoginError::Denied { .. } | LoginError::Token(_) => exit::AUTH,
+        LoginError::Probe { .. } => exit::TRANSIENT,
+        LoginError::Store(_) | LoginError::Discovery { .. } | LoginError::Registration(_) => exit::PERMANENT,
+    }
+}
+
+/// `roster login`.
+pub(crate) async fn login(cli: &Cli, args: &LoginArgs) -> u8 {
+    let (target, options, configured) = match resolve(cli, &args.target, args.transport) {
+        Ok(t) => t,
+        Err(e) => {
+            output::err(format!("roster: {e}"));
+            return exit::USAGE;
+        }
+    };
+    let http = match client(options) {
+        Ok(c) => c,
+        Err(e) => {
+            output::err(format!("roster: {e}"));
+            return exit::USAGE;
+        }
+    };
+    let name = if configured { target.server.clone() } else { roster_core::redact_url(&target.url) };
+    let options = LoginOptions { open_browser: !args.no_browser, timeout: args.timeout, scopes: args.scopes.clone() };
+    let color = output::stderr_color();
+    let tell = |prompt: Prompt<'_>| match prompt {
+        Prompt::OpenUrl(url) => {
+            output::err(format!("To log in to {}, open this URL in a browser:", escape(&name, false)));
+            output::err(format!("  {url}"));
+            output::err(format!("Waiting up to {} for the login…", humantime::format_duration(args.timeout)));
+        }
+        Prompt::NoBrowser(why) => output::err(format!("{} {}", paint("note:", Tone::Warn, color), escape(&why, false))),
+        Prompt::StrayCallback(why) => {
+            output::err(format!("{} ignored {why}", paint("note:", Tone::Warn, color)));
+        }
+    };
+    let store = store();
+    let logged_in = tokio::select! {
+        result = roster_auth::login(&store, &target, http, &options, tell) => result,
+        _ = tokio::signal::ctrl_c() => {
+            output::err("roster: login interrupted; nothing was stored");
+            return 130;
+        }
+    };
+    let logged_in = match logged_in {
+        Ok(l) => l,
+        Err(e) => {
+            if cli.json {
+                output::out(json!({"ok": false, "error": e.to_string()}).to_string());
+            } else {
+                output::err(format!("{} {}", paint("login failed:", Tone::Bad, color), escape(&e.to_string(), false)));
+            }
+            return exit_code(&e);
+        }
+    };
+    // A running `up` or `serve` connects at once, with the new tokens.
+    let running = if configured { control::notify(cli, "start", &target.server).await } else { None };
+    if cli.json {
+        output::out(
+            json!({
+                "ok": true,
+                "server": target.server,
+                "scopes": logged_in.scopes,
+                "expires_in": logged_in.expires_in,
+                "renewable": logged_in.renewable,
+                "file": logged_in.file,
+                "running": running.as_ref().map(|a| a["status"]["state"].clone()),
+            })
+            .to_string(),
+        );
+    } else {
+        let scopes = if logged_in.scopes.is_empty() {
+            String::new()
+        } else {
+            format!(" (scopes: {})", logged_in.scopes.join(" "))
+        };
+        output::out(format!("logged in to {}{}", escape(&name, false), escape(&scopes, false)));
+        let lifetime = match (logged_in.expires_in, logged_in.renewable) {
+            (Some(secs), true) => {
+                format!("the token lasts {}; roster renews it", humantime::format_duration(Duration::from_secs(secs)))
+            }
+            (Some(secs), false) => {
+                format!("the token lasts {}; log in again then", humantime::format_duration(Duration::from_secs(secs)))
+            }
+            (None, _) => "the token has no stated expiry".to_owned(),
+        };
+        output::out(format!("  {lifetime}; kept in {}", logged_in.file.display()));
+        if let Some(answer) = running {
+            let state = answer["status"]["state"].as_str().unwrap_or("?");
+            output::out(format!("  the running roster connected it: {state}"));
+        }
+    }
+    exit::OK
+}
+
+/// `roster logout`.
+pub(crate) async fn logout(cli: &Cli, args: &LogoutArgs) -> u8 {
+    let (target, options, configured) = match resolve(cli, &args.target, UrlTransport::StreamableHttp) {
+        Ok(t) => t,
+        Err(e) => {
+            output::err(format!("roster: {e}"));
+            return exit::USAGE;
+        }
+    };
+    let http = match client(options) {
+        Ok(c) => c,
+        Err(e) => {
+            output::err(format!("roster: {e}"));
+            return exit::USAGE;
+        }
+    };
+    let name = if configured { target.server.clone() } else { roster_core::redact_url(&target.url) };
+    let done = match roster_auth::logout(&store(), &target.server, &target.url, &http).await {
+        Ok(d) => d,
+        Err(e) => {
+            output::err(format!("roster: {}", escape(&e.to_string(), false)));
+            return exit::PERMANENT;
+        }
+    };
+    // A running roster drops the session that still holds the token.
+    if done.removed && configured {
+        let _ = control::notify(cli, "restart", &target.server).await;
+    }
+    let revoked = match &done.revoked {
+        Revoked::Yes => "revoked".to_owned(),
+        Revoked::NotSupported => "not revoked (the authorization server offers no revocation)".to_owned(),
+        Revoked::Failed(why) => format!("not revoked ({why})"),
+    };
+    if cli.json {
+        output::out(json!({"ok": true, "server": target.server, "removed": done.removed, "revoked": done.revoked == Revoked::Yes}).to_string());
+    } else if done.removed {
+        output::out(format!("logged out of {}: tokens removed, {}", escape(&name, false), escape(&revoked, false)));
+    } else {
+        output::out(format!("no tokens kept for {}", escape(&name, false)));
+    }
+    exit::OK
+}
