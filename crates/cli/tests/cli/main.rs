@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod login;
 mod serve;
 
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
@@ -111,10 +112,16 @@ struct Up {
 
 impl Up {
     fn start(toml: &str, extra: &[&str]) -> Up {
+        Up::start_with_env(toml, extra, &[])
+    }
+
+    /// The same, with `env` set for roster.
+    fn start_with_env(toml: &str, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Up {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config = dir.path().join("roster.toml");
         std::fs::write(&config, toml).expect("write the config");
         let mut child = Command::new(ROSTER)
+            .envs(env.iter().copied())
             .args(["--json", "--config"])
             .arg(&config)
             .arg("up")

@@ -22,6 +22,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tower::ServiceExt as _;
 
+use crate::oauth::{self, Oauth};
 use crate::{Faults, Fixture};
 
 type McpService = StreamableHttpService<Fixture, LocalSessionManager>;
@@ -36,6 +37,8 @@ struct Shared {
     /// SSE sessions: where POSTed messages go.
     sse_sessions: Mutex<HashMap<String, futures::channel::mpsc::Sender<ClientJsonRpcMessage>>>,
     next_session: AtomicU64,
+    /// `--oauth`: the authorization server.
+    oauth: Option<Oauth>,
 }
 
 fn mcp_service(faults: &Faults) -> McpService {
@@ -61,7 +64,11 @@ pub(crate) async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", faults.port)).await?;
     let port = listener.local_addr()?.port();
+    let oauth = faults
+        .oauth
+        .then(|| Oauth::new(port, Duration::from_secs(faults.token_ttl.unwrap_or(3600)), faults.oauth_client.clone()));
     let shared = Arc::new(Shared {
+        oauth,
         unavailable: AtomicU64::new(faults.unavailable),
         mcp: Mutex::new(mcp_service(&faults)),
         sse_sessions: Mutex::new(HashMap::new()),
@@ -77,6 +84,14 @@ pub(crate) async fn serve(
     let app = routes
         .route_layer(middleware::from_fn_with_state(shared.clone(), faults_layer))
         .route("/.well-known/oauth-protected-resource", get(resource_metadata))
+        .route("/.well-known/oauth-protected-resource/mcp", get(resource_metadata))
+        .route("/.well-known/oauth-authorization-server", get(oauth_route))
+        .route("/register", post(oauth_route))
+        .route("/authorize", get(oauth_route))
+        .route("/token", post(oauth_route))
+        .route("/revoke", post(oauth_route))
+        .route("/control/oauth", get(oauth_route))
+        .route("/control/oauth/{action}", post(oauth_route))
         .route("/control/forget-sessions", post(forget_sessions))
         .with_state(shared);
     match announce {
@@ -116,6 +131,16 @@ async fn faults_layer(State(shared): State<Arc<Shared>>, request: Request, next:
     if let Some(ms) = f.slow {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let request = match &shared.oauth {
+        Some(oauth) => {
+            let (parts, body) = oauth::body(request).await;
+            if let Some(refused) = oauth.gate(&parts.headers, &body) {
+                return refused;
+            }
+            oauth::rebuild(parts, body)
+        }
+        None => request,
+    };
     if f.hang {
         std::future::pending::<()>().await;
     }
@@ -166,7 +191,30 @@ async fn forget_sessions(State(shared): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// The authorization server's routes (`--oauth`); 404 without it.
+async fn oauth_route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let Some(oauth) = &shared.oauth else { return StatusCode::NOT_FOUND.into_response() };
+    let path = request.uri().path().to_owned();
+    match path.as_str() {
+        "/.well-known/oauth-authorization-server" => oauth.server_metadata(),
+        "/authorize" => oauth.authorize(&request),
+        "/control/oauth" => oauth.control(""),
+        _ => {
+            let (parts, body) = oauth::body(request).await;
+            match path.as_str() {
+                "/register" => oauth.register(&body),
+                "/token" => oauth.token(&parts.headers, &body),
+                "/revoke" => oauth.revoke(&body),
+                action => oauth.control(action.trim_start_matches("/control/oauth/")),
+            }
+        }
+    }
+}
+
 async fn resource_metadata(State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(oauth) = &shared.oauth {
+        return oauth.resource_metadata();
+    }
     let body = serde_json::json!({
         "resource": format!("http://127.0.0.1:{}/mcp", shared.port),
         "authorization_servers": [format!("http://127.0.0.1:{}", shared.port)],

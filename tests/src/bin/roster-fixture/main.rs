@@ -79,6 +79,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, schemars, tool, too
 use serde::Deserialize;
 
 mod http;
+mod oauth;
 
 #[derive(Debug, Default, Clone)]
 struct Faults {
@@ -108,6 +109,9 @@ struct Faults {
     ping_meta: bool,
     endless_event: Option<String>,
     record: Option<String>,
+    oauth: bool,
+    token_ttl: Option<u64>,
+    oauth_client: Option<(String, String)>,
 }
 
 fn parse(args: &[String]) -> Result<Faults, String> {
@@ -149,6 +153,13 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--ping-meta" => f.ping_meta = true,
             "--endless-event" => f.endless_event = Some(value()?),
             "--record" => f.record = Some(value()?),
+            "--oauth" => f.oauth = true,
+            "--token-ttl" => f.token_ttl = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "--oauth-client" => {
+                let v = value()?;
+                let (id, secret) = v.split_once(':').ok_or_else(|| format!("{arg}: write ID:SECRET"))?;
+                f.oauth_client = Some((id.to_owned(), secret.to_owned()));
+            }
             other => return Err(format!("unknown switch {other}")),
         }
     }
@@ -571,6 +582,28 @@ async fn main() {
             if let Err(e) = http::serve(mode == "sse", faults, http::Announce::Stdout).await {
                 eprintln!("roster-fixture: {e}");
                 std::process::exit(1);
+            }
+        }
+        "browse" => {
+            // A browser for the login tests: follows the authorization URL's
+            // redirects to roster's callback, as a person's browser would.
+            let url = rest.first().cloned().unwrap_or_default();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build();
+            let status = match client {
+                Ok(c) => c.get(&url).send().await.map(|r| r.status()),
+                Err(e) => Err(e),
+            };
+            match status {
+                Ok(s) if s.is_success() => {}
+                Ok(s) => {
+                    eprintln!("roster-fixture browse: HTTP {s}");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("roster-fixture browse: {e}");
+                    std::process::exit(1);
+                }
             }
         }
         "sleeper" => loop {
