@@ -30,3 +30,30 @@ pub use login::{
 pub use rmcp::transport::auth::AuthError;
 pub use store::{Entry, FORMAT_VERSION, FileCredentials, LOCK_WAIT, Lock, Record, Store, StoreError, URL_ONLY};
 pub use tokens::{MAX_SCOPE_UPGRADES, MissingSecret, TOKEN_REQUEST_TIMEOUT, Tokens, needs_renewal};
+
+use roster_core::{Challenge, Failure};
+
+/// Failures of a server's token source into classes: a token that cannot be
+/// renewed without a person is auth required; an authorization server that
+/// cannot be reached is transient; a store that cannot be read is permanent
+/// (it needs the user: `roster logout`, then `roster login`).
+pub fn classify(e: &AuthError) -> Failure {
+    let login = "log in again with `roster login`";
+    match e {
+        AuthError::AuthorizationRequired => Failure::needs_credentials(
+            Challenge::default(),
+            format!("the access token expired and cannot be renewed: {login}"),
+        ),
+        AuthError::TokenRefreshRejected(_) => Failure::needs_credentials(
+            Challenge::default(),
+            format!("the authorization server refused to renew the token: {login}"),
+        ),
+        AuthError::CredentialStoreError(why) => Failure::permanent(format!("credentials: {why}")),
+        AuthError::ClientCredentialsError(why) => Failure::permanent(format!("client credentials: {why}")),
+        AuthError::TokenRefreshFailed(_)
+        | AuthError::TokenExchangeFailed(_)
+        | AuthError::HttpError(_)
+        | AuthError::DiscoveryRequestFailed { .. } => Failure::transient(format!("token renewal failed: {e}")),
+        _ => Failure::transient(format!("token renewal failed: {e}")),
+    }
+}

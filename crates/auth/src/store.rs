@@ -166,6 +166,18 @@ impl Store {
         }
     }
 
+    /// The entry of `spec`, when its sessions are to send tokens: it is
+    /// configured for OAuth, or someone has logged in to it. `None`: requests go
+    /// without a token (and a 401 is auth required, as ever).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn entry_for(&self, spec: &roster_core::ServerSpec) -> Result<Option<Entry>, StoreError> {
+        let entry = self.entry(&spec.name, &spec.url);
+        let configured = spec.auth.as_ref().is_some_and(|a| a.kind == roster_core::AuthType::Oauth);
+        Ok((configured || entry.read()?.is_some()).then_some(entry))
+    }
+
     /// Creates the directory 0700 if needed, and checks that it is private.
     ///
     /// # Errors

@@ -1,10 +1,13 @@
 //! `roster login` and `roster logout`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use roster_auth::{LoginError, LoginOptions, Prompt, Revoked, Store, Target};
 use roster_core::ServerType;
 use roster_http::{HttpClients, HttpOptions};
+use roster_supervisor::Supervisor;
 use serde_json::json;
 
 use crate::oneshot::UrlTransport;
@@ -219,4 +222,85 @@ pub(crate) async fn logout(cli: &Cli, args: &LogoutArgs) -> u8 {
         output::out(format!("no tokens kept for {}", escape(&name, false)));
     }
     exit::OK
+}
+
+/// `roster serve`'s `roster_login` tool: starts a login in the background and
+/// answers with the URL to open; when the login completes, the server is started.
+#[derive(Debug)]
+pub(crate) struct ServeLogins {
+    sup: Arc<Supervisor>,
+    http: reqwest::Client,
+    /// Whether to open a browser too (`serve` over stdio runs on the user's machine).
+    open_browser: bool,
+    /// The URL of each login under way, so that asking twice gives the same one.
+    pending: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl ServeLogins {
+    /// `None` when no HTTP client can be built (the tool is then not offered).
+    pub(crate) fn new(sup: Arc<Supervisor>, options: HttpOptions, open_browser: bool) -> Option<ServeLogins> {
+        let http = client(options).ok()?;
+        Some(ServeLogins { sup, http, open_browser, pending: Arc::default() })
+    }
+}
+
+fn opened(server: &str, url: &str) -> String {
+    format!(
+        "Open this URL in a browser to log in to {server}:\n{url}\nroster connects {server} as soon as the login \
+         completes (it waits {}).",
+        humantime::format_duration(roster_auth::DEFAULT_LOGIN_TIMEOUT)
+    )
+}
+
+impl roster_serve::Logins for ServeLogins {
+    fn start(&self, server: &str) -> roster_transport::BoxFuture<Result<String, String>> {
+        let server = server.to_owned();
+        if let Some(url) = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&server) {
+            let text = opened(&server, url);
+            return Box::pin(async move { Ok(text) });
+        }
+        let Some(service) = self.sup.get(&server) else {
+            return Box::pin(async move { Err(format!("no server named {server:?}")) });
+        };
+        let spec = service.spec();
+        if !spec.is_remote() {
+            return Box::pin(async move { Err(format!("{server} is a stdio server: it needs no login")) });
+        }
+        let target =
+            Target { server: spec.name.clone(), url: spec.url.clone(), server_type: spec.server_type, auth: spec.auth };
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, String>>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let (sup, http, pending) = (self.sup.clone(), self.http.clone(), self.pending.clone());
+        let options = LoginOptions { open_browser: self.open_browser, ..LoginOptions::default() };
+        let name = server.clone();
+        tokio::spawn(async move {
+            let answer = |text: Result<String, String>| {
+                if let Some(tx) = tx.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                    let _ = tx.send(text);
+                }
+            };
+            let tell = |prompt: Prompt<'_>| {
+                if let Prompt::OpenUrl(url) = prompt {
+                    pending.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), url.to_owned());
+                    answer(Ok(opened(&name, url)));
+                }
+            };
+            let result = roster_auth::login(&store(), &target, http, &options, tell).await;
+            pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+            match result {
+                Ok(_) => {
+                    answer(Ok(format!("roster has a token for {name}; it is connecting now")));
+                    tracing::info!(server = %name, "logged in through roster_login");
+                    if let Some(service) = sup.get(&name) {
+                        let _ = service.start().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "roster_login failed");
+                    answer(Err(format!("the login to {name} failed: {e}")));
+                }
+            }
+        });
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the login ended before it had a URL".to_owned())) })
+    }
 }

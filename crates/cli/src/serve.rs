@@ -172,6 +172,11 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
                 tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let address = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
             let shutdown = stop.clone();
+            // Responses are written in pieces (headers, then events): without
+            // TCP_NODELAY the second waits for the client's delayed ACK, 40 ms a call.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let server =
                 axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
             let ended = Box::pin(async move {

@@ -58,7 +58,10 @@ pub(crate) fn connector(server_type: ServerType, options: HttpOptions) -> Result
             HttpConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)
                 .with_credentials(crate::login::store()),
         ),
-        ServerType::Sse => Arc::new(SseConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)),
+        ServerType::Sse => Arc::new(
+            SseConnector::new(HttpClients::new(options).map_err(|e| e.to_string())?)
+                .with_credentials(crate::login::store()),
+        ),
     })
 }
 
@@ -420,9 +423,11 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     let starting = config.servers.iter().filter(|s| s.auto_start).count();
     // The gateway first: it sees every event from the first start on.
     let gateway = match (serve, hub) {
-        (Some(_), Some(hub)) => {
+        (Some(args), Some(hub)) => {
             let cache = ListingCache::new(paths::listing_cache_dir(&cli.config));
-            let options = GatewayOptions { cache: Some(cache), ..GatewayOptions::default() };
+            let logins = crate::login::ServeLogins::new(sup.clone(), running_http, args.over_stdio())
+                .map(|l| Arc::new(l) as Arc<dyn roster_serve::Logins>);
+            let options = GatewayOptions { cache: Some(cache), logins, ..GatewayOptions::default() };
             let gateway = Gateway::new(sup.clone(), hub, options);
             gateway.configure(config.serve.clone());
             let sync = gateway.clone();

@@ -63,6 +63,20 @@ pub struct GatewayOptions {
     /// Where on-demand servers' listings are kept between runs; without one they
     /// contribute nothing until started.
     pub cache: Option<ListingCache>,
+    /// Starts logins for the `roster_login` tool; without it the tool is not offered.
+    pub logins: Option<Arc<dyn Logins>>,
+}
+
+/// The name of the tool that starts a login to a server in `auth_required`.
+pub const LOGIN_TOOL: &str = "roster_login";
+
+/// What `roster_login` asks the host for: start logging in to `server` and say
+/// what the person is to do (the URL to open), without waiting for the login to
+/// end. When it ends, the host starts the server.
+pub trait Logins: Send + Sync + std::fmt::Debug {
+    /// Starts the login; `Ok` holds the text for the person (the URL to open),
+    /// `Err` why it could not start.
+    fn start(&self, server: &str) -> roster_transport::BoxFuture<Result<String, String>>;
 }
 
 /// The default `tool_timeout`.
@@ -76,6 +90,7 @@ impl Default for GatewayOptions {
             tool_timeout: DEFAULT_TOOL_TIMEOUT,
             settle: Duration::from_secs(10),
             cache: None,
+            logins: None,
         }
     }
 }
@@ -452,8 +467,27 @@ impl Gateway {
         text
     }
 
+    /// `status --json`'s data; a server that waits for a login also says how.
+    fn server_names(&self) -> String {
+        let names: Vec<String> = self.status().into_iter().map(|s| s.name).collect();
+        names.join(", ")
+    }
+
     fn status_json(&self) -> String {
-        serde_json::to_string_pretty(&self.status()).unwrap_or_else(|_| "[]".to_owned())
+        let servers: Vec<serde_json::Value> = self
+            .status()
+            .iter()
+            .map(|s| {
+                let mut value = serde_json::to_value(s).unwrap_or_default();
+                if s.state == State::AuthRequired
+                    && let Some(map) = value.as_object_mut()
+                {
+                    map.insert("login".into(), login_command(&s.name).into());
+                }
+                value
+            })
+            .collect();
+        serde_json::to_string_pretty(&servers).unwrap_or_else(|_| "[]".to_owned())
     }
 
     /// A call that cannot be forwarded: the server is not up. Says which server,
@@ -523,7 +557,15 @@ pub fn describe(s: &ServerStatus) -> String {
         let secs = at.saturating_sub(now).div_ceil(1000);
         text.push_str(&format!("; next attempt in {secs}s"));
     }
+    if s.state == State::AuthRequired {
+        text.push_str(&format!("; it waits for a login: run `{}`", login_command(&s.name)));
+    }
     text
+}
+
+/// The command that logs in to `server`.
+pub fn login_command(server: &str) -> String {
+    format!("roster login {server}")
 }
 
 fn unknown(what: &str, name: &str) -> ErrorData {
@@ -565,6 +607,9 @@ impl ServerHandler for Gateway {
         self.settled().await;
         let mut tools: Vec<Tool> = self.catalog().tools().to_vec();
         tools.push(status_tool());
+        if self.inner.options.logins.is_some() {
+            tools.push(login_tool());
+        }
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -575,6 +620,21 @@ impl ServerHandler for Gateway {
     ) -> Result<CallToolResponse, ErrorData> {
         if request.name == STATUS_TOOL {
             return Ok(CallToolResult::success(vec![ContentBlock::text(self.status_json())]).into());
+        }
+        if request.name == LOGIN_TOOL
+            && let Some(logins) = self.inner.options.logins.clone()
+        {
+            let server = request.arguments.as_ref().and_then(|a| a.get("server")).and_then(|v| v.as_str());
+            let Some(server) = server.filter(|s| self.inner.supervisor.get(s).is_some()) else {
+                let text =
+                    format!("roster: name a configured server: {{\"server\": \"NAME\"}} ({})", self.server_names());
+                return Ok(CallToolResult::error(vec![ContentBlock::text(text)]).into());
+            };
+            return Ok(match logins.start(server).await {
+                Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
+                Err(why) => CallToolResult::error(vec![ContentBlock::text(format!("roster: {why}"))]),
+            }
+            .into());
         }
         self.settled().await;
         let catalog = self.catalog();
@@ -763,6 +823,19 @@ impl ServerHandler for Gateway {
         }
         Ok(())
     }
+}
+
+fn login_tool() -> Tool {
+    let schema: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"type": "object", "properties": {"server": {"type": "string", "description": "The server's name"}}, "required": ["server"]}"#,
+    )
+    .unwrap_or_default();
+    Tool::new(
+        LOGIN_TOOL,
+        "Starts an OAuth login to a server that waits for one (state auth_required) and returns the URL the \
+         user opens in a browser; roster connects the server when the login completes.",
+        Arc::new(schema),
+    )
 }
 
 fn status_tool() -> Tool {

@@ -9,4 +9,7 @@ mod hub;
 pub mod names;
 pub use hub::Hub;
 mod gateway;
-pub use gateway::{DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, STATUS_TOOL, STATUS_URI, ServerSettings, describe};
+pub use gateway::{
+    DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, LOGIN_TOOL, Logins, STATUS_TOOL, STATUS_URI, ServerSettings,
+    describe, login_command,
+};

@@ -32,7 +32,7 @@ use rmcp::transport::auth::AuthError;
 use rmcp::transport::common::client_side_sse::NeverRetry;
 use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
 use roster_auth::{MissingSecret, Store, StoreError, Tokens};
-use roster_core::{AuthType, Challenge, Failure, ServerSpec};
+use roster_core::{Failure, ServerSpec};
 use roster_http::classify::{Phase, StatusInfo, classify_reqwest, classify_status, reqwest_text};
 use roster_http::{BuildError, HttpClients, InvalidHeader, header_map};
 use roster_transport::mcp::{self, McpClient, Relay};
@@ -189,43 +189,17 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
     }
 }
 
-/// Failures of a server's token source into classes: a token that cannot be
-/// renewed without a person is auth required; an authorization server that
-/// cannot be reached is transient; a store that cannot be read is permanent
-/// (it needs the user: `roster logout`, then `roster login`).
+/// Failures of a server's token source into classes (see [`roster_auth::classify`]).
 pub fn classify_auth(e: &AuthError) -> Failure {
-    let login = "log in again with `roster login`";
-    match e {
-        AuthError::AuthorizationRequired => Failure::needs_credentials(
-            Challenge::default(),
-            format!("the access token expired and cannot be renewed: {login}"),
-        ),
-        AuthError::TokenRefreshRejected(_) => Failure::needs_credentials(
-            Challenge::default(),
-            format!("the authorization server refused to renew the token: {login}"),
-        ),
-        AuthError::CredentialStoreError(why) => Failure::permanent(format!("credentials: {why}")),
-        AuthError::ClientCredentialsError(why) => Failure::permanent(format!("client credentials: {why}")),
-        AuthError::TokenRefreshFailed(_)
-        | AuthError::TokenExchangeFailed(_)
-        | AuthError::HttpError(_)
-        | AuthError::DiscoveryRequestFailed { .. } => Failure::transient(format!("token renewal failed: {e}")),
-        _ => Failure::transient(format!("token renewal failed: {e}")),
-    }
+    roster_auth::classify(e)
 }
 
-/// The token source of `spec`'s sessions: one when the server is configured
-/// for OAuth or someone has logged in to it; `None` otherwise (requests carry
-/// no token, and a 401 is auth required as ever).
+/// The token source of `spec`'s sessions (see [`Store::entry_for`]).
 ///
 /// # Errors
 /// When `client_secret_env` is not set, or the store cannot be read.
 pub fn tokens_for(store: &Store, spec: &ServerSpec, clients: &HttpClients) -> Result<Option<Tokens>, HttpError> {
-    let entry = store.entry(&spec.name, &spec.url);
-    let configured = spec.auth.as_ref().is_some_and(|a| a.kind == AuthType::Oauth);
-    if !configured && entry.read()?.is_none() {
-        return Ok(None);
-    }
+    let Some(entry) = store.entry_for(spec)? else { return Ok(None) };
     // Token endpoints are https:// in the wild even for a plain-HTTP server.
     let http = clients.for_url("https://")?;
     Ok(Some(Tokens::new(entry, spec.auth.as_ref(), http)?))

@@ -81,6 +81,15 @@ pub enum SseError {
         /// The origin of the configured URL.
         base: String,
     },
+    /// The server's client secret is not in the environment.
+    #[error(transparent)]
+    MissingSecret(#[from] roster_auth::MissingSecret),
+    /// The token store could not be read.
+    #[error("credentials: {0}")]
+    Store(#[from] roster_auth::StoreError),
+    /// No token could be had (expired, refused, or the authorization server is down).
+    #[error("{}", roster_auth::classify(.0).message)]
+    Token(#[source] roster_auth::AuthError),
     /// A message could not be encoded.
     #[error("cannot encode a message: {0}")]
     Encode(#[source] serde_json::Error),
@@ -137,7 +146,10 @@ pub fn classify(error: &SseError) -> Failure {
         | SseError::NotAnEventStream(_)
         | SseError::BadEndpoint(_)
         | SseError::ForeignEndpoint { .. }
+        | SseError::MissingSecret(_)
+        | SseError::Store(_)
         | SseError::Encode(_) => Failure::permanent(text),
+        SseError::Token(e) => roster_auth::classify(e),
         SseError::Initialize(e) => match e.as_ref() {
             ClientInitializeError::TransportError { error, .. } => match as_sse(error.error.as_ref()) {
                 Some(inner) => classify(inner),
@@ -412,6 +424,7 @@ impl Drop for SseTransport {
 pub struct SseConnector {
     clients: HttpClients,
     relay: Option<Arc<dyn Relay>>,
+    store: Option<roster_auth::Store>,
 }
 
 impl std::fmt::Debug for SseConnector {
@@ -423,7 +436,7 @@ impl std::fmt::Debug for SseConnector {
 impl SseConnector {
     /// A connector on `clients` (share them across a supervisor).
     pub fn new(clients: HttpClients) -> SseConnector {
-        SseConnector { clients, relay: None }
+        SseConnector { clients, relay: None, store: None }
     }
 
     /// The same, passing what servers send to roster on to `relay`.
@@ -441,12 +454,34 @@ impl SseConnector {
         Ok(SseConnector::new(HttpClients::new(HttpOptions::default())?))
     }
 
+    /// The same, sending the tokens kept in `store` to the servers logged in to.
+    #[must_use]
+    pub fn with_credentials(mut self, store: roster_auth::Store) -> SseConnector {
+        self.store = Some(store);
+        self
+    }
+
+    /// The token for a new session of `spec` (renewed first if it is about to
+    /// expire). A session keeps its token: one that expires mid-session makes
+    /// the server answer 401, and the next session renews it.
+    async fn token(&self, spec: &ServerSpec) -> Result<Option<String>, SseError> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let Some(entry) = store.entry_for(spec)? else { return Ok(None) };
+        let tokens = roster_auth::Tokens::new(entry, spec.auth.as_ref(), self.clients.for_url("https://")?)?;
+        tokens.current().await.map_err(SseError::Token)
+    }
+
     /// Opens the stream and completes the MCP handshake before `deadline`.
     ///
     /// # Errors
     /// Typed; see [`classify`].
     pub async fn open(&self, spec: &ServerSpec, deadline: Instant) -> Result<SseSession, SseError> {
-        let headers = to_header_map(spec)?;
+        let mut headers = to_header_map(spec)?;
+        if let Some(token) = self.token(spec).await? {
+            let value = HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| SseError::Token(roster_auth::AuthError::InvalidTokenType("not a header value".into())))?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
         let client = self.clients.for_url(&spec.url)?;
         let transport = SseTransport::connect(client, &spec.url, headers, deadline, self.clients.options()).await?;
         let ended = transport.ended();

@@ -282,9 +282,82 @@ fn exit_like(status: c_int) -> ! {
     }
 }
 
-/// Calls `f` with the pid of every child of `keeper` (alive or zombie), found by
-/// reading `/proc/<pid>/stat` of every process: no allocation, stack buffers only.
+/// Calls `f` with the pid of every child of `keeper` (alive or zombie): from
+/// `/proc/<keeper>/task/<keeper>/children` (one read: the keeper has one
+/// thread, so its main thread's children are all of its children) where the
+/// kernel has that file, else by reading `/proc/<pid>/stat` of every process.
+/// No allocation, stack buffers only.
 pub(crate) fn for_each_child(keeper: pid_t, mut f: impl FnMut(pid_t)) {
+    if !children_file(keeper, &mut f) {
+        scan_proc(keeper, &mut f);
+    }
+}
+
+/// The children of `keeper` from its `children` file; `false` when the file
+/// cannot be read whole (no `CONFIG_PROC_CHILDREN`, or too many children).
+fn children_file(keeper: pid_t, f: &mut impl FnMut(pid_t)) -> bool {
+    // "/proc/" + pid + "/task/" + pid + "/children" + NUL fits in 64 bytes.
+    let mut path = [0u8; 64];
+    let mut digits = [0u8; 10];
+    let pid = decimal(keeper, &mut digits);
+    let parts: [&[u8]; 5] = [b"/proc/", pid, b"/task/", pid, b"/children"];
+    let mut len = 0;
+    for part in parts {
+        let Some(slot) = path.get_mut(len..len + part.len()) else { return false };
+        slot.copy_from_slice(part);
+        len += part.len();
+    }
+    let mut list = [0u8; 4096];
+    // SAFETY: the path is NUL-terminated (zeroed beyond `len`); reads are bounded
+    // by the buffer; the descriptor is this function's.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let mut total = 0usize;
+        while let Some(rest) = list.get_mut(total..) {
+            if rest.is_empty() {
+                break;
+            }
+            let n = libc::read(fd, rest.as_mut_ptr().cast(), rest.len());
+            if n <= 0 {
+                break;
+            }
+            total += n as usize;
+        }
+        libc::close(fd);
+        total
+    };
+    if n == list.len() {
+        // Maybe cut short: the full scan sees every child.
+        return false;
+    }
+    for name in list[..n].split(|b| *b == b' ' || *b == b'\n') {
+        if let Some(child) = parse_pid(name) {
+            f(child);
+        }
+    }
+    true
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(n: pid_t, buf: &mut [u8; 10]) -> &[u8] {
+    let mut n = n.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
+/// The children of `keeper`, found by reading every process's `stat`.
+fn scan_proc(keeper: pid_t, f: &mut impl FnMut(pid_t)) {
     // SAFETY: open/getdents64/read/close on descriptors this function owns, into
     // buffers on the stack, bounded by their lengths.
     unsafe {
@@ -388,13 +461,50 @@ mod tests {
     }
 
     #[test]
-    fn the_children_of_this_process_are_found() {
+    fn the_children_of_this_process_are_found_by_the_scan() {
+        // The test harness runs tests on threads of their own: only the scan of
+        // every process sees a child of a thread other than the main one.
         let me = pid_t::try_from(std::process::id()).unwrap();
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let mut found = Vec::new();
-        for_each_child(me, |pid| found.push(pid));
+        scan_proc(me, &mut |pid| found.push(pid));
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&pid_t::try_from(child.id()).unwrap()), "{found:?}");
+    }
+
+    #[test]
+    fn the_children_of_a_single_threaded_process_are_read_in_one_file() {
+        // A shell (one thread, like a keeper) with two children of its own.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(shell.stdout.take().unwrap()), &mut line).unwrap();
+        let sh = pid_t::try_from(shell.id()).unwrap();
+        let (mut fast, mut scanned) = (Vec::new(), Vec::new());
+        let had_file = children_file(sh, &mut |pid| fast.push(pid));
+        scan_proc(sh, &mut |pid| scanned.push(pid));
+        for pid in &scanned {
+            // SAFETY: the shell's own children, not yet reaped (the shell waits).
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = shell.wait();
+        fast.sort_unstable();
+        scanned.sort_unstable();
+        assert_eq!(scanned.len(), 2, "{scanned:?}");
+        if had_file {
+            assert_eq!(fast, scanned, "the file and the scan agree");
+        }
+    }
+
+    #[test]
+    fn pids_are_written_in_decimal() {
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(7, &mut buf), b"7");
+        assert_eq!(decimal(4_194_304, &mut buf), b"4194304");
+        assert_eq!(decimal(pid_t::MAX, &mut buf), b"2147483647");
     }
 }

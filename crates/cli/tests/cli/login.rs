@@ -360,3 +360,19 @@ fn a_login_reaches_the_running_up_and_its_tokens_are_renewed_there() {
     assert_eq!(up.server("docs")["state"], "connected", "{:?}", up.server("docs"));
     assert_eq!(up.terminate(), 0);
 }
+
+#[test]
+fn a_legacy_sse_server_gets_the_token_too() {
+    let tag = Tag::new();
+    let remote = Remote::start(&tag, "sse", &["--oauth"]);
+    let home = Home::new();
+    let toml = format!("[servers.old]\ntype = \"sse\"\nurl = \"{}/sse\"\nauth = {{ type = \"oauth\" }}\n", remote.base);
+    let config = home.config(&toml);
+    assert_eq!(code(&home.run(&config, &["ping", "old"])), 3, "auth required before the login");
+    let login = home.run(&config, &["login", "old"]);
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    let call = home.run(&config, &["call", "echo", "old", "--args", r#"{"text":"sse"}"#]);
+    assert_eq!(code(&call), 0, "{}", stderr(&call));
+    assert_eq!(stdout(&call).lines().next(), Some("sse"));
+    assert_no_secret(&remote, &[&login, &call]);
+}

@@ -178,7 +178,7 @@ async fn tools_prompts_and_resources_of_stdio_http_and_sse_servers_are_served_un
     for expected in ["local__echo", "local__add", "web__echo", "old__echo", "roster_status"] {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
     }
-    assert!(names.iter().all(|n| n == "roster_status" || n.contains("__")), "{names:?}");
+    assert!(names.iter().all(|n| n == "roster_status" || n == "roster_login" || n.contains("__")), "{names:?}");
     let instructions = served.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
     assert!(
         instructions.contains("fs") && instructions.contains("web") && instructions.contains("old"),
@@ -539,4 +539,84 @@ fn the_http_endpoint_refuses_a_wrong_host_origin_or_token() {
     roster_tests::terminate(child.id());
     assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
     assert_gone(&tag);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_a_login_says_how_and_comes_in_after_it() {
+    let tag = Tag::new();
+    let remote = super::Remote::start(&tag, "http", &["--oauth"]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("roster.toml");
+    let toml = format!(
+        "[defaults]\nauto_start = true\n[servers.docs]\nurl = \"{}/mcp\"\nauth = {{ type = \"oauth\" }}\n",
+        remote.base
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut served = serve_stdio_with(&config, &[("XDG_STATE_HOME", &state)]).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: Value = serde_json::from_str(&text(&served.call("roster_status", json!({})).await)).unwrap();
+        if status[0]["state"] == "auth_required" || Instant::now() > until {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status[0]["state"], "auth_required", "{status}");
+    assert_eq!(status[0]["login"], "roster login docs", "{status}");
+    let call = served.call("roster_login", json!({})).await;
+    assert_eq!(call.is_error, Some(true), "roster_login needs a server");
+
+    let browser = format!("{} browse", super::fixture());
+    let login = std::process::Command::new(super::ROSTER)
+        .args(["--config"])
+        .arg(&config)
+        .arg("login")
+        .arg("docs")
+        .env("XDG_STATE_HOME", &state)
+        .env("BROWSER", browser)
+        .output()
+        .unwrap();
+    assert_eq!(login.status.code(), Some(0), "{}", String::from_utf8_lossy(&login.stderr));
+    served.wait_for(Duration::from_secs(10), |s| matches!(s, Seen::ToolsChanged)).await;
+    assert_eq!(text(&served.call("docs__echo", json!({"text": "in"})).await), "in");
+    served.client.cancel().await.unwrap();
+    drop(remote);
+    assert_gone_of(served.pid, &tag);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roster_login_tool_returns_the_url_and_the_server_comes_in_after_the_login() {
+    let tag = Tag::new();
+    let remote = super::Remote::start(&tag, "http", &["--oauth"]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("roster.toml");
+    let toml = format!(
+        "[defaults]\nauto_start = true\n[servers.docs]\nurl = \"{}/mcp\"\nauth = {{ type = \"oauth\" }}\n",
+        remote.base
+    );
+    std::fs::write(&config, toml).unwrap();
+    // No browser may start: the test opens the URL itself.
+    let no_browser = dir.path().join("no-browser");
+    let mut served = serve_stdio_with(&config, &[("XDG_STATE_HOME", &state), ("BROWSER", &no_browser)]).await;
+    let names = served.tool_names().await;
+    assert!(names.iter().any(|n| n == "roster_login"), "{names:?}");
+    let refused = served.call("roster_login", json!({"server": "nope"})).await;
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text(&refused).contains("docs"), "the servers are named: {}", text(&refused));
+
+    let answer = text(&served.call("roster_login", json!({"server": "docs"})).await);
+    let url = answer.lines().find(|l| l.starts_with("http://")).unwrap_or_else(|| panic!("a URL in {answer}"));
+    let again = text(&served.call("roster_login", json!({"server": "docs"})).await);
+    assert!(again.contains(url), "asking twice gives the same login: {again}");
+    let browsed = std::process::Command::new(super::fixture()).args(["browse", url]).status().unwrap();
+    assert!(browsed.success());
+    served.wait_for(Duration::from_secs(10), |s| matches!(s, Seen::ToolsChanged)).await;
+    let names = served.tools_until(Duration::from_secs(10), |n| n.iter().any(|t| t == "docs__echo")).await;
+    assert!(names.iter().any(|t| t == "docs__echo"), "{names:?}");
+    assert_eq!(text(&served.call("docs__echo", json!({"text": "in"})).await), "in");
+    served.client.cancel().await.unwrap();
+    drop(remote);
+    assert_gone_of(served.pid, &tag);
 }

@@ -64,9 +64,14 @@ pub(crate) async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", faults.port)).await?;
     let port = listener.local_addr()?.port();
-    let oauth = faults
-        .oauth
-        .then(|| Oauth::new(port, Duration::from_secs(faults.token_ttl.unwrap_or(3600)), faults.oauth_client.clone()));
+    let oauth = faults.oauth.then(|| {
+        Oauth::new(
+            port,
+            if sse { "/sse" } else { "/mcp" },
+            Duration::from_secs(faults.token_ttl.unwrap_or(3600)),
+            faults.oauth_client.clone(),
+        )
+    });
     let shared = Arc::new(Shared {
         oauth,
         unavailable: AtomicU64::new(faults.unavailable),
@@ -85,6 +90,7 @@ pub(crate) async fn serve(
         .route_layer(middleware::from_fn_with_state(shared.clone(), faults_layer))
         .route("/.well-known/oauth-protected-resource", get(resource_metadata))
         .route("/.well-known/oauth-protected-resource/mcp", get(resource_metadata))
+        .route("/.well-known/oauth-protected-resource/sse", get(resource_metadata))
         .route("/.well-known/oauth-authorization-server", get(oauth_route))
         .route("/register", post(oauth_route))
         .route("/authorize", get(oauth_route))
@@ -98,6 +104,11 @@ pub(crate) async fn serve(
         Announce::Stdout => println!("listening on http://127.0.0.1:{port}"),
         Announce::Stderr => eprintln!("listening on http://127.0.0.1:{port}"),
     }
+    // Without TCP_NODELAY an event after the headers waits for the client's
+    // delayed ACK (40 ms): a slow server roster would not be measured against.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -26,6 +26,8 @@ use base64::Engine as _;
 /// The authorization server's settings and state.
 pub(crate) struct Oauth {
     base: String,
+    /// The protected resource: `/mcp`, or `/sse` for the legacy transport.
+    resource: String,
     ttl: Duration,
     /// A pre-registered confidential client (client credentials), `id:secret`.
     client: Option<(String, String)>,
@@ -82,13 +84,14 @@ fn query(request: &Request) -> HashMap<String, String> {
 }
 
 impl Oauth {
-    pub(crate) fn new(port: u16, ttl: Duration, client: Option<(String, String)>) -> Oauth {
+    pub(crate) fn new(port: u16, resource: &str, ttl: Duration, client: Option<(String, String)>) -> Oauth {
         let mut state = State::default();
         if let Some((id, _)) = &client {
             state.clients.insert(id.clone(), Vec::new());
         }
         Oauth {
             base: format!("http://127.0.0.1:{port}"),
+            resource: format!("http://127.0.0.1:{port}{resource}"),
             ttl,
             client,
             state: Mutex::new(state),
@@ -158,7 +161,7 @@ impl Oauth {
         json(
             StatusCode::OK,
             &serde_json::json!({
-                "resource": format!("{}/mcp", self.base),
+                "resource": self.resource,
                 "authorization_servers": [self.base],
                 "scopes_supported": SCOPES,
             }),
