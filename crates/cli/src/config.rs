@@ -661,6 +661,15 @@ fn read_server(
             ("headers", _) => set(&mut spec.headers, v, &mut field),
             ("timeout", _) => set(&mut spec.timeout, v, &mut field),
             ("description", _) => set(&mut spec.description, v, &mut field),
+            ("auth", Dialect::Client) if is_cursor_auth(&v) => match cursor_auth(&v) {
+                Ok((auth, warnings)) => {
+                    spec.auth = Some(auth);
+                    for w in warnings {
+                        out.warning(*kpos, server, w);
+                    }
+                }
+                Err(message) => out.error(*kpos, server, message),
+            },
             ("auth", _) => set(&mut spec.auth, v, &mut field),
             ("inherit_env", Dialect::Roster) => set(&mut spec.inherit_env, v, &mut field),
             ("pass_env", Dialect::Roster) => set(&mut spec.pass_env, v, &mut field),
@@ -735,6 +744,54 @@ fn set<T: serde::de::DeserializeOwned>(slot: &mut T, value: Value, on_error: &mu
         Ok(v) => *slot = v,
         Err(e) => on_error(e),
     }
+}
+
+/// Cursor's form of a static OAuth client: `"auth": {"CLIENT_ID": ..,
+/// "CLIENT_SECRET": .., "scopes": [..]}`, values possibly `${env:NAME}`.
+fn is_cursor_auth(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| o.keys().any(|k| k == "CLIENT_ID" || k == "CLIENT_SECRET"))
+}
+
+/// The name in a `${env:NAME}` reference.
+fn env_reference(s: &str) -> Option<&str> {
+    s.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')).filter(|n| !n.is_empty())
+}
+
+/// Cursor's static OAuth client as roster's `auth`, with warnings for what
+/// roster does not take. The secret is only taken as a variable's name: roster
+/// never keeps a secret from a file.
+fn cursor_auth(v: &Value) -> Result<(roster_core::AuthConfig, Vec<String>), String> {
+    let mut auth = roster_core::AuthConfig { kind: roster_core::AuthType::Oauth, ..roster_core::AuthConfig::default() };
+    let mut warnings = Vec::new();
+    for (key, value) in v.as_object().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("CLIENT_ID", Value::String(id)) => {
+                auth.client_id = Some(match env_reference(id) {
+                    Some(name) => std::env::var(name)
+                        .map_err(|_| format!("auth.CLIENT_ID: the environment variable {name} is not set"))?,
+                    None => id.clone(),
+                });
+            }
+            ("CLIENT_SECRET", Value::String(secret)) => match env_reference(secret) {
+                Some(name) => auth.client_secret_env = Some(name.to_owned()),
+                None => warnings.push(
+                    "auth.CLIENT_SECRET: roster reads a client secret only from the environment; \
+                     write \"${env:NAME}\" (the secret given here is ignored)"
+                        .to_owned(),
+                ),
+            },
+            ("scopes", Value::Array(scopes)) => {
+                auth.scopes = scopes.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+            }
+            ("CLIENT_ID" | "CLIENT_SECRET", _) => return Err(format!("auth.{key}: must be a string")),
+            ("scopes", _) => return Err("auth.scopes: must be a list of strings".to_owned()),
+            (other, _) => warnings.push(format!("ignoring key `auth.{other}`: roster has no use for it")),
+        }
+    }
+    if auth.client_secret_env.is_some() && auth.client_id.is_none() {
+        return Err("auth.CLIENT_SECRET needs auth.CLIENT_ID".to_owned());
+    }
+    Ok((auth, warnings))
 }
 
 fn parse_type(s: &str, dialect: Dialect) -> Result<ServerType, String> {

@@ -181,6 +181,42 @@ pub(crate) async fn login(cli: &Cli, args: &LoginArgs) -> u8 {
     exit::OK
 }
 
+/// The login of a one-shot's `--login`: for `spec`, with a browser, telling
+/// the person what `roster login` tells. `Err` holds the exit code.
+pub(crate) async fn login_for(cli: &Cli, spec: &roster_core::ServerSpec) -> Result<(), u8> {
+    let target = Target {
+        server: spec.name.clone(),
+        url: spec.url.clone(),
+        server_type: spec.server_type,
+        auth: spec.auth.clone(),
+    };
+    let http = client(HttpOptions::default()).map_err(|e| {
+        output::err(format!("roster: {e}"));
+        exit::USAGE
+    })?;
+    let name = roster_core::redact_url(&spec.url);
+    let tell = |prompt: Prompt<'_>| match prompt {
+        Prompt::OpenUrl(url) => {
+            output::err(format!("{} wants a login; open this URL in a browser:", escape(&name, false)));
+            output::err(format!("  {url}"));
+        }
+        Prompt::NoBrowser(why) => output::err(format!("note: {}", escape(&why, false))),
+        Prompt::StrayCallback(why) => output::err(format!("note: ignored {why}")),
+    };
+    match roster_auth::login(&store(), &target, http, &LoginOptions::default(), tell).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let color = output::stderr_color();
+            if cli.json {
+                output::out(json!({"ok": false, "error": e.to_string()}).to_string());
+            } else {
+                output::err(format!("{} {}", paint("login failed:", Tone::Bad, color), escape(&e.to_string(), false)));
+            }
+            Err(exit_code(&e))
+        }
+    }
+}
+
 /// `roster logout`.
 pub(crate) async fn logout(cli: &Cli, args: &LogoutArgs) -> u8 {
     let (target, options, configured) = match resolve(cli, &args.target, UrlTransport::StreamableHttp) {

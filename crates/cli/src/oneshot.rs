@@ -38,6 +38,10 @@ pub(crate) struct TargetArgs {
     /// Seconds to connect and initialize (and for the request).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u32>,
+    /// When the server asks for credentials, log in (as `roster login` does) and
+    /// go on.
+    #[arg(long)]
+    login: bool,
     /// A stdio server to run: its command and arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -181,13 +185,29 @@ pub(crate) async fn run(cli: &Cli, target: &TargetArgs, op: Op) -> u8 {
     };
     let started = Instant::now();
     let timeout = spec.connect_timeout();
-    let session = tokio::select! {
-        result = connector.connect(&spec, started + timeout) => match result {
-            Ok(s) => s,
-            Err(failure) => return failed(cli, &failure, started, target),
-        },
+    let mut session = tokio::select! {
+        result = connector.connect(&spec, started + timeout) => result,
         // Dropping the attempt kills what it spawned.
         Some(stop) = stops.recv() => return interrupted(stop),
+    };
+    // --login: the server wants credentials; log in, then try once more.
+    if target.login
+        && spec.is_remote()
+        && let Err(failure) = &session
+        && failure.kind() == roster_core::FailureKind::NeedsCredentials
+    {
+        if let Err(code) = crate::login::login_for(cli, &spec).await {
+            return code;
+        }
+        let again = Instant::now();
+        session = tokio::select! {
+            result = connector.connect(&spec, again + timeout) => result,
+            Some(stop) = stops.recv() => return interrupted(stop),
+        };
+    }
+    let session = match session {
+        Ok(s) => s,
+        Err(failure) => return failed(cli, &failure, started, target),
     };
     let mut stopped = None;
     let outcome = tokio::select! {

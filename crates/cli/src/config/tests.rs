@@ -377,3 +377,37 @@ auto_start = true
     assert!(errors[2].contains("start: the one value is \"on_demand\""), "{errors:?}");
     assert!(errors[3].contains("auto_start: a server with start = \"on_demand\""), "{errors:?}");
 }
+
+#[test]
+fn cursors_static_oauth_client_becomes_roster_auth() {
+    // A variable every test run has (setting one would need unsafe code).
+    let home = std::env::var("HOME").expect("HOME is set");
+    let c = json(
+        r#"{"mcpServers": {
+            "a": {"url": "https://a.example/mcp", "auth": {"CLIENT_ID": "cid", "CLIENT_SECRET": "${env:A_SECRET}", "scopes": ["mcp", "offline_access"]}},
+            "b": {"url": "https://b.example/mcp", "auth": {"CLIENT_ID": "${env:HOME}", "CLIENT_SECRET": "literal-secret", "extra": 1}}
+        }}"#,
+    )
+    .unwrap();
+    let auth = |name: &str| c.servers.iter().find(|s| s.name == name).unwrap().auth.clone().unwrap();
+    let a = auth("a");
+    assert_eq!(a.kind, roster_core::AuthType::Oauth);
+    assert_eq!(a.client_id.as_deref(), Some("cid"));
+    assert_eq!(a.client_secret_env.as_deref(), Some("A_SECRET"));
+    assert_eq!(a.scopes, ["mcp", "offline_access"]);
+    let b = auth("b");
+    assert_eq!(b.client_id.as_deref(), Some(home.as_str()));
+    assert_eq!(b.client_secret_env, None, "a literal secret is not kept");
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("CLIENT_SECRET") && !w.contains("literal-secret")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("auth.extra")), "{warnings:?}");
+
+    let errors = json(r#"{"mcpServers": {"c": {"url": "https://c.example/mcp", "auth": {"CLIENT_ID": "${env:ROSTER_TEST_UNSET_ID}"}}}}"#)
+        .unwrap_err();
+    assert!(errors[0].to_string().contains("ROSTER_TEST_UNSET_ID is not set"), "{}", errors[0]);
+    let errors =
+        json(r#"{"mcpServers": {"c": {"url": "https://c.example/mcp", "auth": {"CLIENT_SECRET": "${env:S}"}}}}"#)
+            .unwrap_err();
+    assert!(errors[0].to_string().contains("needs auth.CLIENT_ID"), "{}", errors[0]);
+}

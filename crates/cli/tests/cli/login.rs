@@ -376,3 +376,22 @@ fn a_legacy_sse_server_gets_the_token_too() {
     assert_eq!(stdout(&call).lines().next(), Some("sse"));
     assert_no_secret(&remote, &[&login, &call]);
 }
+
+#[test]
+fn a_one_shot_with_login_logs_in_when_challenged_and_does_its_work() {
+    let tag = Tag::new();
+    let remote = Remote::start(&tag, "http", &["--oauth"]);
+    let home = Home::new();
+    let config = home.config("");
+    let url = format!("{}/mcp", remote.base);
+    let out = home.run(&config, &["call", "echo", &url, "--login", "--args", r#"{"text":"after login"}"#]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().next(), Some("after login"));
+    assert!(stderr(&out).contains("wants a login"), "{}", stderr(&out));
+    assert_eq!(home.files().len(), 1, "the tokens are kept for the next one-shot");
+    let again = home.run(&config, &["ping", &url, "--login"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(!stderr(&again).contains("wants a login"), "no second login: {}", stderr(&again));
+    assert_eq!(count(&stats(&remote), "exchanges"), 1);
+    assert_no_secret(&remote, &[&out, &again]);
+}
