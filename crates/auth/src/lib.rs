@@ -57,3 +57,25 @@ pub fn classify(e: &AuthError) -> Failure {
         _ => Failure::transient(format!("token renewal failed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use roster_core::FailureKind;
+
+    use super::*;
+
+    #[test]
+    fn token_failures_are_auth_required_only_when_a_person_must_log_in() {
+        let kind = |e: AuthError| classify(&e).kind();
+        assert_eq!(kind(AuthError::AuthorizationRequired), FailureKind::NeedsCredentials);
+        assert_eq!(kind(AuthError::TokenRefreshRejected("invalid_grant".into())), FailureKind::NeedsCredentials);
+        // The authorization server down or slow: retried with backoff, never a login.
+        assert_eq!(kind(AuthError::TokenRefreshFailed("connection refused".into())), FailureKind::Transient);
+        assert_eq!(kind(AuthError::TokenExchangeFailed("HTTP 503".into())), FailureKind::Transient);
+        // Nothing a retry fixes: the store, the client's own settings.
+        assert_eq!(kind(AuthError::CredentialStoreError("corrupt".into())), FailureKind::Permanent);
+        assert_eq!(kind(AuthError::ClientCredentialsError("no secret".into())), FailureKind::Permanent);
+        let text = classify(&AuthError::TokenRefreshRejected("x".into())).message;
+        assert!(text.contains("roster login"), "{text}");
+    }
+}
