@@ -2,9 +2,11 @@
 //! 0600). One request per connection; `events` then streams.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"start"|"stop"|"restart","server":NAME}`,
-//! `{"cmd":"plan"}`, `{"cmd":"events"}`. Answers: `{"ok":true,...}` or
+//! `{"cmd":"plan"}`, `{"cmd":"events","since":SEQ?}`. Answers: `{"ok":true,...}` or
 //! `{"ok":false,"error":TEXT,"class":CLASS?}`; `events` sends `{"event":{...}}` and
-//! `{"missed":N}` lines until the connection closes.
+//! `{"missed":N}` lines until the connection closes. With `since`, it first sends
+//! the kept events numbered after SEQ (preceded by `{"lost":N}` when some of them
+//! are no longer kept), then follows.
 //!
 //! The socket is bounded: a request is one line of at most [`MAX_REQUEST`] bytes,
 //! sent within [`REQUEST_TIMEOUT`]; at most [`MAX_PENDING`] connections may be
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use roster_core::{FailureKind, StartError};
-use roster_supervisor::{Received, Supervisor};
+use roster_supervisor::{Received, ServerEvent, Supervisor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -46,10 +48,59 @@ pub(crate) struct Request {
     pub(crate) cmd: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<String>,
+    /// `events`: replay the kept events numbered after this one first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) since: Option<u64>,
+}
+
+/// The most recent events, for `events --since`: kept from `up`'s start, the
+/// last `capacity` of them.
+#[derive(Clone)]
+pub(crate) struct Recent {
+    kept: Arc<Mutex<VecDeque<Arc<ServerEvent>>>>,
+    capacity: usize,
+}
+
+impl Recent {
+    /// Starts keeping `sup`'s events (subscribe before anything can happen).
+    pub(crate) fn start(sup: &Supervisor, capacity: usize) -> Recent {
+        let recent = Recent { kept: Arc::default(), capacity: capacity.max(1) };
+        let mut events = sup.subscribe();
+        let keeper = recent.clone();
+        tokio::spawn(async move {
+            while let Some(received) = events.recv().await {
+                if let Received::Event(e) = received {
+                    keeper.push(e);
+                }
+            }
+        });
+        recent
+    }
+
+    fn push(&self, event: Arc<ServerEvent>) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= self.capacity {
+            kept.pop_front();
+        }
+        kept.push_back(event);
+    }
+
+    /// The kept events numbered after `since`, and how many of those are no
+    /// longer kept.
+    fn after(&self, since: u64) -> (Vec<Arc<ServerEvent>>, u64) {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let lost = kept.front().map_or(0, |oldest| oldest.seq.saturating_sub(since.saturating_add(1)));
+        (kept.iter().filter(|e| e.seq > since).cloned().collect(), lost)
+    }
 }
 
 /// Serves the control socket until the listener is dropped.
-pub(crate) async fn serve(listener: UnixListener, sup: Arc<Supervisor>, config_path: std::path::PathBuf) {
+pub(crate) async fn serve(
+    listener: UnixListener,
+    sup: Arc<Supervisor>,
+    recent: Recent,
+    config_path: std::path::PathBuf,
+) {
     let active = Arc::new(Semaphore::new(MAX_ACTIVE));
     let pending: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
     let ids = AtomicU64::new(0);
@@ -65,10 +116,11 @@ pub(crate) async fn serve(listener: UnixListener, sup: Arc<Supervisor>, config_p
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let (sup, path, active, list) = (sup.clone(), config_path.clone(), active.clone(), pending.clone());
+        let recent = recent.clone();
         // Listed before the task can run, so that it can take itself off the list.
         let mut waiting = pending.lock().unwrap_or_else(PoisonError::into_inner);
         let task = tokio::spawn(async move {
-            let result = handle(stream, &sup, &path, &active, || {
+            let result = handle(stream, &sup, &recent, &path, &active, || {
                 list.lock().unwrap_or_else(PoisonError::into_inner).retain(|(i, _)| *i != id);
             })
             .await;
@@ -105,6 +157,7 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Option<St
 async fn handle(
     stream: UnixStream,
     sup: &Supervisor,
+    recent: &Recent,
     config_path: &Path,
     active: &Semaphore,
     heard: impl FnOnce(),
@@ -139,10 +192,24 @@ async fn handle(
                 }
             },
             ("events", _) => {
+                // Subscribed first: an event published during the replay is
+                // both kept and live, and is sent once.
                 let mut events = sup.subscribe();
                 write.write_all(b"{\"ok\":true}\n").await?;
+                let mut sent = 0;
+                if let Some(since) = req.since {
+                    let (replay, lost) = recent.after(since);
+                    if lost > 0 {
+                        write.write_all(format!("{}\n", json!({"lost": lost, "since": since})).as_bytes()).await?;
+                    }
+                    for e in replay {
+                        sent = e.seq;
+                        write.write_all(format!("{}\n", json!({"event": *e})).as_bytes()).await?;
+                    }
+                }
                 while let Some(received) = events.recv().await {
                     let line = match received {
+                        Received::Event(e) if e.seq <= sent => continue,
                         Received::Event(e) => json!({"event": *e}),
                         Received::Missed(n) => json!({"missed": n}),
                     };
@@ -266,7 +333,7 @@ fn fail(cli: &Cli, answer: &Value) -> u8 {
 
 /// `roster status`.
 pub(crate) async fn status(cli: &Cli) -> u8 {
-    let answer = match ask(cli, Request { cmd: "status".into(), server: None }).await {
+    let answer = match ask(cli, Request { cmd: "status".into(), server: None, since: None }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
@@ -282,7 +349,7 @@ pub(crate) async fn status(cli: &Cli) -> u8 {
 
 /// `roster start|stop|restart NAME`.
 pub(crate) async fn act(cli: &Cli, cmd: &str, name: &str) -> u8 {
-    let answer = match ask(cli, Request { cmd: cmd.into(), server: Some(name.into()) }).await {
+    let answer = match ask(cli, Request { cmd: cmd.into(), server: Some(name.into()), since: None }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
@@ -296,8 +363,8 @@ pub(crate) async fn act(cli: &Cli, cmd: &str, name: &str) -> u8 {
 }
 
 /// `roster events`: follows the stream until `up` ends or Ctrl-C.
-pub(crate) async fn events(cli: &Cli) -> u8 {
-    let mut lines = match ask(cli, Request { cmd: "events".into(), server: None }).await {
+pub(crate) async fn events(cli: &Cli, since: Option<u64>) -> u8 {
+    let mut lines = match ask(cli, Request { cmd: "events".into(), server: None, since }).await {
         Ok((_, lines)) => lines,
         Err(code) => return code,
     };
@@ -309,7 +376,16 @@ pub(crate) async fn events(cli: &Cli) -> u8 {
                 continue;
             }
             let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-            if let Some(n) = v.get("missed").and_then(Value::as_u64) {
+            if let Some(n) = v.get("lost").and_then(Value::as_u64) {
+                output::out(paint(
+                    &format!(
+                        "… {n} events after {} are no longer kept (roster keeps the last event_buffer events)",
+                        since.unwrap_or(0)
+                    ),
+                    Tone::Warn,
+                    color,
+                ));
+            } else if let Some(n) = v.get("missed").and_then(Value::as_u64) {
                 output::out(paint(&format!("… {n} events missed (this terminal fell behind)"), Tone::Warn, color));
             } else if let Some(e) = v.get("event") {
                 match serde_json::from_value::<roster_supervisor::ServerEvent>(e.clone()) {
@@ -330,7 +406,7 @@ pub(crate) async fn events(cli: &Cli) -> u8 {
 
 /// `roster plan`.
 pub(crate) async fn plan(cli: &Cli) -> u8 {
-    let answer = match ask(cli, Request { cmd: "plan".into(), server: None }).await {
+    let answer = match ask(cli, Request { cmd: "plan".into(), server: None, since: None }).await {
         Ok((a, _)) => a,
         Err(code) => return code,
     };
@@ -352,7 +428,8 @@ pub(crate) async fn notify(cli: &Cli, cmd: &str, server: &str) -> Option<Value> 
     let exchange = async {
         let stream = UnixStream::connect(&socket).await.ok()?;
         let (read, mut write) = stream.into_split();
-        let line = serde_json::to_string(&Request { cmd: cmd.into(), server: Some(server.into()) }).ok()?;
+        let line =
+            serde_json::to_string(&Request { cmd: cmd.into(), server: Some(server.into()), since: None }).ok()?;
         write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
         let answer = BufReader::new(read).lines().next_line().await.ok()??;
         serde_json::from_str(&answer).ok()

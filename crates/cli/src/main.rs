@@ -105,7 +105,12 @@ pub(crate) enum Command {
         name: String,
     },
     /// Follow the events of a running `up`.
-    Events,
+    Events {
+        /// First replay the kept events numbered after SEQ (every event carries
+        /// its number, `seq`), then follow: a script resumes where it left off.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
     /// What reloading the configuration file would do now, and why.
     Plan,
     /// Connect to one server, ping it, disconnect.
@@ -206,7 +211,7 @@ async fn run(cli: &Cli) -> u8 {
         Command::Start { name } => control::act(cli, "start", name).await,
         Command::Stop { name } => control::act(cli, "stop", name).await,
         Command::Restart { name } => control::act(cli, "restart", name).await,
-        Command::Events => control::events(cli).await,
+        Command::Events { since } => control::events(cli, *since).await,
         Command::Plan => control::plan(cli).await,
         Command::Ping { target } => oneshot::run(cli, target, oneshot::Op::Ping).await,
         Command::Tools { target } => oneshot::run(cli, target, oneshot::Op::Tools).await,

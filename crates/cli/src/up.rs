@@ -406,6 +406,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     let running_http = config.http;
     let sup = Arc::new(Supervisor::new(Arc::new(transports), config.supervisor));
     let mut events = sup.subscribe();
+    let recent = control::Recent::start(&sup, running_config.event_capacity);
     let width = config.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let to_stderr = serve.is_some_and(ServeArgs::over_stdio);
     let color = if to_stderr { output::stderr_color() } else { output::stdout_color() };
@@ -445,7 +446,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     if starting == 0 {
         printer.note("no server starts on its own: set auto_start = true (per server, or in [defaults]), or run `roster start NAME`");
     }
-    let control = tokio::spawn(control::serve(listener, sup.clone(), cli.config.clone()));
+    let control = tokio::spawn(control::serve(listener, sup.clone(), recent, cli.config.clone()));
     let mut endpoint = match (serve, gateway.clone()) {
         (Some(args), Some(gateway)) => match crate::serve::start(gateway, args).await {
             Ok(endpoint) => {

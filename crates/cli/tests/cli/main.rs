@@ -423,6 +423,103 @@ fn events_follow_the_stream() {
     assert_gone(&tag);
 }
 
+/// `roster events --json [--since SEQ]`, its lines gathered by a thread.
+fn follow(up: &Up, since: Option<u64>) -> (Child, mpsc::Receiver<Value>) {
+    let mut cmd = Command::new(ROSTER);
+    cmd.args(["--json", "--config", up.config(), "events"]);
+    if let Some(seq) = since {
+        cmd.args(["--since", &seq.to_string()]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The next `n` lines that are events or losses, within 10 s.
+fn next_lines(rx: &mpsc::Receiver<Value>, n: usize) -> Vec<Value> {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if v.get("ok").is_some() => {}
+            Ok(v) => got.push(v),
+            Err(_) => panic!("only {got:?} within 10 s"),
+        }
+    }
+    got
+}
+
+#[test]
+fn events_since_replays_what_a_reader_missed_and_says_what_is_no_longer_kept() {
+    let tag = Tag::new();
+    let up = Up::start(&format!("{FAST}event_buffer = 16\n\n{}", stdio_toml(&tag, "fs", &[])), &[]);
+    up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
+    // A reader sees everything from the start, then goes away.
+    let (mut reader, lines) = follow(&up, Some(0));
+    let mut first = next_lines(&lines, 1);
+    while first.last().unwrap()["event"]["reason"] != "MCPServerStarted" {
+        first.extend(next_lines(&lines, 1));
+    }
+    let seqs: Vec<u64> = first.iter().map(|v| v["event"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "from the first event, in order: {first:?}");
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let last = up.server("fs");
+    assert_eq!(last["state"], "running");
+    let seen = *seqs.last().unwrap();
+
+    // While nobody reads, the server restarts: four events.
+    assert_eq!(code(&up.cli(&["restart", "fs"])), 0);
+    up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut resumed, lines) = follow(&up, Some(seen));
+    let mut missed = next_lines(&lines, 1);
+    while missed.last().unwrap()["event"]["reason"] != "MCPServerStarted" {
+        missed.extend(next_lines(&lines, 1));
+    }
+    let reasons: Vec<&str> = missed.iter().filter_map(|v| v["event"]["reason"].as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["MCPServerRecoveryStarted", "MCPServerStopped", "MCPServerStarting", "MCPServerStarted"],
+        "{missed:?}"
+    );
+    let seqs: Vec<u64> = missed.iter().map(|v| v["event"]["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (seen + 1..=seen + seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "exactly the missed ones, once each, in order");
+    let seen = *seqs.last().unwrap();
+    // ...and then it follows.
+    assert_eq!(code(&up.cli(&["restart", "fs"])), 0);
+    let live = next_lines(&lines, 1);
+    assert_eq!(live[0]["event"]["seq"], seen + 1, "{live:?}");
+    let _ = resumed.kill();
+    let _ = resumed.wait();
+
+    // Only the last 16 are kept: after three more restarts (12 events), a
+    // reader from 0 is told how many are gone.
+    for _ in 0..3 {
+        assert_eq!(code(&up.cli(&["restart", "fs"])), 0);
+    }
+    up.wait_for(Duration::from_secs(10), |v| v["event"]["seq"].as_u64() >= Some(seen + 16));
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut late, lines) = follow(&up, Some(0));
+    let head = next_lines(&lines, 2);
+    let lost = head[0]["lost"].as_u64().unwrap_or_else(|| panic!("a loss first: {head:?}"));
+    assert_eq!(head[1]["event"]["seq"].as_u64(), Some(lost + 1), "then the oldest kept: {head:?}");
+    let _ = late.kill();
+    let _ = late.wait();
+    assert_eq!(up.terminate(), 0);
+    assert_gone(&tag);
+}
+
 #[test]
 fn a_second_up_on_the_same_config_refuses() {
     let tag = Tag::new();
