@@ -415,6 +415,10 @@ pub(crate) fn status_table(servers: &[ServerStatus], color: bool) -> String {
         cells[2] = paint(&cells[2], state_tone(s.state), color);
         line(cells, &mut out);
     }
+    for s in servers.iter().filter(|s| s.state == State::AuthRequired) {
+        let name = escape(&s.name, false);
+        out.push_str(&format!("{name} waits for a login: roster login {name}\n"));
+    }
     out
 }
 

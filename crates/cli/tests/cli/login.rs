@@ -348,6 +348,8 @@ fn a_login_reaches_the_running_up_and_its_tokens_are_renewed_there() {
         up.server("docs")
     );
     let config = PathBuf::from(up.config());
+    let table = home.run(&config, &["status"]);
+    assert!(stdout(&table).contains("docs waits for a login: roster login docs"), "{}", stdout(&table));
     let login = home.run(&config, &["login", "docs"]);
     assert_eq!(code(&login), 0, "{}", stderr(&login));
     assert!(stdout(&login).contains("the running roster connected it: connected"), "{}", stdout(&login));
