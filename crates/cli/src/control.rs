@@ -99,6 +99,7 @@ pub(crate) async fn serve(
     listener: UnixListener,
     sup: Arc<Supervisor>,
     recent: Recent,
+    requests: prometheus_client::metrics::counter::Counter,
     config_path: std::path::PathBuf,
 ) {
     let active = Arc::new(Semaphore::new(MAX_ACTIVE));
@@ -115,6 +116,7 @@ pub(crate) async fn serve(
             }
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
+        requests.inc();
         let (sup, path, active, list) = (sup.clone(), config_path.clone(), active.clone(), pending.clone());
         let recent = recent.clone();
         // Listed before the task can run, so that it can take itself off the list.

@@ -14,6 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod config;
 mod control;
 mod login;
+mod metrics;
 mod oneshot;
 mod output;
 mod paths;
@@ -77,6 +78,10 @@ pub(crate) enum Command {
         /// Do not reload the configuration when the file changes.
         #[arg(long)]
         no_watch: bool,
+        /// Serve Prometheus metrics at ADDR/metrics (and /healthz, /readyz),
+        /// for example 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Supervise like `up`, and serve one MCP server in front of every server
     /// (over stdio, or Streamable HTTP with --http): what an MCP client runs.
@@ -84,6 +89,10 @@ pub(crate) enum Command {
         /// Do not reload the configuration when the file changes.
         #[arg(long)]
         no_watch: bool,
+        /// Serve Prometheus metrics at ADDR/metrics (and /healthz, /readyz),
+        /// for example 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         args: serve::ServeArgs,
     },
@@ -205,8 +214,8 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Check => up::check(cli),
-        Command::Up { no_watch } => up::up(cli, !*no_watch, None).await,
-        Command::Serve { no_watch, args } => up::up(cli, !*no_watch, Some(args)).await,
+        Command::Up { no_watch, metrics } => up::up(cli, !*no_watch, None, *metrics).await,
+        Command::Serve { no_watch, args, metrics } => up::up(cli, !*no_watch, Some(args), *metrics).await,
         Command::Status => control::status(cli).await,
         Command::Start { name } => control::act(cli, "start", name).await,
         Command::Stop { name } => control::act(cli, "stop", name).await,

@@ -307,7 +307,7 @@ type Reload<'a> = Pin<Box<dyn Future<Output = Reloader> + 'a>>;
 /// `roster up`: supervise in the foreground until Ctrl-C, SIGTERM, SIGHUP, or
 /// stdout closing. With `serve`, `roster serve`: the same, and one MCP server in
 /// front of every server, until the client goes too.
-pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 {
+pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metrics: Option<std::net::SocketAddr>) -> u8 {
     // From the very start: a Ctrl-C during start-up is not lost.
     let mut stops = match stops() {
         Ok(s) => s,
@@ -421,6 +421,21 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     if let Some(e) = watch_error {
         printer.note(&format!("cannot watch {} for changes ({e}); reload by restarting", cli.config.display()));
     }
+    let control_requests = prometheus_client::metrics::counter::Counter::default();
+    let metrics = match metrics {
+        Some(addr) => {
+            let metrics = crate::metrics::Metrics::start(sup.clone(), control_requests.clone());
+            match crate::metrics::serve(metrics.clone(), addr).await {
+                Ok(bound) => printer.note(&format!("metrics on http://{bound}/metrics")),
+                Err(e) => {
+                    output::err(format!("roster: --metrics: {e}"));
+                    return exit::USAGE;
+                }
+            }
+            Some(metrics)
+        }
+        None => None,
+    };
     let starting = config.servers.iter().filter(|s| s.auto_start).count();
     // The gateway first: it sees every event from the first start on.
     let gateway = match (serve, hub) {
@@ -428,7 +443,8 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
             let cache = ListingCache::new(paths::listing_cache_dir(&cli.config));
             let logins = crate::login::ServeLogins::new(sup.clone(), running_http, args.over_stdio())
                 .map(|l| Arc::new(l) as Arc<dyn roster_serve::Logins>);
-            let options = GatewayOptions { cache: Some(cache), logins, ..GatewayOptions::default() };
+            let calls = metrics.clone().map(|m| m as Arc<dyn roster_serve::CallObserver>);
+            let options = GatewayOptions { cache: Some(cache), logins, calls, ..GatewayOptions::default() };
             let gateway = Gateway::new(sup.clone(), hub, options);
             gateway.configure(config.serve.clone());
             let sync = gateway.clone();
@@ -446,7 +462,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>) -> u8 
     if starting == 0 {
         printer.note("no server starts on its own: set auto_start = true (per server, or in [defaults]), or run `roster start NAME`");
     }
-    let control = tokio::spawn(control::serve(listener, sup.clone(), recent, cli.config.clone()));
+    let control = tokio::spawn(control::serve(listener, sup.clone(), recent, control_requests, cli.config.clone()));
     let mut endpoint = match (serve, gateway.clone()) {
         (Some(args), Some(gateway)) => match crate::serve::start(gateway, args).await {
             Ok(endpoint) => {

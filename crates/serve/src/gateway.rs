@@ -65,6 +65,40 @@ pub struct GatewayOptions {
     pub cache: Option<ListingCache>,
     /// Starts logins for the `roster_login` tool; without it the tool is not offered.
     pub logins: Option<Arc<dyn Logins>>,
+    /// Hears how each forwarded tool call ended (metrics).
+    pub calls: Option<Arc<dyn CallObserver>>,
+}
+
+/// How a forwarded tool call ended, for [`CallObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The server answered with a result.
+    Ok,
+    /// The server answered with a result that has `isError`.
+    ToolError,
+    /// The server was not up: answered at once, not forwarded.
+    Unavailable,
+    /// The call failed: timed out, cancelled, the session ended, or the server
+    /// answered with a JSON-RPC error.
+    Failed,
+}
+
+impl CallOutcome {
+    /// The label value: `ok`, `tool_error`, `unavailable`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ToolError => "tool_error",
+            CallOutcome::Unavailable => "unavailable",
+            CallOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Told of every tool call roster routes to a server.
+pub trait CallObserver: Send + Sync + std::fmt::Debug {
+    /// `server`'s call ended as `outcome` after `took`.
+    fn observed(&self, server: &str, outcome: CallOutcome, took: Duration);
 }
 
 /// The name of the tool that starts a login to a server in `auth_required`.
@@ -91,6 +125,7 @@ impl Default for GatewayOptions {
             settle: Duration::from_secs(10),
             cache: None,
             logins: None,
+            calls: None,
         }
     }
 }
@@ -641,80 +676,23 @@ impl ServerHandler for Gateway {
         let Some(route) = catalog.tool(&request.name).cloned() else {
             let server = lock(&self.inner.known).get(request.name.as_ref()).cloned();
             return match server {
-                Some(server) => Ok(self.unavailable(&server).into()),
+                Some(server) => {
+                    self.observe(&server, CallOutcome::Unavailable, std::time::Instant::now());
+                    Ok(self.unavailable(&server).into())
+                }
                 None => Err(unknown("tool", &request.name)),
             };
         };
-        let Some(peer) = self.peer_or_start(&route.server).await else {
-            return Ok(self.unavailable(&route.server).into());
+        let started = std::time::Instant::now();
+        let result = self.forward(&route, request, context).await;
+        let outcome = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => CallOutcome::ToolError,
+            Ok(_) => CallOutcome::Ok,
+            Err(_) => CallOutcome::Failed,
         };
-        let timeout = self.tool_timeout(&route.server);
-        let mut params = request;
-        params.name = route.name.clone().into();
-        // rmcp sets a progress token of its own upstream.
-        let client_token = context.meta.get_progress_token();
-        if let Some(meta) = params.meta.as_mut() {
-            meta.remove("progressToken");
-        }
-        let sent = peer
-            .send_cancellable_request(
-                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-                PeerRequestOptions::with_timeout(timeout),
-            )
-            .await;
-        let handle = match sent {
-            Ok(handle) => handle,
-            Err(e) => return Ok(failed(&route.server, &e, timeout).into()),
-        };
-        let upstream_id = handle.id.clone();
-        let (_call, mut progress) = self.inner.hub.register(
-            &route.server,
-            handle.id.clone(),
-            handle.progress_token.clone(),
-            context.peer.clone(),
-            context.id.clone(),
-            client_token,
-        );
-        let cancel_peer = handle.peer.clone();
-        let answer = handle.await_response();
-        tokio::pin!(answer);
-        let answer = loop {
-            tokio::select! {
-                answer = &mut answer => break answer,
-                Some(p) = progress.recv() => {
-                    let _ = context.peer.notify_progress(p).await;
-                }
-                () = context.ct.cancelled() => {
-                    // The client gave up: so does the server.
-                    let cancel = rmcp::model::CancelledNotificationParam::new(
-                        Some(upstream_id),
-                        Some("cancelled by the client".to_owned()),
-                    );
-                    let _ = cancel_peer.notify_cancelled(cancel).await;
-                    return Err(ErrorData::internal_error("cancelled", None));
-                }
-            }
-        };
-        // Progress the server sent just before its result is handled by tasks of
-        // their own: let them run, then send what came, still before the result.
-        for _ in 0..8 {
-            tokio::task::yield_now().await;
-        }
-        while let Ok(p) = progress.try_recv() {
-            let _ = context.peer.notify_progress(p).await;
-        }
-        match answer {
-            Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
-            Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "roster: {} answered tools/call with something other than a tool result",
-                route.server
-            ))])
-            .into()),
-            Err(ServiceError::McpError(e)) => Err(e),
-            Err(e) => Ok(failed(&route.server, &e, timeout).into()),
-        }
+        self.observe(&route.server, outcome, started);
+        result
     }
-
     async fn list_prompts(
         &self,
         _: Option<PaginatedRequestParams>,
@@ -822,6 +800,91 @@ impl ServerHandler for Gateway {
             }
         }
         Ok(())
+    }
+}
+
+impl Gateway {
+    fn observe(&self, server: &str, outcome: CallOutcome, started: std::time::Instant) {
+        if let Some(calls) = &self.inner.options.calls {
+            calls.observed(server, outcome, started.elapsed());
+        }
+    }
+
+    /// Forwards a call to the server that owns the tool.
+    async fn forward(
+        &self,
+        route: &crate::catalog::Route,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let Some(peer) = self.peer_or_start(&route.server).await else {
+            return Ok(self.unavailable(&route.server).into());
+        };
+        let timeout = self.tool_timeout(&route.server);
+        let mut params = request;
+        params.name = route.name.clone().into();
+        // rmcp sets a progress token of its own upstream.
+        let client_token = context.meta.get_progress_token();
+        if let Some(meta) = params.meta.as_mut() {
+            meta.remove("progressToken");
+        }
+        let sent = peer
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                PeerRequestOptions::with_timeout(timeout),
+            )
+            .await;
+        let handle = match sent {
+            Ok(handle) => handle,
+            Err(e) => return Ok(failed(&route.server, &e, timeout).into()),
+        };
+        let upstream_id = handle.id.clone();
+        let (_call, mut progress) = self.inner.hub.register(
+            &route.server,
+            handle.id.clone(),
+            handle.progress_token.clone(),
+            context.peer.clone(),
+            context.id.clone(),
+            client_token,
+        );
+        let cancel_peer = handle.peer.clone();
+        let answer = handle.await_response();
+        tokio::pin!(answer);
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                Some(p) = progress.recv() => {
+                    let _ = context.peer.notify_progress(p).await;
+                }
+                () = context.ct.cancelled() => {
+                    // The client gave up: so does the server.
+                    let cancel = rmcp::model::CancelledNotificationParam::new(
+                        Some(upstream_id),
+                        Some("cancelled by the client".to_owned()),
+                    );
+                    let _ = cancel_peer.notify_cancelled(cancel).await;
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
+            }
+        };
+        // Progress the server sent just before its result is handled by tasks of
+        // their own: let them run, then send what came, still before the result.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        while let Ok(p) = progress.try_recv() {
+            let _ = context.peer.notify_progress(p).await;
+        }
+        match answer {
+            Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
+            Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "roster: {} answered tools/call with something other than a tool result",
+                route.server
+            ))])
+            .into()),
+            Err(ServiceError::McpError(e)) => Err(e),
+            Err(e) => Ok(failed(&route.server, &e, timeout).into()),
+        }
     }
 }
 

@@ -10,6 +10,6 @@ pub mod names;
 pub use hub::Hub;
 mod gateway;
 pub use gateway::{
-    DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, LOGIN_TOOL, Logins, STATUS_TOOL, STATUS_URI, ServerSettings,
-    describe, login_command,
+    CallObserver, CallOutcome, DEFAULT_TOOL_TIMEOUT, Gateway, GatewayOptions, LOGIN_TOOL, Logins, STATUS_TOOL,
+    STATUS_URI, ServerSettings, describe, login_command,
 };

@@ -520,6 +520,89 @@ fn events_since_replays_what_a_reader_missed_and_says_what_is_no_longer_kept() {
     assert_gone(&tag);
 }
 
+/// `GET path` on 127.0.0.1:`port`: the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the endpoint listens");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_follow_the_lifecycle_and_their_names_are_stable() {
+    let tag = Tag::new();
+    let web = Remote::start(&tag, "http", &["--unauthorized", "challenge"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let toml = format!("{FAST}{}[servers.web]\nurl = \"{}/mcp\"\n", stdio_toml(&tag, "fs", &[]), web.base);
+    let up = Up::start(&toml, &["--metrics", &format!("127.0.0.1:{port}")]);
+    up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || up.server("web")["state"] == "auth_required"));
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/readyz").0, 200, "every server has had its first attempt");
+
+    assert_eq!(code(&up.cli(&["restart", "fs"])), 0);
+    let (status, text) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text: {text}");
+    let m = samples(&text);
+    let get = |key: &str| m.get(key).copied().unwrap_or_else(|| panic!("no {key} in\n{text}"));
+    assert_eq!(get(r#"roster_server_state{server="fs",state="running"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_state{server="fs",state="failed"}"#), 0.0);
+    assert_eq!(get(r#"roster_server_state{server="web",state="auth_required"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_up{server="fs"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_up{server="web"}"#), 0.0);
+    assert_eq!(get(r#"roster_servers{state="running"}"#), 1.0);
+    assert_eq!(get(r#"roster_servers{state="auth_required"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_restarts_total{server="fs"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_connect_attempts_total{server="fs",outcome="ok"}"#), 2.0);
+    assert_eq!(get(r#"roster_server_connect_attempts_total{server="web",outcome="auth_required"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_connect_duration_seconds_count{server="fs"}"#), 2.0, "the histogram moved");
+    assert!(get(r#"roster_server_connect_duration_seconds_sum{server="fs"}"#) > 0.0);
+    assert!(get("roster_events_published_total") >= 8.0);
+    assert!(get("roster_control_requests_total") >= 2.0, "the status and restart requests");
+
+    // The names and their types, as dashboards and alerts depend on them
+    // (`roster_server_next_retry_timestamp_seconds` too, while a retry is due:
+    // no server here has one).
+    let mut types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "roster_control_requests counter",
+            "roster_events_missed counter",
+            "roster_events_published counter",
+            "roster_server_connect_attempts counter",
+            "roster_server_connect_duration_seconds histogram",
+            "roster_server_consecutive_failures gauge",
+            "roster_server_crash_count gauge",
+            "roster_server_health gauge",
+            "roster_server_restarts counter",
+            "roster_server_state gauge",
+            "roster_server_up gauge",
+            "roster_servers gauge",
+        ]
+    );
+    assert_eq!(up.terminate(), 0);
+    drop(web);
+    assert_gone(&tag);
+}
+
 #[test]
 fn a_second_up_on_the_same_config_refuses() {
     let tag = Tag::new();

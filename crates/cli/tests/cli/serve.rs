@@ -620,3 +620,38 @@ async fn the_roster_login_tool_returns_the_url_and_the_server_comes_in_after_the
     drop(remote);
     assert_gone_of(served.pid, &tag);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_counts_tool_calls_by_server_and_outcome() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (mut child, addr) = serve_http(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
+    let url = format!("http://{addr}/mcp");
+    let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap().for_url(&url).unwrap();
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        http,
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url),
+    );
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let client = Client { seen: tx, sampled: Arc::default() }.serve(transport).await.expect("initialize over HTTP");
+    let call = |name: &str, args: Value| {
+        CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap_or_default())
+    };
+    client.call_tool(call("fx__echo", json!({"text": "a"}))).await.unwrap();
+    client.call_tool(call("fx__echo", json!({"text": "b"}))).await.unwrap();
+    let failed = client.call_tool(call("fx__fail", json!({"text": "no"}))).await.unwrap();
+    assert_eq!(failed.is_error, Some(true));
+    let (status, text) = tokio::task::spawn_blocking(move || super::http_get(port, "/metrics")).await.unwrap();
+    assert_eq!(status, 200);
+    let m = super::samples(&text);
+    let get = |key: &str| m.get(key).copied().unwrap_or_else(|| panic!("no {key} in\n{text}"));
+    assert_eq!(get(r#"roster_tool_calls_total{server="fx",outcome="ok"}"#), 2.0);
+    assert_eq!(get(r#"roster_tool_calls_total{server="fx",outcome="tool_error"}"#), 1.0);
+    assert_eq!(get(r#"roster_tool_call_duration_seconds_count{server="fx"}"#), 3.0);
+    client.cancel().await.unwrap();
+    roster_tests::terminate(child.id());
+    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    assert_gone(&tag);
+}

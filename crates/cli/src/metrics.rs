@@ -1,0 +1,309 @@
+//! `--metrics ADDR`: Prometheus / OpenMetrics text on `/metrics`, and
+//! `/healthz` and `/readyz`, for `up` and `serve`.
+//!
+//! Two sources: the servers' status, read at each scrape (state, health,
+//! failures, next retry: gauges), and the event stream, counted as it goes
+//! (events, restarts, connect attempts by outcome, connect durations). Names
+//! follow Prometheus conventions: `roster_` prefix, `_total` counters,
+//! `_seconds` units. Label values are server names and fixed words only, never
+//! anything a server sent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::State as Axum;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use roster_core::{Health, State};
+use roster_supervisor::{Received, Supervisor};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerState {
+    server: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerHealth {
+    server: String,
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Attempt {
+    server: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    server: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Connect durations: 1 ms to about 2 min.
+fn connect_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 18)
+}
+
+type Durations = Family<ServerLabel, Histogram, fn() -> Histogram>;
+
+struct Families {
+    state: Family<ServerState, Gauge>,
+    up: Family<ServerLabel, Gauge>,
+    health: Family<ServerHealth, Gauge>,
+    failures: Family<ServerLabel, Gauge>,
+    crashes: Family<ServerLabel, Gauge>,
+    next_retry: Family<ServerLabel, Gauge>,
+    servers: Family<StateLabel, Gauge>,
+    restarts: Family<ServerLabel, Counter>,
+    attempts: Family<Attempt, Counter>,
+    connect: Durations,
+    events: Counter,
+    missed: Counter,
+    control: Counter,
+    calls: Family<Call, Counter>,
+    call_duration: Durations,
+}
+
+/// The metrics of one supervisor.
+pub(crate) struct Metrics {
+    sup: Arc<Supervisor>,
+    registry: Registry,
+    families: Families,
+    /// When each server's current attempt began (ms since the epoch).
+    attempt_started: Mutex<HashMap<String, u64>>,
+    /// The encoding (and the gauges' refresh) one scrape at a time.
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl roster_serve::CallObserver for Metrics {
+    fn observed(&self, server: &str, outcome: roster_serve::CallOutcome, took: std::time::Duration) {
+        let f = &self.families;
+        f.calls.get_or_create(&Call { server: server.to_owned(), outcome: outcome.as_str() }).inc();
+        f.call_duration.get_or_create(&ServerLabel { server: server.to_owned() }).observe(took.as_secs_f64());
+    }
+}
+
+/// What an attempt ended as, from the state it went to.
+fn outcome(state: State) -> &'static str {
+    match state {
+        State::Running | State::Connected => "ok",
+        State::Failed => "failed",
+        State::Unreachable => "unreachable",
+        State::AuthRequired => "auth_required",
+        State::Stopping | State::Stopped | State::Disconnected => "cancelled",
+        State::Unknown | State::Starting => "other",
+    }
+}
+
+impl Metrics {
+    /// The metrics of `sup`; counting starts now (call before the first start).
+    /// `control` counts the control socket's requests (the socket increments it).
+    pub(crate) fn start(sup: Arc<Supervisor>, control: Counter) -> Arc<Metrics> {
+        let families = Families {
+            state: Family::default(),
+            up: Family::default(),
+            health: Family::default(),
+            failures: Family::default(),
+            crashes: Family::default(),
+            next_retry: Family::default(),
+            servers: Family::default(),
+            restarts: Family::default(),
+            attempts: Family::default(),
+            connect: Family::new_with_constructor(|| Histogram::new(connect_buckets())),
+            events: Counter::default(),
+            missed: Counter::default(),
+            control,
+            calls: Family::default(),
+            call_duration: Family::new_with_constructor(|| Histogram::new(connect_buckets())),
+        };
+        let mut registry = Registry::with_prefix("roster");
+        let f = &families;
+        registry.register("server_state", "1 for the state each server is in, 0 for the others", f.state.clone());
+        registry.register("server_up", "1 when the server is running (stdio) or connected (remote)", f.up.clone());
+        registry.register("server_health", "1 for each server's health, 0 for the others", f.health.clone());
+        registry.register("server_consecutive_failures", "Failures in a row", f.failures.clone());
+        registry.register("server_crash_count", "Crashes not yet cleared by a stable period", f.crashes.clone());
+        registry.register(
+            "server_next_retry_timestamp_seconds",
+            "When the next automatic attempt is due (Unix time); absent when none is",
+            f.next_retry.clone(),
+        );
+        registry.register("servers", "Servers in each state", f.servers.clone());
+        registry.register("server_restarts", "Recoveries started (restarts)", f.restarts.clone());
+        registry.register("server_connect_attempts", "Connect attempts, by how they ended", f.attempts.clone());
+        registry.register(
+            "server_connect_duration_seconds",
+            "From the start of an attempt to its end",
+            f.connect.clone(),
+        );
+        registry.register("events_published", "Lifecycle events published", f.events.clone());
+        registry.register(
+            "events_missed",
+            "Events the metrics' own subscription fell behind on (not counted above)",
+            f.missed.clone(),
+        );
+        registry.register("control_requests", "Requests to the control socket", f.control.clone());
+        registry.register(
+            "tool_calls",
+            "roster serve: tool calls routed to each server, by how they ended",
+            f.calls.clone(),
+        );
+        registry.register(
+            "tool_call_duration_seconds",
+            "roster serve: from the client's call to its answer",
+            f.call_duration.clone(),
+        );
+        let metrics = Arc::new(Metrics {
+            sup: sup.clone(),
+            registry,
+            families,
+            attempt_started: Mutex::default(),
+            scrape: Mutex::new(()),
+        });
+        let mut events = sup.subscribe();
+        let counting = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(received) = events.recv().await {
+                match received {
+                    Received::Event(e) => counting.count(&e),
+                    Received::Missed(n) => {
+                        counting.families.missed.inc_by(n);
+                    }
+                }
+            }
+        });
+        metrics
+    }
+
+    fn count(&self, e: &roster_supervisor::ServerEvent) {
+        let f = &self.families;
+        f.events.inc();
+        let server = ServerLabel { server: e.server.clone() };
+        if e.event.reason == Some(roster_core::Reason::RecoveryStarted) {
+            f.restarts.get_or_create(&server).inc();
+        }
+        let mut started = self.attempt_started.lock().unwrap_or_else(PoisonError::into_inner);
+        if e.event.state == State::Starting && e.event.previous_state != State::Starting {
+            started.insert(e.server.clone(), e.at_unix_ms);
+        } else if e.event.previous_state == State::Starting && e.event.state != State::Starting {
+            let attempt = Attempt { server: e.server.clone(), outcome: outcome(e.event.state) };
+            f.attempts.get_or_create(&attempt).inc();
+            if let Some(at) = started.remove(&e.server) {
+                let secs = e.at_unix_ms.saturating_sub(at) as f64 / 1000.0;
+                f.connect.get_or_create(&server).observe(secs);
+            }
+        }
+    }
+
+    /// The text of `/metrics`.
+    pub(crate) fn render(&self) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let f = &self.families;
+        for family in [&f.up, &f.failures, &f.crashes, &f.next_retry] {
+            family.clear();
+        }
+        f.state.clear();
+        f.health.clear();
+        let mut by_state: HashMap<&'static str, i64> = State::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for s in self.sup.status() {
+            let server = ServerLabel { server: s.name.clone() };
+            for state in State::ALL {
+                let label = ServerState { server: s.name.clone(), state: state.as_str() };
+                f.state.get_or_create(&label).set(i64::from(state == s.state));
+            }
+            for health in Health::ALL {
+                let label = ServerHealth { server: s.name.clone(), health: health.as_str() };
+                f.health.get_or_create(&label).set(i64::from(health == s.health));
+            }
+            *by_state.entry(s.state.as_str()).or_default() += 1;
+            f.up.get_or_create(&server).set(i64::from(s.state.is_running()));
+            f.failures.get_or_create(&server).set(i64::from(s.consecutive_failures));
+            f.crashes.get_or_create(&server).set(i64::from(s.crash_count));
+            if let Some(at) = s.next_retry_after {
+                f.next_retry.get_or_create(&server).set(i64::try_from(at / 1000).unwrap_or(i64::MAX));
+            }
+        }
+        for (state, n) in by_state {
+            f.servers.get_or_create(&StateLabel { state }).set(n);
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    /// Whether every server that starts on its own has finished its first attempt.
+    fn ready(&self) -> bool {
+        self.sup.status().iter().filter(|s| s.auto_start).all(|s| match s.state {
+            State::Unknown => false,
+            State::Starting => s.consecutive_failures > 0 || s.restart_count > 0,
+            _ => true,
+        })
+    }
+}
+
+async fn scrape(Axum(m): Axum<Arc<Metrics>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], m.render()).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(Axum(m): Axum<Arc<Metrics>>) -> Response {
+    if m.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting: not every auto_start server has finished its first attempt\n")
+            .into_response()
+    }
+}
+
+/// Serves the metrics on `addr` until the process ends. Returns the bound address.
+///
+/// # Errors
+/// When `addr` cannot be bound.
+pub(crate) async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint failed");
+        }
+    });
+    Ok(bound)
+}
