@@ -92,23 +92,31 @@ fn exit_code(e: &LoginError) -> u8 {
     }
 }
 
+/// A login or logout's target, ready to be talked to.
+struct Prepared {
+    target: Target,
+    http: reqwest::Client,
+    /// Whether it is a server of the configuration (not a bare URL).
+    configured: bool,
+    /// How to name it to the person: its name, or its URL with secrets redacted.
+    name: String,
+}
+
+/// The target and an HTTP client for it; `None` once the reason is printed.
+fn prepare(cli: &Cli, target: &str, transport: UrlTransport) -> Option<Prepared> {
+    let prepared = resolve(cli, target, transport).and_then(|(target, options, configured)| {
+        let http = client(options)?;
+        let name = if configured { target.server.clone() } else { roster_core::redact_url(&target.url) };
+        Ok(Prepared { target, http, configured, name })
+    });
+    prepared.map_err(|e| output::err(format!("roster: {e}"))).ok()
+}
+
 /// `roster login`.
 pub(crate) async fn login(cli: &Cli, args: &LoginArgs) -> u8 {
-    let (target, options, configured) = match resolve(cli, &args.target, args.transport) {
-        Ok(t) => t,
-        Err(e) => {
-            output::err(format!("roster: {e}"));
-            return exit::USAGE;
-        }
+    let Some(Prepared { target, http, configured, name }) = prepare(cli, &args.target, args.transport) else {
+        return exit::USAGE;
     };
-    let http = match client(options) {
-        Ok(c) => c,
-        Err(e) => {
-            output::err(format!("roster: {e}"));
-            return exit::USAGE;
-        }
-    };
-    let name = if configured { target.server.clone() } else { roster_core::redact_url(&target.url) };
     let options = LoginOptions { open_browser: !args.no_browser, timeout: args.timeout, scopes: args.scopes.clone() };
     let color = output::stderr_color();
     let tell = |prompt: Prompt<'_>| match prompt {
@@ -219,21 +227,10 @@ pub(crate) async fn login_for(cli: &Cli, spec: &roster_core::ServerSpec) -> Resu
 
 /// `roster logout`.
 pub(crate) async fn logout(cli: &Cli, args: &LogoutArgs) -> u8 {
-    let (target, options, configured) = match resolve(cli, &args.target, UrlTransport::StreamableHttp) {
-        Ok(t) => t,
-        Err(e) => {
-            output::err(format!("roster: {e}"));
-            return exit::USAGE;
-        }
+    let Some(Prepared { target, http, configured, name }) = prepare(cli, &args.target, UrlTransport::StreamableHttp)
+    else {
+        return exit::USAGE;
     };
-    let http = match client(options) {
-        Ok(c) => c,
-        Err(e) => {
-            output::err(format!("roster: {e}"));
-            return exit::USAGE;
-        }
-    };
-    let name = if configured { target.server.clone() } else { roster_core::redact_url(&target.url) };
     let done = match roster_auth::logout(&store(), &target.server, &target.url, &http).await {
         Ok(d) => d,
         Err(e) => {
