@@ -100,6 +100,44 @@ pub mod bench {
     use rmcp::ServiceExt;
     use rmcp::transport::IntoTransport;
 
+    /// The release `roster-fixture` in the directory of `beside` (a release binary
+    /// of the same target directory), built first or found up to date.
+    pub fn release_fixture(beside: &str) -> std::path::PathBuf {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "the fixture builds");
+        std::path::Path::new(beside).parent().expect("a target directory").join("roster-fixture")
+    }
+
+    /// A child process, killed and reaped when dropped.
+    #[derive(Debug)]
+    pub struct Reaped(pub std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `fixture http SWITCHES...`, and the base URL it listens on.
+    pub fn fixture_http(fixture: &std::path::Path, switches: &[&str]) -> (Reaped, String) {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(fixture)
+            .arg("http")
+            .args(switches)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the fixture starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("a line");
+        let base = line.trim().strip_prefix("listening on ").expect("the listening line").to_owned();
+        (Reaped(child), base)
+    }
+
     /// The median of `values` (the upper one for an even count).
     pub fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
         values.sort();

@@ -4,50 +4,16 @@
 //! once), and a ping on a logged-in session against one on a session without
 //! a token. Figures go to BENCHMARKS.md.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use roster_core::{AuthConfig, AuthType, ServerSpec, ServerType};
 use roster_http::{HttpClients, HttpOptions};
+use roster_tests::bench::{fixture_http, release_fixture};
 use roster_transport::Connector;
 use roster_transport_http::HttpConnector;
 
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
-
-fn fixture() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success());
-    PathBuf::from(ROSTER).parent().expect("target dir").join("roster-fixture")
-}
-
-/// Killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fixture_http(fixture: &Path, switches: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(fixture)
-        .arg("http")
-        .args(switches)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fixture");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-    let base = line.trim().strip_prefix("listening on ").expect("listening").to_owned();
-    (Proc(child), format!("{base}/mcp"))
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -75,10 +41,11 @@ async fn pings(connector: &HttpConnector, spec: &ServerSpec, n: usize) -> Vec<Du
 }
 
 fn main() {
-    let fixture = fixture();
+    let fixture = release_fixture(ROSTER);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (_oauth, oauth_url) = fixture_http(&fixture, &["--oauth"]);
+    let (_oauth, base) = fixture_http(&fixture, &["--oauth"]);
+    let oauth_url = format!("{base}/mcp");
     let config = dir.path().join("roster.toml");
     std::fs::write(&config, "").unwrap();
 

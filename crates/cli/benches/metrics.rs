@@ -4,33 +4,15 @@
 //! request, the encoded text read to its end) and its size. Figures go to
 //! BENCHMARKS.md.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use roster_tests::bench::{Reaped, fixture_http, release_fixture};
 
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
 const SERVERS: usize = 1000;
-
-fn fixture() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success());
-    PathBuf::from(ROSTER).parent().expect("target dir").join("roster-fixture")
-}
-
-/// Killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn get(port: u16, path: &str) -> (u16, usize) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("listening");
@@ -45,12 +27,9 @@ fn get(port: u16, path: &str) -> (u16, usize) {
 }
 
 fn main() {
-    let fixture = fixture();
-    let mut child = Command::new(&fixture).arg("http").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Proc(child);
-    let url = format!("{}/mcp", line.trim().strip_prefix("listening on ").unwrap());
+    let fixture = release_fixture(ROSTER);
+    let (_server, base) = fixture_http(&fixture, &[]);
+    let url = format!("{base}/mcp");
     let dir = tempfile::tempdir().unwrap();
     let mut toml = String::from("[defaults]\nauto_start = true\nmax_concurrent_connects = 50\n\n");
     for i in 0..SERVERS {
@@ -59,7 +38,7 @@ fn main() {
     let config = dir.path().join("roster.toml");
     std::fs::write(&config, toml).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _roster = Proc(
+    let _roster = Reaped(
         Command::new(ROSTER)
             .args(["--config", config.to_str().unwrap(), "up", "--no-watch", "--metrics", &format!("127.0.0.1:{port}")])
             .env("XDG_RUNTIME_DIR", dir.path())

@@ -11,10 +11,9 @@
 
 #![allow(missing_docs)]
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,20 +31,12 @@ use roster_serve::{Gateway, GatewayOptions, Hub};
 use roster_supervisor::{
     BoxFuture, CloseError, Connector, Session, Supervisor, SupervisorConfig, Transports, Unsupported,
 };
+use roster_tests::bench::Reaped;
 use roster_transport::mcp::{self, McpClient, Relay};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
-
-fn fixture() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success());
-    PathBuf::from(ROSTER).parent().expect("target dir").join("roster-fixture")
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -55,30 +46,17 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// Killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fixture_http(fixture: &Path) -> (Proc, String) {
-    let mut child =
-        Command::new(fixture).arg("http").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("fixture");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-    let base = line.trim().strip_prefix("listening on ").expect("listening").to_owned();
-    (Proc(child), format!("{base}/mcp"))
+/// The fixture over Streamable HTTP, and its MCP URL.
+fn fixture_http(fixture: &Path) -> (Reaped, String) {
+    let (child, base) = roster_tests::bench::fixture_http(fixture, &[]);
+    (child, format!("{base}/mcp"))
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn roster_serve_http(config: &Path) -> (Proc, String) {
+fn roster_serve_http(config: &Path) -> (Reaped, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(ROSTER)
         .args(["--config", config.to_str().unwrap(), "serve", "--no-watch", "--http", &addr])
@@ -91,7 +69,7 @@ fn roster_serve_http(config: &Path) -> (Proc, String) {
         assert!(Instant::now() < until, "roster serve never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Proc(child), format!("http://{addr}/mcp"))
+    (Reaped(child), format!("http://{addr}/mcp"))
 }
 
 async fn http_client(url: &str) -> RunningService<RoleClient, ()> {
@@ -387,7 +365,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn concurrent(fixture: &Path, dir: &Path) {
     const SERVERS: usize = 10;
     const TOTAL: usize = 1000;
-    let servers: Vec<(Proc, String)> = (0..SERVERS).map(|_| fixture_http(fixture)).collect();
+    let servers: Vec<(Reaped, String)> = (0..SERVERS).map(|_| fixture_http(fixture)).collect();
 
     // Straight to the servers: one client per server, TOTAL / SERVERS calls each, all at once.
     let mut clients = Vec::new();
@@ -439,7 +417,7 @@ async fn concurrent(fixture: &Path, dir: &Path) {
 }
 
 fn main() {
-    let fixture = fixture();
+    let fixture = roster_tests::bench::release_fixture(ROSTER);
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
