@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use roster_core::{Effect, Event, Failure, Lifecycle, ServerSpec, ServerType, Settings};
+use roster_core::{Effect, Event, Failure, Lifecycle, ServerSpec, ServerType, Settings, ToolListing};
 
 const SERVERS: usize = 64;
 const EVENTS: u64 = 100_000;
@@ -91,7 +91,10 @@ impl Sim {
             Effect::Ping { generation, .. } if roll < 200 => {
                 Event::PingFailed { generation, failure: Failure::transient("timed out") }
             }
-            Effect::Ping { generation, .. } => Event::PingSucceeded { generation },
+            Effect::Ping { generation, .. } => Event::PingSucceeded { generation, latency: Duration::from_millis(2) },
+            Effect::ListTools { generation, .. } => {
+                Event::ToolsListed { generation, listing: ToolListing::Listed { count: 12 } }
+            }
             Effect::CancelConnect { .. } | Effect::CallAuthHook(_) | Effect::Publish(_) | Effect::Reply(_) => return,
         };
         self.now += Duration::from_millis(3);

@@ -59,7 +59,8 @@ fn describe(event: &Event) -> String {
             format!("session {generation} lost ({})", failure.kind())
         }
         Event::SessionClosed { generation } => format!("session {generation} closed"),
-        Event::PingSucceeded { generation } => format!("ping {generation} ok"),
+        Event::PingSucceeded { generation, latency } => format!("ping {generation} ok in {} ms", latency.as_millis()),
+        Event::ToolsListed { generation, listing } => format!("tools of {generation}: {listing:?}"),
         Event::PingFailed { generation, .. } => format!("ping {generation} failed"),
         Event::SpecChanged(_) => "definition changed".into(),
         Event::Timeout => "timer".into(),
@@ -72,6 +73,9 @@ fn effect_text(effect: &Effect) -> String {
         Effect::CancelConnect { generation } => format!("cancel attempt {generation}"),
         Effect::CloseSession { generation } => format!("close session {generation}"),
         Effect::Ping { generation, timeout } => format!("ping {generation} within {}s", timeout.as_secs()),
+        Effect::ListTools { generation, timeout } => {
+            format!("list the tools of {generation} within {}s", timeout.as_secs())
+        }
         Effect::CallAuthHook(c) => {
             format!("call auth hook (resource_metadata: {})", c.resource_metadata.as_deref().unwrap_or("none"))
         }
@@ -92,6 +96,7 @@ fn connect_of(t: &Transition) -> Generation {
             Effect::CancelConnect { .. }
             | Effect::CloseSession { .. }
             | Effect::Ping { .. }
+            | Effect::ListTools { .. }
             | Effect::CallAuthHook(_)
             | Effect::Publish(_)
             | Effect::Reply(_) => None,
@@ -135,7 +140,7 @@ fn main() {
     let _ = demo.feed(&mut api, Event::ConnectSucceeded { generation: g });
     let _ = demo.wait(&mut api);
     demo.pass(Duration::from_millis(2));
-    let _ = demo.feed(&mut api, Event::PingSucceeded { generation: g });
+    let _ = demo.feed(&mut api, Event::PingSucceeded { generation: g, latency: Duration::from_millis(3) });
     let _ = demo.feed(&mut api, Event::StopRequested);
     demo.pass(Duration::from_millis(5));
     let _ = demo.feed(&mut api, Event::SessionClosed { generation: g });

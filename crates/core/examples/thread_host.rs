@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use roster_core::{
-    Backoff, Effect, Event, Failure, Lifecycle, NonZeroDuration, ServerSpec, ServerType, Settings, State,
+    Backoff, Effect, Event, Failure, Lifecycle, NonZeroDuration, ServerSpec, ServerType, Settings, State, ToolListing,
 };
 
 /// What the simulated server does on its n-th connection (from 0).
@@ -112,15 +112,19 @@ fn execute(
             });
         }
         Effect::CancelConnect { generation } => println!("{at:>6} ms  abandon {generation}"),
+        Effect::ListTools { generation, .. } => {
+            run(reports, move || Event::ToolsListed { generation, listing: ToolListing::Listed { count: 3 } });
+        }
         Effect::Ping { generation, .. } => {
             *pings += 1;
             let dies = *sessions == 1 && *pings > PINGS_BEFORE_DEATH;
             run(reports, move || {
+                let sent = now();
                 pause(Duration::from_millis(2));
                 if dies {
                     Event::SessionLost { generation, failure: Failure::transient("connection reset by peer") }
                 } else {
-                    Event::PingSucceeded { generation }
+                    Event::PingSucceeded { generation, latency: now() - sent }
                 }
             });
         }

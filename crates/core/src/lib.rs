@@ -53,7 +53,7 @@ pub use change::{Change, ChangeAction, ChangeKind, SpecChange, configuration_cha
 pub use failure::{AuthChallenge, Challenge, Failure, FailureClass, FailureKind, parse_www_authenticate};
 pub use lifecycle::{
     Effect, Event, Generation, Health, Lifecycle, LifecycleEvent, NonZeroDuration, Reason, Reply, Settings,
-    SettingsError, StartError, State, Transition,
+    SettingsError, StartError, State, ToolListing, Transition,
 };
 pub use spec::{AuthConfig, AuthType, Field, Grant, ServerSpec, ServerType, ValidSpec, ValidationError, redact_url};
 pub use status::ServerStatus;

@@ -62,6 +62,13 @@ pub struct ServerStatus {
     /// What the server asked for, while `auth_required` (realm, scope, resource_metadata...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_challenge: Option<Challenge>,
+    /// (roster) What the last tool listing found wrong (a server that offers tools
+    /// listed none, or could not list them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// (roster) How long the last answered ping took, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_latency_us: Option<u64>,
     /// A live session exists.
     pub client_ready: bool,
     /// Failed connection attempts in a row.
@@ -112,6 +119,8 @@ impl ServerStatus {
             last_error: lifecycle.last_error().map(str::to_owned),
             last_failure: lifecycle.last_failure(),
             auth_challenge: lifecycle.auth_challenge().cloned(),
+            warning: lifecycle.warning().map(str::to_owned),
+            ping_latency_us: lifecycle.ping_latency().map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             client_ready: lifecycle.is_client_ready(),
             consecutive_failures: lifecycle.consecutive_failures(),
             crash_count: lifecycle.crash_count(),

@@ -18,7 +18,7 @@ use proptest::test_runner::FileFailurePersistence;
 use roster_core::{
     AuthConfig, AuthType, Backoff, Challenge, ChangeAction, Effect, Event, Failure, FailureClass, FailureKind,
     Generation, Health, Lifecycle, LifecycleEvent, NonZeroDuration, Reason, Reply, ServerSpec, ServerType, Settings,
-    SpecChange, StartError, State, Transition,
+    SpecChange, StartError, State, ToolListing, Transition,
 };
 
 #[expect(clippy::disallowed_methods, reason = "tests need an arbitrary base instant; the core never reads the clock")]
@@ -98,8 +98,11 @@ enum Op {
     ConnectFail(Class),
     Lost(Class),
     CloseDone,
-    PingOk,
+    /// An answered ping whose latency is this far from `degraded_after`.
+    PingOk(Latency),
     PingFail(Class),
+    /// The report of a tool listing of the live session.
+    Tools(Listing),
     /// A report for a generation that is not the current one.
     Stale(u8, u64),
     Change(Edit),
@@ -108,6 +111,52 @@ enum Op {
     Fire,
     /// Fire at the current time, due or not.
     TimeoutNow,
+}
+
+/// A ping's latency, relative to `degraded_after` (and `ping_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Latency {
+    Instant,
+    AtTheLimit,
+    JustOver,
+    NearTheTimeout,
+}
+
+impl Latency {
+    fn of(self, settings: &Settings) -> Duration {
+        let limit = settings.degraded_after;
+        match self {
+            Latency::Instant => Duration::ZERO,
+            Latency::AtTheLimit => limit,
+            Latency::JustOver => limit + Duration::from_nanos(1),
+            Latency::NearTheTimeout => settings.ping_timeout.get(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Listing {
+    NotOffered,
+    Listed(usize),
+    Failed,
+}
+
+fn latency() -> impl Strategy<Value = Latency> {
+    prop_oneof![
+        3 => Just(Latency::Instant),
+        1 => Just(Latency::AtTheLimit),
+        2 => Just(Latency::JustOver),
+        1 => Just(Latency::NearTheTimeout),
+    ]
+}
+
+fn listing() -> impl Strategy<Value = Listing> {
+    prop_oneof![
+        Just(Listing::NotOffered),
+        Just(Listing::Listed(0)),
+        (1usize..40).prop_map(Listing::Listed),
+        Just(Listing::Failed)
+    ]
 }
 
 fn class() -> impl Strategy<Value = Class> {
@@ -149,8 +198,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => class().prop_map(Op::ConnectFail),
         2 => class().prop_map(Op::Lost),
         3 => Just(Op::CloseDone),
-        3 => Just(Op::PingOk),
+        3 => latency().prop_map(Op::PingOk),
         3 => class().prop_map(Op::PingFail),
+        2 => listing().prop_map(Op::Tools),
         2 => (0u8..6, 0u64..4).prop_map(|(k, g)| Op::Stale(k, g)),
         2 => edit().prop_map(Op::Change),
         2 => (0u64..60_000).prop_map(Op::Advance),
@@ -168,8 +218,8 @@ struct Scenario {
 }
 
 fn short_settings() -> impl Strategy<Value = Settings> {
-    (1u32..=4, 1u32..=3, 0u64..=500, 1u64..=3, any::<bool>()).prop_map(
-        |(unreachable, unhealthy, grace, mult, jitter)| {
+    (1u32..=4, 1u32..=3, 0u64..=500, 1u64..=3, any::<bool>(), 1u64..1000).prop_map(
+        |(unreachable, unhealthy, grace, mult, jitter, degraded_ms)| {
             let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(20), mult as f64).unwrap();
             let backoff = if jitter { backoff.with_jitter(0.5).unwrap() } else { backoff };
             Settings {
@@ -178,6 +228,7 @@ fn short_settings() -> impl Strategy<Value = Settings> {
                 restart_grace: Duration::from_millis(grace),
                 health_check_interval: NonZeroDuration::from_secs(5),
                 ping_timeout: NonZeroDuration::from_secs(1),
+                degraded_after: Duration::from_millis(degraded_ms),
                 unhealthy_threshold: NonZeroU32::new(unhealthy).unwrap(),
                 stable_period: Duration::from_secs(30),
             }
@@ -272,7 +323,15 @@ fn event(op: &Op, sut: &Lifecycle, now: &mut Instant, last_generation: u64) -> O
         Op::ConnectFail(c) => Event::ConnectFailed { generation: current(sut.attempt()), failure: c.failure() },
         Op::Lost(c) => Event::SessionLost { generation: current(sut.session()), failure: c.failure() },
         Op::CloseDone => Event::SessionClosed { generation: current(sut.closing()) },
-        Op::PingOk => Event::PingSucceeded { generation: current(sut.session()) },
+        Op::PingOk(l) => Event::PingSucceeded { generation: current(sut.session()), latency: l.of(sut.settings()) },
+        Op::Tools(l) => Event::ToolsListed {
+            generation: current(sut.session()),
+            listing: match l {
+                Listing::NotOffered => ToolListing::NotOffered,
+                Listing::Listed(count) => ToolListing::Listed { count: *count },
+                Listing::Failed => ToolListing::Failed(Failure::transient("timed out")),
+            },
+        },
         Op::PingFail(c) => Event::PingFailed { generation: current(sut.session()), failure: c.failure() },
         Op::Stale(kind, back) => {
             let live = [sut.attempt(), sut.session(), sut.closing()];
@@ -285,7 +344,7 @@ fn event(op: &Op, sut: &Lifecycle, now: &mut Instant, last_generation: u64) -> O
                 1 => Event::ConnectFailed { generation, failure: Failure::transient("late") },
                 2 => Event::SessionLost { generation, failure: Failure::transient("late") },
                 3 => Event::SessionClosed { generation },
-                4 => Event::PingSucceeded { generation },
+                4 => Event::PingSucceeded { generation, latency: Duration::ZERO },
                 _ => Event::PingFailed { generation, failure: Failure::transient("late") },
             }
         }
@@ -311,6 +370,7 @@ enum Act {
     Cancel(u64),
     Close(u64),
     Ping(u64),
+    ListTools(u64),
     Hook,
 }
 
@@ -348,6 +408,8 @@ struct Session {
     ping_in_flight: bool,
     missed: u32,
     next_probe: Instant,
+    latency: Option<Duration>,
+    warning: Option<&'static str>,
 }
 
 struct Model {
@@ -674,14 +736,22 @@ impl Model {
                     self.attempt = None;
                     self.failures = 0;
                     let next_probe = now + self.settings.health_check_interval.get();
-                    self.session =
-                        Some(Session { generation: g, since: now, ping_in_flight: false, missed: 0, next_probe });
+                    self.session = Some(Session {
+                        generation: g,
+                        since: now,
+                        ping_in_flight: false,
+                        missed: 0,
+                        next_probe,
+                        latency: None,
+                        warning: None,
+                    });
                     self.show(self.up(), Health::Healthy, None);
                     self.reasons.push(Reason::Started);
                     if recovery {
                         self.reasons.push(Reason::RecoverySucceeded);
                     }
                     self.answer_start(Answer::Started);
+                    self.acts.push(Act::ListTools(g));
                 } else if self.session.map(|s| s.generation) != Some(g)
                     && self.closing.map(|c| c.0) != Some(g)
                     && self.cleanup != Some(g)
@@ -761,16 +831,44 @@ impl Model {
                     self.due(now);
                 }
             }
-            Event::PingSucceeded { generation } => {
+            Event::PingSucceeded { generation, latency } => {
                 if let Some(s) = &mut self.session
                     && s.generation == generation.0
                     && s.ping_in_flight
                 {
                     s.ping_in_flight = false;
                     s.missed = 0;
+                    s.latency = Some(*latency);
                     s.next_probe = now + self.settings.health_check_interval.get();
-                    self.show(self.up(), Health::Healthy, None);
-                    self.answers.push(Answer::Checked(Health::Healthy, None));
+                    // (roster) Slower than degraded_after: degraded, announced on the way in.
+                    let health = if *latency > self.settings.degraded_after {
+                        if self.health != Health::Degraded {
+                            self.reasons.push(Reason::HealthDegraded);
+                        }
+                        Health::Degraded
+                    } else {
+                        Health::Healthy
+                    };
+                    let error = (health == Health::Degraded).then(|| degraded_text(*latency, &self.settings));
+                    // A degraded server has no error of its own: its last error is cleared.
+                    self.show(self.up(), health, None);
+                    self.answers.push(Answer::Checked(health, error));
+                }
+            }
+            Event::ToolsListed { generation, listing } => {
+                if let Some(s) = &mut self.session
+                    && s.generation == generation.0
+                {
+                    let warning = match listing {
+                        ToolListing::NotOffered => None,
+                        ToolListing::Listed { count } if *count > 0 => None,
+                        ToolListing::Listed { .. } => Some("listed none"),
+                        ToolListing::Failed(_) => Some("could not list"),
+                    };
+                    if warning.is_some() && s.warning.is_none() {
+                        self.reasons.push(Reason::ToolsMissing);
+                    }
+                    s.warning = warning;
                 }
             }
             Event::PingFailed { generation, failure } => {
@@ -837,6 +935,17 @@ impl Model {
     }
 }
 
+/// The degraded reply's text, from SPEC's wording: the latency in whole
+/// milliseconds (at least one) against the setting.
+fn degraded_text(latency: Duration, settings: &Settings) -> String {
+    let ms = Duration::from_millis((latency.as_millis() as u64).max(1));
+    format!(
+        "MCP ping took {}, more than degraded_after ({})",
+        roster_core::lifecycle::format_duration(ms),
+        roster_core::lifecycle::format_duration(settings.degraded_after)
+    )
+}
+
 fn classify(f: &Failure) -> Class {
     match &f.class {
         FailureClass::Transient { retry_after: None } => Class::Transient,
@@ -856,6 +965,7 @@ fn published(t: &Transition) -> Vec<LifecycleEvent> {
             | Effect::CancelConnect { .. }
             | Effect::CloseSession { .. }
             | Effect::Ping { .. }
+            | Effect::ListTools { .. }
             | Effect::CallAuthHook(_)
             | Effect::Reply(_) => None,
         })
@@ -870,6 +980,7 @@ fn acts(t: &Transition) -> Vec<Act> {
             Effect::CancelConnect { generation } => Some(Act::Cancel(generation.0)),
             Effect::CloseSession { generation } => Some(Act::Close(generation.0)),
             Effect::Ping { generation, .. } => Some(Act::Ping(generation.0)),
+            Effect::ListTools { generation, .. } => Some(Act::ListTools(generation.0)),
             Effect::CallAuthHook(_) => Some(Act::Hook),
             Effect::Publish(_) | Effect::Reply(_) => None,
         })
@@ -895,6 +1006,7 @@ fn answers(t: &Transition) -> Vec<Answer> {
             | Effect::CancelConnect { .. }
             | Effect::CloseSession { .. }
             | Effect::Ping { .. }
+            | Effect::ListTools { .. }
             | Effect::CallAuthHook(_)
             | Effect::Publish(_) => None,
         })
@@ -936,6 +1048,14 @@ fn run_against_model(sc: &Scenario) -> Result<(), TestCaseError> {
         // Same view.
         prop_assert_eq!((sut.state(), sut.health()), (model.state, model.health), "{}", ctx());
         prop_assert_eq!(sut.last_error(), model.last_error.as_deref(), "{}", ctx());
+        let model_session = model.session.as_ref();
+        prop_assert_eq!(sut.ping_latency(), model_session.and_then(|s| s.latency), "{}", ctx());
+        prop_assert_eq!(
+            sut.warning().map(|w| if w.contains("listed none") { "listed none" } else { "could not list" }),
+            model_session.and_then(|s| s.warning),
+            "{}",
+            ctx()
+        );
         prop_assert_eq!(sut.consecutive_failures(), model.failures, "{}", ctx());
         prop_assert_eq!(sut.crash_count(), model.crashes, "{}", ctx());
         prop_assert_eq!(sut.restart_count(), model.restarts, "{}", ctx());
@@ -1043,7 +1163,7 @@ fn play_from(mut now: Instant, sc: &Scenario) -> (Lifecycle, Instant, Vec<Transi
 fn first_connect(t: &Transition) -> Option<Generation> {
     acts(t).into_iter().find_map(|a| match a {
         Act::Connect(g) => Some(Generation(g)),
-        Act::Cancel(_) | Act::Close(_) | Act::Ping(_) | Act::Hook => None,
+        Act::Cancel(_) | Act::Close(_) | Act::Ping(_) | Act::ListTools(_) | Act::Hook => None,
     })
 }
 
@@ -1115,11 +1235,11 @@ proptest! {
     }
 
     #[test]
-    fn stale_generations_never_change_anything(sc in scenario(80), kind in 0u8..6, pick in any::<u64>()) {
+    fn stale_generations_never_change_anything(sc in scenario(80), kind in 0u8..7, pick in any::<u64>()) {
         let (mut l, now, ts) = play(&sc);
         let issued: Vec<u64> = ts.iter().flat_map(acts).filter_map(|a| match a {
             Act::Connect(g) => Some(g),
-            Act::Cancel(_) | Act::Close(_) | Act::Ping(_) | Act::Hook => None,
+            Act::Cancel(_) | Act::Close(_) | Act::Ping(_) | Act::ListTools(_) | Act::Hook => None,
         }).collect();
         let live = [l.attempt(), l.session(), l.closing()];
         let candidates: Vec<u64> = issued.iter().copied().chain([0, u64::MAX, issued.len() as u64 + 100])
@@ -1130,12 +1250,13 @@ proptest! {
             1 => Event::ConnectFailed { generation, failure: Failure::transient("late") },
             2 => Event::SessionLost { generation, failure: Failure::transient("late") },
             3 => Event::SessionClosed { generation },
-            4 => Event::PingSucceeded { generation },
+            4 => Event::PingSucceeded { generation, latency: Duration::from_secs(9) },
+            5 => Event::ToolsListed { generation, listing: ToolListing::Listed { count: 0 } },
             _ => Event::PingFailed { generation, failure: Failure::transient("late") },
         };
-        let before = (l.state(), l.health(), l.consecutive_failures(), l.crash_count(), l.next_retry_after(), l.poll_timeout());
+        let before = (l.state(), l.health(), l.consecutive_failures(), l.crash_count(), l.next_retry_after(), l.poll_timeout(), l.warning().map(str::to_owned), l.ping_latency());
         let t = l.handle(now, event.clone());
-        let after = (l.state(), l.health(), l.consecutive_failures(), l.crash_count(), l.next_retry_after(), l.poll_timeout());
+        let after = (l.state(), l.health(), l.consecutive_failures(), l.crash_count(), l.next_retry_after(), l.poll_timeout(), l.warning().map(str::to_owned), l.ping_latency());
         prop_assert_eq!(before, after);
         // The only thing a stale report may cause: closing a late session.
         let allowed = if kind == 0 { vec![Effect::CloseSession { generation }] } else { vec![] };

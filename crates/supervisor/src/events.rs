@@ -1,5 +1,6 @@
 //! The event stream: every lifecycle event of every server, numbered, in order.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,8 @@ pub enum Received {
 #[derive(Debug)]
 pub(crate) struct EventBus {
     inner: Mutex<BusInner>,
+    /// Events dropped for subscribers that fell behind, all subscribers together.
+    dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -47,7 +50,7 @@ struct BusInner {
 impl EventBus {
     pub(crate) fn new(capacity: usize) -> EventBus {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { inner: Mutex::new(BusInner { seq: 0, tx }) }
+        EventBus { inner: Mutex::new(BusInner { seq: 0, tx }), dropped: Arc::default() }
     }
 
     pub(crate) fn publish(&self, server: &str, event: LifecycleEvent, wall: SystemTime) {
@@ -61,7 +64,14 @@ impl EventBus {
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.inner.lock().unwrap_or_else(PoisonError::into_inner).tx.subscribe() }
+        let rx = self.inner.lock().unwrap_or_else(PoisonError::into_inner).tx.subscribe();
+        Subscription { rx, dropped: self.dropped.clone() }
+    }
+
+    /// Events dropped so far for subscribers that fell behind (each subscriber's
+    /// losses count, once each, when it learns of them).
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -70,6 +80,7 @@ impl EventBus {
 #[derive(Debug)]
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<ServerEvent>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -77,7 +88,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Received> {
         match self.rx.recv().await {
             Ok(ev) => Some(Received::Event(ev)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Missed(n)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(self.missed(n)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }
@@ -86,9 +97,14 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Option<Received> {
         match self.rx.try_recv() {
             Ok(ev) => Some(Received::Event(ev)),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Missed(n)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(self.missed(n)),
             Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => None,
         }
+    }
+
+    fn missed(&self, n: u64) -> Received {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        Received::Missed(n)
     }
 }
 
@@ -106,6 +122,8 @@ mod tests {
             previous_health: Health::Unknown,
             health: Health::Unknown,
             error: None,
+            failures: 0,
+            retry_in_ms: None,
         }
     }
 
@@ -123,5 +141,25 @@ mod tests {
         })
         .collect();
         assert_eq!(seqs, [7, 8, 9, 10]);
+        assert_eq!(bus.dropped(), 6);
+    }
+
+    #[test]
+    fn drops_are_counted_for_every_laggard_and_only_once() {
+        let bus = EventBus::new(16);
+        let (mut slow, mut slower, mut keeping_up) = (bus.subscribe(), bus.subscribe(), bus.subscribe());
+        for _ in 0..20 {
+            bus.publish("a", ev(), UNIX_EPOCH);
+            while keeping_up.try_recv().is_some() {}
+        }
+        assert_eq!(bus.dropped(), 0, "nothing is dropped before a subscriber learns of it");
+        assert_eq!(slow.try_recv(), Some(Received::Missed(4)));
+        for _ in 0..10 {
+            bus.publish("a", ev(), UNIX_EPOCH);
+        }
+        assert_eq!(slower.try_recv(), Some(Received::Missed(14)));
+        assert_eq!(bus.dropped(), 18);
+        while slower.try_recv().is_some() {}
+        assert_eq!(bus.dropped(), 18, "reading on adds nothing");
     }
 }

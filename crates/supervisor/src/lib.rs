@@ -27,7 +27,7 @@ mod supervisor;
 pub use events::{Received, ServerEvent, Subscription};
 pub use ports::{Clock, TokioClock};
 pub use roster_transport::{BoxFuture, CloseError, Connector, Session, Transports, Unsupported};
-pub use service::{AuthHook, HealthReport, Live, Service, ServiceGone, ServiceOptions, SessionId};
+pub use service::{AuthHook, HealthReport, Live, Observer, Service, ServiceGone, ServiceOptions, SessionId};
 pub use supervisor::{
     Action, CONCURRENT_CONNECTS_RANGE, EVENT_BUFFER_RANGE, MAX_CONCURRENT_CONNECTS, Plan, SHUTDOWN_TIMEOUT_RANGE,
     ShutdownReport, Step, Supervisor, SupervisorConfig,

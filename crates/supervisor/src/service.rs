@@ -18,7 +18,7 @@ use rmcp::service::Peer;
 use roster_core::lifecycle::NO_CLIENT;
 use roster_core::{
     Challenge, Change, Effect, Event, Failure, Generation, Health, Lifecycle, Reply, ServerSpec, ServerStatus,
-    Settings, SpecChange, StartError, State, ValidSpec, ValidationError,
+    Settings, SpecChange, StartError, State, ToolListing, ValidSpec, ValidationError,
 };
 use roster_transport::{Connector, Session};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -40,6 +40,14 @@ const CLOSE_BACKSTOP: Duration = Duration::from_secs(30);
 /// lifecycle goes on.
 pub type AuthHook = Arc<dyn Fn(&ServerSpec, &Challenge) + Send + Sync>;
 
+/// Measurements the driver takes that are no lifecycle event: for a host's
+/// metrics. Called on the server's own task, so it must be quick and must not
+/// block.
+pub trait Observer: Send + Sync + 'static {
+    /// A ping of `server` ended after `took`: answered (`ok`), or failed.
+    fn pinged(&self, server: &str, took: Duration, ok: bool);
+}
+
 /// What services of one supervisor share.
 pub(crate) struct Shared {
     pub(crate) connector: Arc<dyn Connector>,
@@ -47,6 +55,26 @@ pub(crate) struct Shared {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) bus: EventBus,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        connector: Arc<dyn Connector>,
+        settings: Settings,
+        max_concurrent_connects: usize,
+        event_capacity: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Shared {
+        Shared {
+            connector,
+            settings,
+            permits: Arc::new(Semaphore::new(max_concurrent_connects.max(1))),
+            bus: EventBus::new(event_capacity),
+            clock,
+            observer: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// Options for a [`Service`] that runs on its own, outside a supervisor.
@@ -94,7 +122,9 @@ enum Report {
     ConnectFailed(Generation, Failure),
     SessionLost(Generation, Failure),
     SessionClosed(Generation),
-    Pinged(Generation, Result<(), Failure>),
+    /// How long the ping took, and how it ended.
+    Pinged(Generation, Duration, Result<(), Failure>),
+    ToolsListed(Generation, ToolListing),
 }
 
 /// What readers see: the lifecycle as of the last transition, and its sessions.
@@ -155,13 +185,13 @@ impl Service {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn new(spec: ValidSpec, connector: Arc<dyn Connector>, options: ServiceOptions) -> Service {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             connector,
-            settings: options.settings,
-            permits: Arc::new(Semaphore::new(options.max_concurrent_connects.max(1))),
-            bus: EventBus::new(options.event_capacity),
-            clock: Arc::new(TokioClock),
-        });
+            options.settings,
+            options.max_concurrent_connects,
+            options.event_capacity,
+            Arc::new(TokioClock),
+        ));
         Service::spawn(spec, shared, 0)
     }
 
@@ -559,8 +589,16 @@ impl Actor {
                 self.sessions.remove(&generation);
                 self.feed(Event::SessionClosed { generation });
             }
-            Report::Pinged(generation, Ok(())) => self.feed(Event::PingSucceeded { generation }),
-            Report::Pinged(generation, Err(failure)) => self.feed(Event::PingFailed { generation, failure }),
+            Report::Pinged(generation, latency, result) => {
+                if let Some(observer) = self.shared.observer.get() {
+                    observer.pinged(&self.lifecycle.spec().name, latency, result.is_ok());
+                }
+                match result {
+                    Ok(()) => self.feed(Event::PingSucceeded { generation, latency }),
+                    Err(failure) => self.feed(Event::PingFailed { generation, failure }),
+                }
+            }
+            Report::ToolsListed(generation, listing) => self.feed(Event::ToolsListed { generation, listing }),
         }
     }
 
@@ -603,6 +641,7 @@ impl Actor {
             }
             Effect::CloseSession { generation } => self.close(generation),
             Effect::Ping { generation, timeout } => self.ping(generation, timeout),
+            Effect::ListTools { generation, timeout } => self.list_tools(generation, timeout),
             Effect::CallAuthHook(challenge) => self.call_hook(&challenge),
             Effect::Publish(event) => {
                 match (&event.reason, &event.error) {
@@ -708,11 +747,12 @@ impl Actor {
     fn ping(&mut self, generation: Generation, timeout: Duration) {
         let reports = self.reports.clone();
         let Some(session) = self.sessions.get(&generation).map(|slot| slot.session.clone()) else {
-            let _ = reports.send(Report::Pinged(generation, Err(Failure::transient(NO_CLIENT))));
+            let _ = reports.send(Report::Pinged(generation, Duration::ZERO, Err(Failure::transient(NO_CLIENT))));
             return;
         };
         let clock = self.shared.clock.clone();
-        let backstop = clock.now() + timeout + BACKSTOP;
+        let sent = clock.now();
+        let backstop = sent + timeout + BACKSTOP;
         tokio::spawn(async move {
             let result = tokio::select! {
                 result = session.ping(timeout) => result,
@@ -720,7 +760,25 @@ impl Actor {
                     Err(Failure::transient(format!("no answer within {}s", timeout.as_secs_f32())))
                 }
             };
-            let _ = reports.send(Report::Pinged(generation, result));
+            // The driver only measures; the core decides what a slow answer means.
+            let took = clock.now().saturating_duration_since(sent);
+            let _ = reports.send(Report::Pinged(generation, took, result));
+        });
+    }
+
+    fn list_tools(&mut self, generation: Generation, timeout: Duration) {
+        let Some(session) = self.sessions.get(&generation).map(|slot| slot.session.clone()) else { return };
+        let (reports, clock) = (self.reports.clone(), self.shared.clock.clone());
+        let backstop = clock.now() + timeout + BACKSTOP;
+        tokio::spawn(async move {
+            let listing = tokio::select! {
+                listing = session.list_tools(timeout) => listing,
+                () = clock.sleep_until(backstop) => ToolListing::Failed(Failure::transient(format!(
+                    "no answer to tools/list within {}s",
+                    timeout.as_secs_f32()
+                ))),
+            };
+            let _ = reports.send(Report::ToolsListed(generation, listing));
         });
     }
 }
@@ -752,13 +810,7 @@ mod tests {
     async fn a_late_success_of_an_abandoned_attempt_is_closed_not_leaked() {
         let mut connector = MockConnector::new();
         connector.expect_connect().returning(|_, _| Err(Failure::transient("not reached")));
-        let shared = Arc::new(Shared {
-            connector: Arc::new(connector),
-            settings: Settings::default(),
-            permits: Arc::new(Semaphore::new(5)),
-            bus: EventBus::new(16),
-            clock: Arc::new(TokioClock),
-        });
+        let shared = Arc::new(Shared::new(Arc::new(connector), Settings::default(), 5, 16, Arc::new(TokioClock)));
         let spec = ServerSpec::stdio("fs", "server").validated().unwrap();
         let lifecycle = Lifecycle::new(spec, Settings::default(), 0);
         let (mut actor, mut reports, _snapshot) = Actor::new(lifecycle, shared, Arc::default());

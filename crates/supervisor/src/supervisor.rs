@@ -13,13 +13,12 @@ use roster_core::{
 };
 use roster_transport::Connector;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::events::{EventBus, Subscription};
+use crate::events::Subscription;
 use crate::ports::{Clock, TokioClock};
-use crate::service::{AuthHook, Service, Shared};
+use crate::service::{AuthHook, Observer, Service, Shared};
 
 /// `MAX_CONCURRENT_CONNECTS`: connection attempts that may run at once across a supervisor.
 pub const MAX_CONCURRENT_CONNECTS: usize = 5;
@@ -206,13 +205,13 @@ impl Supervisor {
             shutdown_timeout: config.shutdown_timeout.min(MAX_DELAY),
             settings: config.settings,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             connector,
-            settings: config.settings,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_connects)),
-            bus: EventBus::new(config.event_capacity),
+            config.settings,
+            config.max_concurrent_connects,
+            config.event_capacity,
             clock,
-        });
+        ));
         Supervisor {
             shared,
             config,
@@ -240,6 +239,19 @@ impl Supervisor {
     /// Subscribes to every server's events, in one numbered stream.
     pub fn subscribe(&self) -> Subscription {
         self.shared.bus.subscribe()
+    }
+
+    /// Events dropped so far for subscribers that fell behind, all together.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.bus.dropped()
+    }
+
+    /// Installs the one [`Observer`] of the driver's measurements (every ping).
+    ///
+    /// # Errors
+    /// One is installed already; it stays.
+    pub fn observe(&self, observer: Arc<dyn Observer>) -> Result<(), Arc<dyn Observer>> {
+        self.shared.observer.set(observer)
     }
 
     /// The server named `name`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use std::num::NonZeroU32;
 
-use roster_core::{Challenge, Failure, Health, Reason, ServerSpec, ServerType, Settings, StartError, State, ValidSpec};
+use roster_core::{
+    Challenge, Failure, Health, Reason, ServerSpec, ServerType, Settings, StartError, State, ToolListing, ValidSpec,
+};
 use roster_supervisor::{
     Action, BoxFuture, CloseError, Connector, Received, ServerEvent, Service, ServiceOptions, Session, Subscription,
     Supervisor, SupervisorConfig,
@@ -39,6 +41,7 @@ fn mock_session(
     s.expect_ping().returning(ping);
     s.expect_close().returning(close);
     s.expect_peer().returning(|| None);
+    s.expect_list_tools().returning(|_| ToolListing::NotOffered);
     s.expect_pid().returning(|| Some(4242));
     s.expect_stderr_tail().returning(Vec::new);
     s
@@ -490,6 +493,123 @@ async fn a_health_check_reports_ping_failures_and_missing_clients() {
     assert_eq!(report.error.as_deref(), Some("MCP ping failed: connection reset"));
     assert!(svc.is_running() && !svc.is_healthy());
     svc.stop().await;
+}
+
+/// A session whose pings take the next of `latencies` (then 1 ms), on the paused
+/// clock, and whose tool listing finds `tools`.
+struct Slow {
+    latencies: Mutex<Vec<Duration>>,
+    tools: ToolListing,
+}
+
+#[async_trait::async_trait]
+impl Session for Slow {
+    async fn ping(&self, _timeout: Duration) -> Result<(), Failure> {
+        let next = self.latencies.lock().unwrap().pop().unwrap_or(Duration::from_millis(1));
+        tokio::time::sleep(next).await;
+        Ok(())
+    }
+
+    fn closed(&self) -> BoxFuture<Failure> {
+        never()
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        Ok(())
+    }
+
+    fn peer(&self) -> Option<rmcp::service::Peer<rmcp::RoleClient>> {
+        None
+    }
+
+    async fn list_tools(&self, _timeout: Duration) -> ToolListing {
+        self.tools.clone()
+    }
+}
+
+fn slow_connector(latencies: Vec<Duration>, tools: ToolListing) -> MockConnector {
+    let latencies = Mutex::new(Some(latencies));
+    let mut connector = MockConnector::new();
+    connector.expect_connect().returning(move |_, _| {
+        let mut queue = latencies.lock().unwrap().take().unwrap_or_default();
+        queue.reverse();
+        Ok(Box::new(Slow { latencies: Mutex::new(queue), tools: tools.clone() }))
+    });
+    connector
+}
+
+#[derive(Default)]
+struct Pings(Mutex<Vec<(String, Duration, bool)>>);
+
+impl roster_supervisor::Observer for Pings {
+    fn pinged(&self, server: &str, took: Duration, ok: bool) {
+        self.0.lock().unwrap().push((server.to_owned(), took, ok));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_ping_degrades_the_server_once_and_a_fast_one_heals_it() {
+    let ms = Duration::from_millis;
+    let connector = slow_connector(vec![ms(6_000), ms(7_000), ms(20)], ToolListing::NotOffered);
+    let sup = Supervisor::new(Arc::new(connector), SupervisorConfig::default());
+    let pings = Arc::new(Pings::default());
+    assert!(sup.observe(pings.clone()).is_ok());
+    assert!(sup.observe(Arc::new(Pings::default())).is_err(), "one observer");
+    let mut sub = sup.subscribe();
+    let mut spec = remote("api");
+    spec.auto_start = true;
+    sup.apply(all_valid(vec![spec])).await.unwrap();
+    let svc = sup.get("api").unwrap();
+    svc.wait_for(|s| s.state == State::Connected).await;
+
+    // The first probe is due after 30 s and answers after 6 s.
+    tokio::time::sleep(S(36) + ms(1)).await;
+    assert_eq!(svc.health(), Health::Degraded);
+    let status = svc.status();
+    assert_eq!(status.ping_latency_us, Some(6_000_000));
+    assert_eq!(status.last_error, None);
+    let events = drain(&mut sub);
+    let degraded: Vec<_> = events.iter().filter(|e| e.event.reason == Some(Reason::HealthDegraded)).collect();
+    assert_eq!(degraded.len(), 1);
+    assert_eq!(degraded[0].event.error.as_deref(), Some("MCP ping took 6s, more than degraded_after (5s)"));
+
+    // Still slow: no second announcement. Then fast: healthy again.
+    tokio::time::sleep(S(37)).await;
+    assert_eq!(svc.health(), Health::Degraded);
+    assert!(reasons(&drain(&mut sub)).is_empty(), "once per episode");
+    tokio::time::sleep(S(31)).await;
+    assert_eq!(svc.health(), Health::Healthy);
+    let healed = drain(&mut sub);
+    assert_eq!(healed.len(), 1);
+    assert_eq!((healed[0].event.previous_health, healed[0].event.health), (Health::Degraded, Health::Healthy));
+
+    let seen = pings.0.lock().unwrap().clone();
+    let took: Vec<Duration> = seen.iter().map(|(_, d, _)| *d).collect();
+    assert_eq!(took, [ms(6_000), ms(7_000), ms(20)], "the driver measures each ping on its clock");
+    assert!(seen.iter().all(|(server, _, ok)| server == "api" && *ok));
+    sup.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_offers_tools_but_lists_none_is_reported_once_per_session() {
+    let svc = service(stdio("fs"), slow_connector(vec![], ToolListing::Listed { count: 0 }));
+    let mut sub = svc.subscribe();
+    svc.start().await.unwrap();
+    let status = svc.wait_for(|s| s.warning.is_some()).await;
+    assert_eq!(status.warning.as_deref(), Some("offers tools but listed none: it may have started only half-way"));
+    assert_eq!((status.state, status.health), (State::Running, Health::Healthy));
+    let r = reasons(&drain(&mut sub));
+    assert_eq!(r, [Reason::Starting, Reason::Started, Reason::ToolsMissing]);
+    svc.stop().await;
+    assert_eq!(svc.status().warning, None, "the warning belongs to the session");
+
+    let listed = service(stdio("ok"), slow_connector(vec![], ToolListing::Listed { count: 3 }));
+    let mut sub = listed.subscribe();
+    listed.start().await.unwrap();
+    tokio::time::sleep(S(1)).await;
+    assert_eq!(listed.status().warning, None);
+    assert_eq!(reasons(&drain(&mut sub)), [Reason::Starting, Reason::Started]);
+    listed.stop().await;
 }
 
 // ----- the supervisor ------------------------------------------------------------------

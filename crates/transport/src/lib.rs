@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rmcp::RoleClient;
 use rmcp::service::{Peer, ServiceError};
-use roster_core::{Failure, ServerSpec, ServerType};
+use roster_core::{Failure, ServerSpec, ServerType, ToolListing};
 
 /// Opens sessions to MCP servers.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
@@ -72,6 +72,25 @@ pub trait Session: Send + Sync + 'static {
 
     /// The rmcp client peer, for listing and calling tools.
     fn peer(&self) -> Option<Peer<RoleClient>>;
+
+    /// Lists the server's tools (every page) within `timeout`, if its
+    /// `initialize` result offers tools; the driver does this once after every
+    /// start (SPEC, roster: "healthy with no tools"). The default asks through
+    /// [`Session::peer`]; a session without a peer offers no tools.
+    async fn list_tools(&self, timeout: Duration) -> ToolListing {
+        let Some(peer) = self.peer() else { return ToolListing::NotOffered };
+        if peer.peer_info().is_none_or(|info| info.capabilities.tools.is_none()) {
+            return ToolListing::NotOffered;
+        }
+        match tokio::time::timeout(timeout, peer.list_all_tools()).await {
+            Ok(Ok(tools)) => ToolListing::Listed { count: tools.len() },
+            Ok(Err(e)) => ToolListing::Failed(self.classify(&e)),
+            Err(_) => ToolListing::Failed(Failure::transient(format!(
+                "no answer to tools/list within {}",
+                roster_core::lifecycle::format_duration(timeout)
+            ))),
+        }
+    }
 
     /// Classifies the failure of a request made through [`Session::peer`], by the
     /// adapter's own rules (a 401 in the middle of a session is auth required).

@@ -75,6 +75,10 @@ pub enum Event {
     PingSucceeded {
         /// The session's generation.
         generation: Generation,
+        /// How long the answer took, as the driver measured it: from sending the
+        /// ping to reading its answer. The machine compares it with
+        /// [`Settings::degraded_after`](crate::Settings::degraded_after).
+        latency: Duration,
     },
     /// The [`Effect::Ping`] of `generation` failed or timed out.
     PingFailed {
@@ -83,9 +87,34 @@ pub enum Event {
         /// Why.
         failure: Failure,
     },
+    /// The [`Effect::ListTools`] of `generation` has finished. A driver may also
+    /// report a later listing of the same session (after the server announced a
+    /// change of its tools); the last report counts.
+    ToolsListed {
+        /// The session's generation.
+        generation: Generation,
+        /// What the listing found.
+        listing: ToolListing,
+    },
     /// The instant of [`Lifecycle::poll_timeout`](crate::Lifecycle::poll_timeout)
     /// has come. An early `Timeout` changes nothing.
     Timeout,
+}
+
+/// What one `tools/list` of a live session found, as the driver reports it in
+/// [`Event::ToolsListed`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolListing {
+    /// The server's `initialize` result has no `tools` capability: it offers no
+    /// tools, and was not asked for any.
+    NotOffered,
+    /// The server offers tools and listed this many (every page).
+    Listed {
+        /// Tools listed.
+        count: usize,
+    },
+    /// The server offers tools but the listing failed.
+    Failed(Failure),
 }
 
 /// An instruction from the machine to its driver. The driver executes the effects
@@ -123,6 +152,15 @@ pub enum Effect {
         /// The ping timeout.
         timeout: Duration,
     },
+    /// List the tools of session `generation` within `timeout` (only if its server
+    /// offers tools), then report [`Event::ToolsListed`]. Asked for once after
+    /// every successful start.
+    ListTools {
+        /// The session to list.
+        generation: Generation,
+        /// The listing's timeout.
+        timeout: Duration,
+    },
     /// Call the auth-required hook with the current definition and this challenge.
     /// It always comes before the [`Effect::Publish`] and [`Effect::Reply`] effects
     /// of its transition, so no one sees `auth_required` before the hook has run.
@@ -146,7 +184,8 @@ pub enum Reply {
     HealthChecked {
         /// The health found.
         health: Health,
-        /// Why it is unhealthy (`MCP ping failed: ...` or `MCP client not available`).
+        /// Why it is unhealthy (`MCP ping failed: ...` or `MCP client not available`)
+        /// or degraded (`MCP ping took ...`).
         error: Option<String>,
     },
     /// The caller of a definition change: what the change did.
@@ -219,11 +258,19 @@ pub enum Reason {
     /// The start of a restart was answered with a demand for credentials.
     #[serde(rename = "MCPServerRecoveryAwaitingAuth")]
     RecoveryAwaitingAuth,
+    /// (roster) The server became `degraded`: a ping answered more slowly than
+    /// `degraded_after` (once per slow episode, like `HealthCheckFailed`).
+    #[serde(rename = "MCPServerHealthDegraded")]
+    HealthDegraded,
+    /// (roster) A server that offers tools listed none, or could not list them,
+    /// after a start (once per session, until a listing finds tools again).
+    #[serde(rename = "MCPServerToolsMissing")]
+    ToolsMissing,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Starting,
         Reason::Started,
         Reason::Stopped,
@@ -234,6 +281,8 @@ impl Reason {
         Reason::RecoverySucceeded,
         Reason::RecoveryFailed,
         Reason::RecoveryAwaitingAuth,
+        Reason::HealthDegraded,
+        Reason::ToolsMissing,
     ];
 
     /// The wire name (`MCPServerStarting`, ...).
@@ -249,6 +298,8 @@ impl Reason {
             Reason::RecoverySucceeded => "MCPServerRecoverySucceeded",
             Reason::RecoveryFailed => "MCPServerRecoveryFailed",
             Reason::RecoveryAwaitingAuth => "MCPServerRecoveryAwaitingAuth",
+            Reason::HealthDegraded => "MCPServerHealthDegraded",
+            Reason::ToolsMissing => "MCPServerToolsMissing",
         }
     }
 }
@@ -277,6 +328,17 @@ pub struct LifecycleEvent {
     /// The error, where one applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// (roster) Failed connection attempts in a row, as of this event.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// (roster) While an automatic retry or crash recovery is scheduled: in how
+    /// many milliseconds from this event it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The output of [`Lifecycle::handle`](crate::Lifecycle::handle).
@@ -317,7 +379,9 @@ mod tests {
                 "MCPServerRecoveryStarted",
                 "MCPServerRecoverySucceeded",
                 "MCPServerRecoveryFailed",
-                "MCPServerRecoveryAwaitingAuth"
+                "MCPServerRecoveryAwaitingAuth",
+                "MCPServerHealthDegraded",
+                "MCPServerToolsMissing"
             ]
         );
         for r in Reason::ALL {

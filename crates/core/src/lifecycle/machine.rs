@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::events::{Effect, Event, Generation, LifecycleEvent, Reason, Reply, StartError, Transition};
-use super::settings::{MAX_DELAY, MAX_RETRY_AFTER, Settings};
+use super::events::{Effect, Event, Generation, LifecycleEvent, Reason, Reply, StartError, ToolListing, Transition};
+use super::settings::{MAX_DELAY, MAX_RETRY_AFTER, Settings, format_duration};
 use super::state::{Health, State};
 use crate::change::{ChangeAction, ChangeKind, SpecChange, configuration_changed};
 use crate::failure::{Challenge, Failure, FailureClass, FailureKind};
@@ -79,6 +79,27 @@ struct Up {
     missed: u32,
     /// Why the last ping failed, while `missed` is not zero.
     ping_error: Option<(String, FailureKind)>,
+    /// How long the last answered ping took.
+    latency: Option<Duration>,
+    /// The last answered ping took longer than `degraded_after`.
+    slow: bool,
+    /// What the last tool listing found wrong: none listed, or the listing failed.
+    warning: Option<String>,
+}
+
+impl Up {
+    fn new(generation: Generation, since: Instant, due: Instant) -> Up {
+        Up {
+            generation,
+            since,
+            ping: Ping::Due(due),
+            missed: 0,
+            ping_error: None,
+            latency: None,
+            slow: false,
+            warning: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +127,7 @@ enum Cause {
 
 /// The effects of one call to `handle`, and what subscribers were last told.
 struct Out {
+    now: Instant,
     effects: Vec<Effect>,
     shown: (State, Health),
 }
@@ -181,10 +203,11 @@ impl Lifecycle {
         }
     }
 
-    /// The health (SPEC §2): healthy or unhealthy while up, unhealthy when failed,
-    /// unknown otherwise.
+    /// The health (SPEC §2): healthy, degraded (roster: the last ping was slow) or
+    /// unhealthy while up, unhealthy when failed, unknown otherwise.
     pub fn health(&self) -> Health {
         match &self.phase {
+            Phase::Up(up) if up.missed == 0 && up.slow => Health::Degraded,
             Phase::Up(up) if up.missed == 0 => Health::Healthy,
             Phase::Up(_) | Phase::Idle(Idle { rest: Rest::Failed { unreachable: false, .. }, .. }) => Health::Unhealthy,
             Phase::Idle(_) | Phase::Connecting { .. } | Phase::Closing { .. } => Health::Unknown,
@@ -289,6 +312,24 @@ impl Lifecycle {
         self.restart_count
     }
 
+    /// How long the live session's last answered ping took.
+    pub fn ping_latency(&self) -> Option<Duration> {
+        match &self.phase {
+            Phase::Up(up) => up.latency,
+            Phase::Idle(_) | Phase::Connecting { .. } | Phase::Closing { .. } => None,
+        }
+    }
+
+    /// What the live session's tool listing found wrong (roster): a server that
+    /// offers tools listed none, or the listing failed. `None` when its tools
+    /// were listed, when it offers none, and when no session is live.
+    pub fn warning(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Up(up) => up.warning.as_deref(),
+            Phase::Idle(_) | Phase::Connecting { .. } | Phase::Closing { .. } => None,
+        }
+    }
+
     /// Failed pings in a row of the live session.
     pub fn missed_pings(&self) -> u32 {
         match &self.phase {
@@ -363,7 +404,7 @@ impl Lifecycle {
     /// returns a transition with `from == to` and no effects.
     pub fn handle(&mut self, now: Instant, event: Event) -> Transition {
         let from = self.state();
-        let mut out = Out { effects: Vec::new(), shown: (from, self.health()) };
+        let mut out = Out { now, effects: Vec::new(), shown: (from, self.health()) };
         match event {
             Event::StartRequested => self.on_start_requested(now, &mut out),
             Event::StopRequested => self.on_stop_requested(&mut out),
@@ -377,8 +418,9 @@ impl Lifecycle {
             Event::ConnectFailed { generation, failure } => self.on_connect_failed(now, generation, failure, &mut out),
             Event::SessionLost { generation, failure } => self.on_session_lost(now, generation, failure, &mut out),
             Event::SessionClosed { generation } => self.on_session_closed(now, generation, &mut out),
-            Event::PingSucceeded { generation } => self.on_ping_succeeded(now, generation, &mut out),
+            Event::PingSucceeded { generation, latency } => self.on_ping_succeeded(now, generation, latency, &mut out),
             Event::PingFailed { generation, failure } => self.on_ping_failed(now, generation, failure, &mut out),
+            Event::ToolsListed { generation, listing } => self.on_tools_listed(generation, listing, &mut out),
             Event::Timeout => self.on_timeout(now, &mut out),
         }
         // A change nothing announced (a type change renames the down state) is
@@ -487,13 +529,14 @@ impl Lifecycle {
             Phase::Connecting { generation: current, recovery } if current == generation => {
                 self.consecutive_failures = 0;
                 let due = self.after(now, self.settings.health_check_interval.get());
-                self.phase =
-                    Phase::Up(Up { generation, since: now, ping: Ping::Due(due), missed: 0, ping_error: None });
+                self.phase = Phase::Up(Up::new(generation, now, due));
                 self.publish(Some(Reason::Started), None, out);
                 if recovery {
                     self.publish(Some(Reason::RecoverySucceeded), None, out);
                 }
                 self.reply_start(Ok(()), out);
+                // (roster) "Healthy with no tools" is how a half-started server looks.
+                out.push(Effect::ListTools { generation, timeout: self.settings.ping_timeout.get() });
             }
             Phase::Connecting { .. } | Phase::Idle(_) | Phase::Up(_) | Phase::Closing { .. } => {
                 // A late success of an abandoned attempt: close it so it does not leak.
@@ -549,15 +592,30 @@ impl Lifecycle {
         }
     }
 
-    fn on_ping_succeeded(&mut self, now: Instant, generation: Generation, out: &mut Out) {
+    /// SPEC §7, and (roster) a slow answer: `degraded` from the first ping slower
+    /// than `degraded_after`, with [`Reason::HealthDegraded`] on the way in; the
+    /// next fast one makes the server healthy again.
+    fn on_ping_succeeded(&mut self, now: Instant, generation: Generation, latency: Duration, out: &mut Out) {
         let due = self.after(now, self.settings.health_check_interval.get());
+        let limit = self.settings.degraded_after;
+        let was = self.health();
         match &mut self.phase {
             Phase::Up(up) if up.generation == generation && up.ping == Ping::InFlight => {
                 up.ping = Ping::Due(due);
                 up.missed = 0;
                 up.ping_error = None;
-                self.publish(None, None, out);
-                out.push(Effect::Reply(Reply::HealthChecked { health: Health::Healthy, error: None }));
+                up.latency = Some(latency);
+                up.slow = latency > limit;
+                let slow = up.slow.then(|| {
+                    format!(
+                        "MCP ping took {}, more than degraded_after ({})",
+                        format_duration(round_to_millis(latency)),
+                        format_duration(limit)
+                    )
+                });
+                let entered = slow.is_some() && was != Health::Degraded;
+                self.publish(entered.then_some(Reason::HealthDegraded), slow.clone(), out);
+                out.push(Effect::Reply(Reply::HealthChecked { health: self.health(), error: slow }));
             }
             Phase::Up(_) | Phase::Idle(_) | Phase::Connecting { .. } | Phase::Closing { .. } => {}
         }
@@ -594,6 +652,28 @@ impl Lifecycle {
             self.session_lost(now, up, lost, Some(checked), out);
         } else {
             out.push(Effect::Reply(checked));
+        }
+    }
+
+    /// (roster) A server that offers tools but lists none (or cannot list them)
+    /// gets a warning, published with [`Reason::ToolsMissing`] when it appears;
+    /// a listing that finds tools clears it. State and health do not change.
+    fn on_tools_listed(&mut self, generation: Generation, listing: ToolListing, out: &mut Out) {
+        let Phase::Up(up) = &mut self.phase else { return };
+        if up.generation != generation {
+            return;
+        }
+        let warning = match listing {
+            ToolListing::NotOffered | ToolListing::Listed { count: 1.. } => None,
+            ToolListing::Listed { count: 0 } => {
+                Some("offers tools but listed none: it may have started only half-way".to_owned())
+            }
+            ToolListing::Failed(failure) => Some(format!("offers tools but could not list them: {}", failure.message)),
+        };
+        let appeared = warning.is_some() && up.warning.is_none();
+        up.warning = warning.clone();
+        if appeared {
+            self.publish(Some(Reason::ToolsMissing), warning, out);
         }
     }
 
@@ -852,6 +932,10 @@ impl Lifecycle {
                 previous_health,
                 health: now.1,
                 error,
+                failures: self.consecutive_failures,
+                retry_in_ms: self
+                    .next_retry_after()
+                    .map(|at| u64::try_from(at.saturating_duration_since(out.now).as_millis()).unwrap_or(u64::MAX)),
             }));
             out.shown = now;
         }
@@ -885,6 +969,11 @@ impl Lifecycle {
     fn down_state(&self) -> State {
         if self.spec.is_remote() { State::Disconnected } else { State::Stopped }
     }
+}
+
+/// `d` to whole milliseconds (at least one), for messages.
+fn round_to_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
 /// The kind a failure is recorded with: a reported cancellation counts as

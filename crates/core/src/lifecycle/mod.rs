@@ -69,12 +69,12 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use events::{Effect, Event, Generation, LifecycleEvent, Reason, Reply, StartError, Transition};
+pub use events::{Effect, Event, Generation, LifecycleEvent, Reason, Reply, StartError, ToolListing, Transition};
 pub use machine::{Lifecycle, NO_CLIENT};
 pub use settings::{
-    HEALTH_CHECK_INTERVAL, HEALTH_CHECK_INTERVAL_RANGE, INITIAL_BACKOFF_RANGE, MAX_BACKOFF_LIMIT, MAX_DELAY,
-    MAX_RETRY_AFTER, MULTIPLIER_RANGE, NonZeroDuration, PING_TIMEOUT, PING_TIMEOUT_RANGE, RESTART_GRACE_PERIOD,
-    RESTART_GRACE_RANGE, STABLE_PERIOD, STABLE_PERIOD_RANGE, Settings, SettingsError, THRESHOLD_RANGE,
-    UNHEALTHY_THRESHOLD, UNREACHABLE_THRESHOLD, format_duration,
+    DEGRADED_AFTER, DEGRADED_AFTER_MIN, HEALTH_CHECK_INTERVAL, HEALTH_CHECK_INTERVAL_RANGE, INITIAL_BACKOFF_RANGE,
+    MAX_BACKOFF_LIMIT, MAX_DELAY, MAX_RETRY_AFTER, MULTIPLIER_RANGE, NonZeroDuration, PING_TIMEOUT, PING_TIMEOUT_RANGE,
+    RESTART_GRACE_PERIOD, RESTART_GRACE_RANGE, STABLE_PERIOD, STABLE_PERIOD_RANGE, Settings, SettingsError,
+    THRESHOLD_RANGE, UNHEALTHY_THRESHOLD, UNREACHABLE_THRESHOLD, format_duration,
 };
 pub use state::{Health, State};

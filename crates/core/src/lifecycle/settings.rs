@@ -24,6 +24,9 @@ pub const RESTART_GRACE_PERIOD: Duration = Duration::from_millis(200);
 pub const HEALTH_CHECK_INTERVAL: NonZeroDuration = NonZeroDuration::from_secs(30);
 /// `PING_TIMEOUT`: how long one ping may take.
 pub const PING_TIMEOUT: NonZeroDuration = NonZeroDuration::from_secs(10);
+/// (roster) `DEGRADED_AFTER`: a ping answered more slowly than this makes a
+/// server `degraded`.
+pub const DEGRADED_AFTER: Duration = Duration::from_secs(5);
 /// `UNHEALTHY_THRESHOLD`: failed pings in a row after which the session counts as lost.
 pub const UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).unwrap();
 /// `STABLE_PERIOD`: how long a server must stay up for its crash count to clear.
@@ -55,6 +58,8 @@ pub const HEALTH_CHECK_INTERVAL_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(86_400);
 /// Accepted `ping_timeout`: 100 ms to 10 min.
 pub const PING_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
+/// Accepted `degraded_after`: from 1 ms to just below `ping_timeout`.
+pub const DEGRADED_AFTER_MIN: Duration = Duration::from_millis(1);
 /// Accepted `stable_period`: 0 to 7 days.
 pub const STABLE_PERIOD_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(7 * 86_400);
 
@@ -110,6 +115,9 @@ pub struct Settings {
     pub health_check_interval: NonZeroDuration,
     /// How long one ping may take; carried in [`Effect::Ping`](crate::Effect::Ping).
     pub ping_timeout: NonZeroDuration,
+    /// A ping answered more slowly than this makes a running server `degraded`
+    /// (roster); below `ping_timeout`, or no answer could ever be slow.
+    pub degraded_after: Duration,
     /// Failed pings in a row after which the session counts as lost.
     pub unhealthy_threshold: NonZeroU32,
     /// Uptime after which the crash count clears.
@@ -124,6 +132,7 @@ impl Default for Settings {
             restart_grace: RESTART_GRACE_PERIOD,
             health_check_interval: HEALTH_CHECK_INTERVAL,
             ping_timeout: PING_TIMEOUT,
+            degraded_after: DEGRADED_AFTER,
             unhealthy_threshold: UNHEALTHY_THRESHOLD,
             stable_period: STABLE_PERIOD,
         }
@@ -141,6 +150,13 @@ pub struct SettingsError {
 }
 
 impl Settings {
+    /// The default `degraded_after` for a `ping_timeout`: [`DEGRADED_AFTER`], or
+    /// half the timeout when that is shorter, so that a configuration that only
+    /// shortens `ping_timeout` stays valid.
+    pub fn default_degraded_after(ping_timeout: NonZeroDuration) -> Duration {
+        DEGRADED_AFTER.min(ping_timeout.get() / 2).max(DEGRADED_AFTER_MIN)
+    }
+
     /// Checks every setting against its documented range.
     ///
     /// # Errors
@@ -159,6 +175,18 @@ impl Settings {
         duration("health_check_interval", self.health_check_interval.get(), HEALTH_CHECK_INTERVAL_RANGE);
         duration("ping_timeout", self.ping_timeout.get(), PING_TIMEOUT_RANGE);
         duration("stable_period", self.stable_period, STABLE_PERIOD_RANGE);
+        let below_ping_timeout = self.ping_timeout.get().saturating_sub(Duration::from_millis(1));
+        if !(DEGRADED_AFTER_MIN..=below_ping_timeout).contains(&self.degraded_after) {
+            errors.push(SettingsError {
+                setting: "degraded_after",
+                message: format!(
+                    "must be at least {} and below ping_timeout ({}), got {}",
+                    format_duration(DEGRADED_AFTER_MIN),
+                    format_duration(self.ping_timeout.get()),
+                    format_duration(self.degraded_after)
+                ),
+            });
+        }
         if !MULTIPLIER_RANGE.contains(&b.multiplier()) {
             errors.push(SettingsError {
                 setting: "backoff_multiplier",
@@ -216,6 +244,7 @@ mod tests {
         assert_eq!(s.restart_grace, Duration::from_millis(200));
         assert_eq!(s.health_check_interval.get(), Duration::from_secs(30));
         assert_eq!(s.ping_timeout.get(), Duration::from_secs(10));
+        assert_eq!(s.degraded_after, Duration::from_secs(5));
         assert_eq!(s.unhealthy_threshold.get(), 3);
         assert_eq!(s.stable_period, Duration::from_secs(300));
         assert_eq!(s.check(), Ok(()));
@@ -228,9 +257,19 @@ mod tests {
             (Settings { restart_grace: Duration::from_secs(601), ..ok }, "restart_grace"),
             (Settings { health_check_interval: NonZeroDuration::from_millis(99), ..ok }, "health_check_interval"),
             (Settings { health_check_interval: NonZeroDuration::from_secs(86_401), ..ok }, "health_check_interval"),
-            (Settings { ping_timeout: NonZeroDuration::from_millis(99), ..ok }, "ping_timeout"),
+            (
+                Settings {
+                    ping_timeout: NonZeroDuration::from_millis(99),
+                    degraded_after: Duration::from_millis(1),
+                    ..ok
+                },
+                "ping_timeout",
+            ),
             (Settings { ping_timeout: NonZeroDuration::from_secs(601), ..ok }, "ping_timeout"),
             (Settings { stable_period: Duration::from_secs(7 * 86_400 + 1), ..ok }, "stable_period"),
+            (Settings { degraded_after: Duration::ZERO, ..ok }, "degraded_after"),
+            (Settings { degraded_after: Duration::from_secs(10), ..ok }, "degraded_after"),
+            (Settings { ping_timeout: NonZeroDuration::from_secs(4), ..ok }, "degraded_after"),
             (Settings { unreachable_threshold: NonZeroU32::new(1001).unwrap(), ..ok }, "unreachable_threshold"),
             (Settings { unhealthy_threshold: NonZeroU32::new(1001).unwrap(), ..ok }, "unhealthy_threshold"),
             (
@@ -264,6 +303,7 @@ mod tests {
             restart_grace: Duration::from_secs(600),
             health_check_interval: NonZeroDuration::from_millis(100),
             ping_timeout: NonZeroDuration::from_secs(600),
+            degraded_after: Duration::from_millis(599_999),
             unhealthy_threshold: NonZeroU32::MIN,
             stable_period: Duration::ZERO,
         };
@@ -274,10 +314,34 @@ mod tests {
             restart_grace: Duration::ZERO,
             health_check_interval: NonZeroDuration::from_secs(86_400),
             ping_timeout: NonZeroDuration::from_millis(100),
+            degraded_after: Duration::from_millis(1),
             unhealthy_threshold: NonZeroU32::new(1000).unwrap(),
             stable_period: Duration::from_secs(7 * 86_400),
         };
         assert_eq!(other_ends.check(), Ok(()), "and the other ends");
+    }
+
+    #[test]
+    fn degraded_after_says_its_bound_and_defaults_below_a_short_ping_timeout() {
+        let s = Settings { degraded_after: Duration::from_secs(12), ..Settings::default() };
+        assert_eq!(
+            s.check().unwrap_err()[0].to_string(),
+            "degraded_after: must be at least 1ms and below ping_timeout (10s), got 12s"
+        );
+        let cases = [(10_000, 5_000), (11_000, 5_000), (4_000, 2_000), (100, 50), (1, 1)];
+        for (timeout_ms, expected_ms) in cases {
+            let timeout = NonZeroDuration::from_millis(timeout_ms);
+            assert_eq!(Settings::default_degraded_after(timeout), Duration::from_millis(expected_ms), "{timeout_ms}");
+        }
+        for timeout_ms in [100, 101, 4_000, 9_999, 10_000, 600_000] {
+            let ping_timeout = NonZeroDuration::from_millis(timeout_ms);
+            let s = Settings {
+                ping_timeout,
+                degraded_after: Settings::default_degraded_after(ping_timeout),
+                ..Settings::default()
+            };
+            assert_eq!(s.check(), Ok(()), "{timeout_ms}");
+        }
     }
 
     #[test]

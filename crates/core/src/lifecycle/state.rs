@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 /// `stopped` (stdio) or `disconnected` (remote), and `stopped* (grace)` is that
 /// state between the stop and the start of a restart. "change" is a definition
 /// change that needs a restart (SPEC §8). "lost" is a session that died by itself;
-/// "N" is the setting's threshold. Health is `healthy` or `unhealthy` while
-/// `running*`, `unhealthy` in `failed`, and `unknown` everywhere else.
+/// "N" is the setting's threshold. Health is `healthy`, `degraded` or `unhealthy`
+/// while `running*`, `unhealthy` in `failed`, and `unknown` everywhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -116,19 +116,23 @@ pub enum Health {
     Unknown,
     /// Up and answering pings.
     Healthy,
+    /// (roster) Up and answering pings, but the last answer took longer than
+    /// `degraded_after`.
+    Degraded,
     /// Failed, or missing pings.
     Unhealthy,
 }
 
 impl Health {
     /// Every health value.
-    pub const ALL: [Health; 3] = [Health::Unknown, Health::Healthy, Health::Unhealthy];
+    pub const ALL: [Health; 4] = [Health::Unknown, Health::Healthy, Health::Degraded, Health::Unhealthy];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             Health::Unknown => "unknown",
             Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
             Health::Unhealthy => "unhealthy",
         }
     }
@@ -168,7 +172,7 @@ mod tests {
             assert_eq!(serde_json::from_value::<State>(s.as_str().into()).unwrap(), s);
         }
         let names: Vec<&str> = Health::ALL.iter().map(|h| h.as_str()).collect();
-        assert_eq!(names, ["unknown", "healthy", "unhealthy"]);
+        assert_eq!(names, ["unknown", "healthy", "degraded", "unhealthy"]);
         for h in Health::ALL {
             assert_eq!(h.to_string(), h.as_str());
             assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());

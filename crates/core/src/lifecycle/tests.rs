@@ -12,6 +12,8 @@ use crate::spec::{ServerSpec, ServerType};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
+/// A ping answered well within `degraded_after`.
+const FAST: Duration = Duration::from_millis(1);
 
 /// A lifecycle with a clock that only moves when told to.
 struct H {
@@ -79,6 +81,7 @@ fn connect_gen(t: &Transition) -> Option<Generation> {
         Effect::CancelConnect { .. }
         | Effect::CloseSession { .. }
         | Effect::Ping { .. }
+        | Effect::ListTools { .. }
         | Effect::CallAuthHook(_)
         | Effect::Publish(_)
         | Effect::Reply(_) => None,
@@ -98,6 +101,7 @@ fn published(t: &Transition) -> Vec<LifecycleEvent> {
             | Effect::CancelConnect { .. }
             | Effect::CloseSession { .. }
             | Effect::Ping { .. }
+            | Effect::ListTools { .. }
             | Effect::CallAuthHook(_)
             | Effect::Reply(_) => None,
         })
@@ -113,6 +117,7 @@ fn replies(t: &Transition) -> Vec<Reply> {
             | Effect::CancelConnect { .. }
             | Effect::CloseSession { .. }
             | Effect::Ping { .. }
+            | Effect::ListTools { .. }
             | Effect::CallAuthHook(_)
             | Effect::Publish(_) => None,
         })
@@ -631,7 +636,7 @@ fn s7_a_successful_ping_makes_the_server_healthy_and_resets_the_gate() {
     let _ = h.ev(Event::PingFailed { generation, failure: Failure::transient("timeout") });
     assert_eq!(h.l.health(), Health::Unhealthy);
     let _ = h.ev(Event::HealthCheckRequested);
-    let t = h.ev(Event::PingSucceeded { generation });
+    let t = h.ev(Event::PingSucceeded { generation, latency: FAST });
     assert_eq!(h.l.health(), Health::Healthy);
     assert_eq!(published(&t).len(), 1, "the health change is published");
     assert_eq!(published(&t)[0].reason, None);
@@ -652,7 +657,7 @@ fn s7_health_check_failed_is_published_once_per_unhealthy_episode() {
             let t = if fail {
                 h.ev(Event::PingFailed { generation, failure: Failure::transient("timeout") })
             } else {
-                h.ev(Event::PingSucceeded { generation })
+                h.ev(Event::PingSucceeded { generation, latency: FAST })
             };
             count += reasons(&t).iter().filter(|r| **r == Reason::HealthCheckFailed).count();
         }
@@ -693,7 +698,7 @@ fn s7_running_servers_are_probed_every_interval() {
         assert_eq!(t.effects, [Effect::Ping { generation, timeout: PING_TIMEOUT.get() }]);
         assert_eq!(h.l.poll_timeout(), None, "one ping at a time");
         h.advance(MS(3));
-        let _ = h.ev(Event::PingSucceeded { generation });
+        let _ = h.ev(Event::PingSucceeded { generation, latency: FAST });
         assert_eq!(h.l.poll_timeout(), Some(h.now + HEALTH_CHECK_INTERVAL.get()));
     }
 }
@@ -763,11 +768,11 @@ fn s7_staying_up_for_the_stable_period_clears_the_crash_count() {
         if h.l.crash_count() == 0 {
             break;
         }
-        let _ = h.ev(Event::PingSucceeded { generation });
+        let _ = h.ev(Event::PingSucceeded { generation, latency: FAST });
     }
     assert_eq!(h.l.crash_count(), 0);
     assert_eq!(h.now, deadline, "cleared exactly at the end of the stable period");
-    let _ = h.ev(Event::PingSucceeded { generation });
+    let _ = h.ev(Event::PingSucceeded { generation, latency: FAST });
     let _ = h.ev(Event::SessionLost { generation, failure: transient() });
     assert_eq!(h.l.next_retry_after(), Some(h.now + RESTART_GRACE_PERIOD), "treated as a first crash again");
 }
@@ -829,6 +834,203 @@ fn s7_a_401_on_a_live_remote_session_goes_auth_required() {
     let t = h.ev(Event::SessionLost { generation, failure });
     assert_eq!(t.effects[0], Effect::CallAuthHook(Challenge::parse("Bearer")));
     assert_eq!(t.to, State::AuthRequired);
+}
+
+// ----- roster: degraded health and missing tools -------------------------------------
+
+/// Pings once, answered after `latency`.
+fn ping(h: &mut H, generation: Generation, latency: Duration) -> Transition {
+    let _ = h.ev(Event::HealthCheckRequested);
+    h.ev(Event::PingSucceeded { generation, latency })
+}
+
+#[test]
+fn degraded_a_ping_slower_than_degraded_after_degrades_and_a_fast_one_heals() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let t = ping(&mut h, generation, DEGRADED_AFTER);
+    assert_eq!(h.l.health(), Health::Healthy, "exactly degraded_after is not slower than it");
+    assert!(published(&t).is_empty());
+
+    let t = ping(&mut h, generation, DEGRADED_AFTER + MS(1_234));
+    assert_eq!(h.l.health(), Health::Degraded);
+    assert!(!h.l.is_healthy(), "degraded is not healthy");
+    assert!(h.l.is_running(), "but still up");
+    let text = "MCP ping took 6.234s, more than degraded_after (5s)";
+    let ev = &published(&t)[..];
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].reason, Some(Reason::HealthDegraded));
+    assert_eq!((ev[0].previous_health, ev[0].health), (Health::Healthy, Health::Degraded));
+    assert_eq!(ev[0].error.as_deref(), Some(text));
+    assert_eq!(replies(&t), [Reply::HealthChecked { health: Health::Degraded, error: Some(text.into()) }]);
+    assert_eq!(h.l.ping_latency(), Some(DEGRADED_AFTER + MS(1_234)));
+    assert_eq!(h.l.last_error(), None, "slow is not an error");
+
+    let t = ping(&mut h, generation, S(7));
+    assert!(published(&t).is_empty(), "once per episode");
+    assert_eq!(
+        replies(&t)[0],
+        Reply::HealthChecked {
+            health: Health::Degraded,
+            error: Some("MCP ping took 7s, more than degraded_after (5s)".into())
+        }
+    );
+
+    let t = ping(&mut h, generation, FAST);
+    assert_eq!(h.l.health(), Health::Healthy);
+    let ev = &published(&t)[..];
+    assert_eq!(ev.len(), 1, "healing is published, as a plain health change");
+    assert_eq!((ev[0].reason, ev[0].previous_health, ev[0].health), (None, Health::Degraded, Health::Healthy));
+    assert_eq!(replies(&t), [Reply::HealthChecked { health: Health::Healthy, error: None }]);
+
+    let t = ping(&mut h, generation, S(6));
+    assert_eq!(reasons(&t), [Reason::HealthDegraded], "a new episode is announced again");
+}
+
+#[test]
+fn degraded_a_failed_ping_wins_and_a_slow_answer_after_it_degrades_again() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let _ = ping(&mut h, generation, S(6));
+    let _ = h.ev(Event::HealthCheckRequested);
+    let t = h.ev(Event::PingFailed { generation, failure: Failure::transient("timed out") });
+    assert_eq!(h.l.health(), Health::Unhealthy);
+    assert_eq!(reasons(&t), [Reason::HealthCheckFailed]);
+    let t = ping(&mut h, generation, S(6));
+    assert_eq!(h.l.health(), Health::Degraded);
+    assert_eq!(reasons(&t), [Reason::HealthDegraded]);
+    assert_eq!(h.l.missed_pings(), 0);
+    assert_eq!(h.l.last_error(), None);
+}
+
+#[test]
+fn degraded_ends_with_the_session_and_a_new_session_starts_healthy() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let _ = ping(&mut h, generation, S(6));
+    let t = h.ev(Event::StopRequested);
+    assert_eq!(h.l.health(), Health::Unknown);
+    assert_eq!(published(&t)[0].previous_health, Health::Degraded);
+    let _ = h.ev(Event::SessionClosed { generation });
+    let _ = h.up();
+    assert_eq!(h.l.health(), Health::Healthy);
+    assert_eq!(h.l.ping_latency(), None, "no ping answered yet");
+}
+
+#[test]
+fn degraded_after_is_the_settings_own() {
+    let settings = Settings { degraded_after: MS(300), ..Settings::default() };
+    let mut h = H::stdio();
+    h.l = Lifecycle::new(h.l.spec().clone().validated().unwrap(), settings, 1);
+    let generation = h.up();
+    let _ = ping(&mut h, generation, MS(301));
+    assert_eq!(h.l.health(), Health::Degraded);
+    let _ = ping(&mut h, generation, MS(300));
+    assert_eq!(h.l.health(), Health::Healthy);
+}
+
+#[test]
+fn tools_are_listed_once_after_every_start_within_the_ping_timeout() {
+    let mut h = H::stdio();
+    let generation = h.start();
+    let t = h.ev(Event::ConnectSucceeded { generation });
+    assert_eq!(t.effects.last(), Some(&Effect::ListTools { generation, timeout: PING_TIMEOUT.get() }));
+    assert_eq!(t.effects.iter().filter(|e| matches!(e, Effect::ListTools { .. })).count(), 1);
+    // The listing comes after the start is published and answered.
+    let first_list = t.effects.iter().position(|e| matches!(e, Effect::ListTools { .. }));
+    let last_publish = t.effects.iter().rposition(|e| matches!(e, Effect::Publish(_) | Effect::Reply(_)));
+    assert!(first_list > last_publish);
+    let t = h.fire();
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::ListTools { .. })), "a ping does not list");
+}
+
+#[test]
+fn tools_missing_is_a_warning_published_once_until_tools_are_found() {
+    let mut h = H::remote();
+    let generation = h.up();
+    let listed = |count| Event::ToolsListed { generation, listing: ToolListing::Listed { count } };
+    let t = h.ev(listed(0));
+    let warning = "offers tools but listed none: it may have started only half-way";
+    assert_eq!(h.l.warning(), Some(warning));
+    let ev = &published(&t)[..];
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].reason, Some(Reason::ToolsMissing));
+    assert_eq!(ev[0].error.as_deref(), Some(warning));
+    assert_eq!((ev[0].state, ev[0].health), (State::Connected, Health::Healthy), "state and health stay");
+    assert_eq!(t.to, State::Connected);
+    assert!(h.ev(listed(0)).effects.is_empty(), "once");
+
+    let t = h.ev(listed(4));
+    assert_eq!(h.l.warning(), None);
+    assert!(t.effects.is_empty(), "the warning clears quietly");
+
+    let t = h.ev(Event::ToolsListed { generation, listing: ToolListing::Failed(Failure::transient("timed out")) });
+    assert_eq!(h.l.warning(), Some("offers tools but could not list them: timed out"));
+    assert_eq!(reasons(&t), [Reason::ToolsMissing]);
+    let _ = h.ev(Event::ToolsListed { generation, listing: ToolListing::NotOffered });
+    assert_eq!(h.l.warning(), None, "a server that offers no tools is not missing any");
+}
+
+#[test]
+fn tools_missing_belongs_to_its_session() {
+    let mut h = H::stdio();
+    let generation = h.up();
+    let t = h
+        .ev(Event::ToolsListed { generation: Generation(generation.0 + 1), listing: ToolListing::Listed { count: 0 } });
+    assert!(t.is_noop(), "another generation changes nothing");
+    let _ = h.ev(Event::ToolsListed { generation, listing: ToolListing::Listed { count: 0 } });
+    assert!(h.l.warning().is_some());
+    let _ = h.ev(Event::SessionLost { generation, failure: Failure::transient("exited") });
+    assert_eq!(h.l.warning(), None, "no session, no warning");
+    let t = h.ev(Event::ToolsListed { generation, listing: ToolListing::Listed { count: 0 } });
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::Publish(_))), "a listing after the loss is stale");
+    assert_eq!(h.l.warning(), None);
+}
+
+#[test]
+fn events_carry_the_failure_count_and_when_the_retry_is_due() {
+    let mut h = H::remote();
+    let generation = h.start();
+    let t = h.fail(generation, transient());
+    let failed = published(&t).into_iter().find(|e| e.reason == Some(Reason::Failed)).unwrap();
+    assert_eq!((failed.failures, failed.retry_in_ms), (1, Some(30_000)));
+    h.advance(S(10));
+    let t = h.fire();
+    let starting = published(&t).into_iter().find(|e| e.reason == Some(Reason::Starting)).unwrap();
+    assert_eq!((starting.failures, starting.retry_in_ms), (1, None), "the retry is under way");
+    let generation = connect_gen(&t).unwrap();
+    let t = h.fail(generation, transient());
+    let failed = published(&t).into_iter().find(|e| e.reason == Some(Reason::Failed)).unwrap();
+    assert_eq!((failed.failures, failed.retry_in_ms), (2, Some(60_000)));
+    let t = h.ev(Event::StopRequested);
+    let stopped = published(&t).pop().unwrap();
+    assert_eq!((stopped.failures, stopped.retry_in_ms), (0, None), "a stop clears both");
+
+    let mut h = H::stdio();
+    let generation = h.up();
+    let t = h.ev(Event::SessionLost { generation, failure: transient() });
+    let crashed = published(&t).pop().unwrap();
+    assert_eq!((crashed.failures, crashed.retry_in_ms), (0, Some(200)), "a crash recovers after the grace period");
+}
+
+proptest::proptest! {
+    /// The degraded rule as a number: degraded exactly when the answer took longer
+    /// than `degraded_after`, for any setting and any latency.
+    #[test]
+    fn degraded_iff_slower_than_degraded_after(limit_us in 1u64..600_000_000, latency_us in 0u64..700_000_000) {
+        let settings = Settings {
+            ping_timeout: NonZeroDuration::from_secs(600),
+            degraded_after: Duration::from_micros(limit_us),
+            ..Settings::default()
+        };
+        let mut h = H::stdio();
+        h.l = Lifecycle::new(h.l.spec().clone().validated().unwrap(), settings, 1);
+        let generation = h.up();
+        let t = ping(&mut h, generation, Duration::from_micros(latency_us));
+        let slow = latency_us > limit_us;
+        proptest::prop_assert_eq!(h.l.health(), if slow { Health::Degraded } else { Health::Healthy });
+        proptest::prop_assert_eq!(reasons(&t), if slow { vec![Reason::HealthDegraded] } else { vec![] });
+    }
 }
 
 // ----- §8 Configuration changes ------------------------------------------------------
@@ -926,7 +1128,7 @@ fn stale_reports_change_nothing() {
     for e in [
         Event::SessionLost { generation: old, failure: transient() },
         Event::PingFailed { generation: old, failure: transient() },
-        Event::PingSucceeded { generation: old },
+        Event::PingSucceeded { generation: old, latency: FAST },
         Event::SessionClosed { generation: old },
         Event::ConnectFailed { generation: old, failure: transient() },
         Event::ConnectSucceeded { generation: new },
@@ -972,7 +1174,7 @@ fn every_state_and_health_change_is_published_exactly_once() {
     let _ = h.ev(Event::HealthCheckRequested);
     track(&h.ev(Event::PingFailed { generation, failure: transient() }), &h.l);
     let _ = h.ev(Event::HealthCheckRequested);
-    track(&h.ev(Event::PingSucceeded { generation }), &h.l);
+    track(&h.ev(Event::PingSucceeded { generation, latency: FAST }), &h.l);
     track(&h.ev(Event::StopRequested), &h.l);
     track(&h.ev(Event::SessionClosed { generation }), &h.l);
     for pair in seen.windows(2) {
@@ -1222,7 +1424,7 @@ fn the_predicates_follow_state_and_health() {
     assert_eq!(h.l.last_error(), Some("MCP ping failed: connection refused"));
     assert_eq!(h.l.last_failure(), Some(FailureKind::Transient));
     let _ = h.ev(Event::HealthCheckRequested);
-    let _ = h.ev(Event::PingSucceeded { generation });
+    let _ = h.ev(Event::PingSucceeded { generation, latency: FAST });
     assert_eq!((h.l.missed_pings(), h.l.last_error()), (0, None));
     let _ = h.ev(Event::StopRequested);
     assert!(!h.l.is_client_ready() && !h.l.is_running());

@@ -25,6 +25,7 @@
 //!   --garbage-lines N       print N lines of garbage on stdout before serving
 //!   --serve-http PORT       also serve Streamable HTTP on 127.0.0.1:PORT (for demos)
 //!   --ping-meta             answer ping with an empty result that carries `_meta`
+//!   --no-tools              offer tools in `initialize` but list none (stdio)
 //!
 //! HTTP and SSE switches:
 //!   --port P                listen on P (default: any free port)
@@ -107,6 +108,7 @@ struct Faults {
     foreign_endpoint: bool,
     serve_http: Option<u16>,
     ping_meta: bool,
+    no_tools: bool,
     endless_event: Option<String>,
     record: Option<String>,
     oauth: bool,
@@ -151,6 +153,7 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--foreign-endpoint" => f.foreign_endpoint = true,
             "--serve-http" => f.serve_http = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--ping-meta" => f.ping_meta = true,
+            "--no-tools" => f.no_tools = true,
             "--endless-event" => f.endless_event = Some(value()?),
             "--record" => f.record = Some(value()?),
             "--oauth" => f.oauth = true,
@@ -431,8 +434,9 @@ impl ServerHandler for Fixture {
     }
 }
 
-/// The fixture, answering ping with `{"_meta": {...}}`: an empty result, as MCP
-/// allows any result to carry `_meta`.
+/// The fixture with quirks no handler method can show: with `--ping-meta` it
+/// answers ping with `{"_meta": {...}}` (an empty result, as MCP allows any
+/// result to carry `_meta`); with `--no-tools` it lists no tools.
 struct MetaPing(Fixture);
 
 impl rmcp::Service<RoleServer> for MetaPing {
@@ -442,9 +446,15 @@ impl rmcp::Service<RoleServer> for MetaPing {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ServerResult, ErrorData> {
         match request {
-            rmcp::model::ClientRequest::PingRequest(_) => Ok(rmcp::model::ServerResult::CustomResult(
-                rmcp::model::CustomResult(serde_json::json!({"_meta": {"fixture": "ping with meta"}})),
-            )),
+            rmcp::model::ClientRequest::PingRequest(_) if self.0.faults.ping_meta => {
+                Ok(rmcp::model::ServerResult::CustomResult(rmcp::model::CustomResult(
+                    serde_json::json!({"_meta": {"fixture": "ping with meta"}}),
+                )))
+            }
+            // Started half-way: it says it has tools, and lists none.
+            rmcp::model::ClientRequest::ListToolsRequest(_) if self.0.faults.no_tools => {
+                Ok(rmcp::model::ServerResult::ListToolsResult(rmcp::model::ListToolsResult::default()))
+            }
             other => rmcp::Service::handle_request(&self.0, other, context).await,
         }
     }
@@ -537,7 +547,7 @@ async fn serve(faults: Faults, args: &[String]) -> Result<(), Box<dyn std::error
         tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await?;
     } else {
         let linger = faults.linger;
-        let waiting = if faults.ping_meta {
+        let waiting = if faults.ping_meta || faults.no_tools {
             MetaPing(Fixture::new(faults)).serve(rmcp::transport::stdio()).await?.waiting().await
         } else {
             Fixture::new(faults).serve(rmcp::transport::stdio()).await?.waiting().await
