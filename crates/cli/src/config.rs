@@ -331,7 +331,7 @@ const SERVER_KEYS: [&str; 17] = [
     "name",
 ];
 
-const DEFAULT_KEYS: [&str; 15] = [
+const DEFAULT_KEYS: [&str; 16] = [
     "auto_start",
     "initial_backoff",
     "max_backoff",
@@ -341,6 +341,7 @@ const DEFAULT_KEYS: [&str; 15] = [
     "restart_grace",
     "health_check_interval",
     "ping_timeout",
+    "degraded_after",
     "unhealthy_threshold",
     "stable_period",
     "max_concurrent_connects",
@@ -464,6 +465,7 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, HttpO
     let mut http = HttpOptions::default();
     let mut settings = Settings::default();
     let mut auto_start = None;
+    let mut degraded_after = None;
     let (mut initial, mut max, mut multiplier, mut jitter) =
         (settings.backoff.initial(), settings.backoff.max(), settings.backoff.multiplier(), settings.backoff.jitter());
     let Some(keys) = node.keys() else {
@@ -487,6 +489,7 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, HttpO
             "restart_grace" => duration(v).map(|d| settings.restart_grace = d),
             "health_check_interval" => period(v).map(|d| settings.health_check_interval = d),
             "ping_timeout" => period(v).map(|d| settings.ping_timeout = d),
+            "degraded_after" => duration(v).map(|d| degraded_after = Some(d)),
             "unhealthy_threshold" => non_zero(v).map(|n| settings.unhealthy_threshold = n),
             "stable_period" => duration(v).map(|d| settings.stable_period = d),
             "max_concurrent_connects" => count(v).map(|n| config.max_concurrent_connects = n as usize),
@@ -516,6 +519,8 @@ fn read_defaults(node: &Node, out: &mut Diagnostics) -> (SupervisorConfig, HttpO
         }
         Err(_) => {}
     }
+    // Unless given, degraded_after follows a shortened ping_timeout down.
+    settings.degraded_after = degraded_after.unwrap_or_else(|| Settings::default_degraded_after(settings.ping_timeout));
     config.settings = settings;
     for e in config.check().err().unwrap_or_default() {
         if bad.contains(e.setting) {

@@ -75,24 +75,14 @@ pub(crate) enum Command {
     Check,
     /// Supervise the servers in the foreground until Ctrl-C or SIGTERM.
     Up {
-        /// Do not reload the configuration when the file changes.
-        #[arg(long)]
-        no_watch: bool,
-        /// Serve Prometheus metrics at ADDR/metrics (and /healthz, /readyz),
-        /// for example 127.0.0.1:9464.
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        options: up::UpOptions,
     },
     /// Supervise like `up`, and serve one MCP server in front of every server
     /// (over stdio, or Streamable HTTP with --http): what an MCP client runs.
     Serve {
-        /// Do not reload the configuration when the file changes.
-        #[arg(long)]
-        no_watch: bool,
-        /// Serve Prometheus metrics at ADDR/metrics (and /healthz, /readyz),
-        /// for example 127.0.0.1:9464.
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        options: up::UpOptions,
         #[command(flatten)]
         args: serve::ServeArgs,
     },
@@ -214,8 +204,8 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Check => up::check(cli),
-        Command::Up { no_watch, metrics } => up::up(cli, !*no_watch, None, *metrics).await,
-        Command::Serve { no_watch, args, metrics } => up::up(cli, !*no_watch, Some(args), *metrics).await,
+        Command::Up { options } => up::up(cli, *options, None).await,
+        Command::Serve { options, args } => up::up(cli, *options, Some(args)).await,
         Command::Status => control::status(cli).await,
         Command::Start { name } => control::act(cli, "start", name).await,
         Command::Stop { name } => control::act(cli, "stop", name).await,

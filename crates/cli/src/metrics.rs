@@ -3,7 +3,8 @@
 //!
 //! Two sources: the servers' status, read at each scrape (state, health,
 //! failures, next retry: gauges), and the event stream, counted as it goes
-//! (events, restarts, connect attempts by outcome, connect durations). Names
+//! (events, restarts, connect attempts by outcome, connect durations), and the
+//! driver's measurements through [`roster_supervisor::Observer`] (pings). Names
 //! follow Prometheus conventions: `roster_` prefix, `_total` counters,
 //! `_seconds` units. Label values are server names and fixed words only, never
 //! anything a server sent.
@@ -47,6 +48,15 @@ struct ServerHealth {
 struct Attempt {
     server: String,
     outcome: &'static str,
+    /// The failure class: `none` for a success, `transient`, `permanent`,
+    /// `needs_credentials`, `cancelled`.
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ping {
+    server: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +76,11 @@ fn connect_buckets() -> impl Iterator<Item = f64> {
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0].into_iter()
 }
 
+/// Ping latencies: 1 ms to 10 s (the default ping timeout), in 10 buckets.
+fn ping_buckets() -> impl Iterator<Item = f64> {
+    [0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0].into_iter()
+}
+
 type Durations = Family<ServerLabel, Histogram, fn() -> Histogram>;
 
 struct Families {
@@ -79,8 +94,10 @@ struct Families {
     restarts: Family<ServerLabel, Counter>,
     attempts: Family<Attempt, Counter>,
     connect: Durations,
+    pings: Family<Ping, Counter>,
+    ping_latency: Durations,
     events: Counter,
-    missed: Counter,
+    dropped: Counter,
     control: Counter,
     calls: Family<Call, Counter>,
     call_duration: Durations,
@@ -111,15 +128,28 @@ impl roster_serve::CallObserver for Metrics {
     }
 }
 
-/// What an attempt ended as, from the state it went to.
-fn outcome(state: State) -> &'static str {
-    match state {
-        State::Running | State::Connected => "ok",
-        State::Failed => "failed",
-        State::Unreachable => "unreachable",
-        State::AuthRequired => "auth_required",
-        State::Stopping | State::Stopped | State::Disconnected => "cancelled",
-        State::Unknown | State::Starting => "other",
+impl roster_supervisor::Observer for Metrics {
+    fn pinged(&self, server: &str, took: std::time::Duration, ok: bool) {
+        let f = &self.families;
+        let outcome = if ok { "ok" } else { "failed" };
+        f.pings.get_or_create(&Ping { server: server.to_owned(), outcome }).inc();
+        if ok {
+            f.ping_latency.get_or_create(&ServerLabel { server: server.to_owned() }).observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// What an attempt ended as, from the state it went to, and the failure's class
+/// (a failed attempt with no retry scheduled was permanent).
+fn outcome(event: &roster_core::LifecycleEvent) -> (&'static str, &'static str) {
+    match event.state {
+        State::Running | State::Connected => ("ok", "none"),
+        State::Failed if event.retry_in_ms.is_none() => ("failed", "permanent"),
+        State::Failed => ("failed", "transient"),
+        State::Unreachable => ("unreachable", "transient"),
+        State::AuthRequired => ("auth_required", "needs_credentials"),
+        State::Stopping | State::Stopped | State::Disconnected => ("cancelled", "cancelled"),
+        State::Unknown | State::Starting => ("other", "none"),
     }
 }
 
@@ -138,8 +168,10 @@ impl Metrics {
             restarts: Family::default(),
             attempts: Family::default(),
             connect: Family::new_with_constructor(|| Histogram::new(connect_buckets())),
+            pings: Family::default(),
+            ping_latency: Family::new_with_constructor(|| Histogram::new(ping_buckets())),
             events: Counter::default(),
-            missed: Counter::default(),
+            dropped: Counter::default(),
             control,
             calls: Family::default(),
             call_duration: Family::new_with_constructor(|| Histogram::new(connect_buckets())),
@@ -158,17 +190,27 @@ impl Metrics {
         );
         registry.register("servers", "Servers in each state", f.servers.clone());
         registry.register("server_restarts", "Recoveries started (restarts)", f.restarts.clone());
-        registry.register("server_connect_attempts", "Connect attempts, by how they ended", f.attempts.clone());
+        registry.register(
+            "server_connect_attempts",
+            "Connect attempts, by how they ended and the failure's class",
+            f.attempts.clone(),
+        );
         registry.register(
             "server_connect_duration_seconds",
             "From the start of an attempt to its end",
             f.connect.clone(),
         );
+        registry.register("server_pings", "Health pings, by how they ended", f.pings.clone());
+        registry.register(
+            "server_ping_latency_seconds",
+            "From sending a health ping to its answer (answered pings)",
+            f.ping_latency.clone(),
+        );
         registry.register("events_published", "Lifecycle events published", f.events.clone());
         registry.register(
-            "events_missed",
-            "Events the metrics' own subscription fell behind on (not counted above)",
-            f.missed.clone(),
+            "events_dropped",
+            "Events dropped for subscribers that fell behind (event readers, serve, these metrics)",
+            f.dropped.clone(),
         );
         registry.register("control_requests", "Requests to the control socket", f.control.clone());
         registry.register(
@@ -188,15 +230,18 @@ impl Metrics {
             attempt_started: Mutex::default(),
             scrape: Mutex::new(Vec::new()),
         });
+        // Another observer installed first keeps its place; pings then go uncounted.
+        if sup.observe(metrics.clone()).is_err() {
+            tracing::warn!("another observer of pings is installed; roster_server_pings stay empty");
+        }
         let mut events = sup.subscribe();
         let counting = metrics.clone();
         tokio::spawn(async move {
             while let Some(received) = events.recv().await {
                 match received {
                     Received::Event(e) => counting.count(&e),
-                    Received::Missed(n) => {
-                        counting.families.missed.inc_by(n);
-                    }
+                    // Counted by the bus, with every other subscriber's drops.
+                    Received::Missed(_) => {}
                 }
             }
         });
@@ -214,7 +259,8 @@ impl Metrics {
         if e.event.state == State::Starting && e.event.previous_state != State::Starting {
             started.insert(e.server.clone(), e.at_unix_ms);
         } else if e.event.previous_state == State::Starting && e.event.state != State::Starting {
-            let attempt = Attempt { server: e.server.clone(), outcome: outcome(e.event.state) };
+            let (outcome, class) = outcome(&e.event);
+            let attempt = Attempt { server: e.server.clone(), outcome, class };
             f.attempts.get_or_create(&attempt).inc();
             if let Some(at) = started.remove(&e.server) {
                 let secs = e.at_unix_ms.saturating_sub(at) as f64 / 1000.0;
@@ -262,6 +308,7 @@ impl Metrics {
         for (state, n) in by_state {
             f.servers.get_or_create(&StateLabel { state }).set(n);
         }
+        f.dropped.inc_by(self.sup.events_dropped().saturating_sub(f.dropped.get()));
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();

@@ -334,9 +334,15 @@ pub(crate) fn exit_code(kind: FailureKind) -> u8 {
 pub(crate) fn short_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
-        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+        match (s % 3600) / 60 {
+            0 => format!("{}h", s / 3600),
+            m => format!("{}h{m}m", s / 3600),
+        }
     } else if s >= 60 {
-        format!("{}m{}s", s / 60, s % 60)
+        match s % 60 {
+            0 => format!("{}m", s / 60),
+            rest => format!("{}m{rest}s", s / 60),
+        }
     } else if s >= 10 {
         format!("{s}s")
     } else if d >= Duration::from_secs(1) {
@@ -370,11 +376,16 @@ pub(crate) fn status_table(servers: &[ServerStatus], color: bool) -> String {
                     "now".to_owned()
                 }
             });
-            let health = match s.health {
-                Health::Unknown => "-".to_owned(),
-                Health::Healthy | Health::Unhealthy => s.health.to_string(),
+            let health = match (s.health, s.ping_latency_us) {
+                (Health::Unknown, _) => "-".to_owned(),
+                (Health::Degraded, Some(us)) => format!("degraded ({})", short_duration(Duration::from_micros(us))),
+                (Health::Healthy | Health::Degraded | Health::Unhealthy, _) => s.health.to_string(),
             };
-            let error = s.last_error.clone().unwrap_or_default().replace('\n', " ");
+            let error = match (&s.last_error, &s.warning) {
+                (Some(error), _) => error.replace('\n', " "),
+                (None, Some(warning)) => format!("warning: {}", warning.replace('\n', " ")),
+                (None, None) => String::new(),
+            };
             [
                 escape(&s.name, false).into_owned(),
                 s.server_type.to_string(),
@@ -478,6 +489,77 @@ pub(crate) fn event_line(e: &ServerEvent, width: usize, color: bool) -> String {
     .to_owned()
 }
 
+/// `up`'s compact output (without `-v`): one line per attempt of a retrying
+/// server, one line per change otherwise. The steps inside an attempt or a
+/// restart (starting, stopping, the Recovery* reasons) are left out, so a line
+/// reads from the state last shown to the outcome: `failed → running`.
+#[derive(Debug, Default)]
+pub(crate) struct Compact {
+    /// The state last shown per server.
+    shown: std::collections::HashMap<String, State>,
+}
+
+impl Compact {
+    /// The line for `e`, or `None` when the compact output leaves it out.
+    pub(crate) fn line(&mut self, e: &ServerEvent, width: usize, color: bool) -> Option<String> {
+        use roster_core::Reason;
+        let ev = &e.event;
+        let quiet_step = matches!(
+            ev.reason,
+            Some(
+                Reason::RecoveryStarted
+                    | Reason::RecoverySucceeded
+                    | Reason::RecoveryFailed
+                    | Reason::RecoveryAwaitingAuth
+            )
+        ) || matches!(ev.state, State::Starting | State::Stopping);
+        if quiet_step {
+            // A line after the steps reads from where they began.
+            self.shown.entry(e.server.clone()).or_insert(ev.previous_state);
+            return None;
+        }
+        let from = self.shown.insert(e.server.clone(), ev.state).unwrap_or(ev.previous_state);
+        let error = ev.error.as_deref().map(|x| escape(x, false).into_owned());
+        let retry = ev.retry_in_ms.map(|ms| short_duration(Duration::from_millis(ms)));
+        let text = match ev.reason {
+            Some(Reason::ToolsMissing) => format!("warning: {}", error.unwrap_or_default()),
+            // An attempt ended in failure: one line says which, why and what next.
+            Some(Reason::Failed) if ev.previous_state == State::Starting => {
+                let state = if ev.state == State::Failed { String::new() } else { format!("{}: ", ev.state) };
+                let attempt =
+                    if ev.failures > 0 { format!("attempt {} failed", ev.failures) } else { "failed".to_owned() };
+                let next = retry.map_or_else(|| "; not retried".to_owned(), |d| format!("; next in {d}"));
+                format!("{state}{attempt}: {}{next}", error.unwrap_or_default())
+            }
+            Some(_) | None => {
+                let change = if from != ev.state {
+                    format!("{from} → {}", ev.state)
+                } else if ev.previous_health != ev.health {
+                    format!("{} ({} → {})", ev.state, ev.previous_health, ev.health)
+                } else {
+                    ev.state.to_string()
+                };
+                let why = error.map(|x| format!(": {x}")).unwrap_or_default();
+                let next = match (ev.reason, retry) {
+                    (Some(Reason::Failed), Some(d)) => format!("; restart in {d}"),
+                    (Some(_) | None, _) => String::new(),
+                };
+                format!("{change}{why}{next}")
+            }
+        };
+        let tone = match ev.health {
+            Health::Degraded => Tone::Warn,
+            Health::Unknown | Health::Healthy | Health::Unhealthy => state_tone(ev.state),
+        };
+        Some(format!(
+            "{}  {:width$}  {}",
+            paint(&clock(e.at_unix_ms), Tone::Dim, color),
+            escape(&e.server, false),
+            paint(&text, tone, color)
+        ))
+    }
+}
+
 /// A plan, one line per change (and a summary when nothing changes).
 pub(crate) fn plan_lines(plan: &Plan) -> Vec<String> {
     let mut out: Vec<String> = plan
@@ -518,6 +600,8 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(42)), "42s");
         assert_eq!(short_duration(Duration::from_secs(184)), "3m4s");
         assert_eq!(short_duration(Duration::from_secs(3720)), "1h2m");
+        assert_eq!(short_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(short_duration(Duration::from_secs(7200)), "2h");
     }
 
     #[test]
@@ -530,6 +614,130 @@ mod tests {
     #[test]
     fn clock_is_utc_time_of_day() {
         assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+
+    /// A server's lifecycle, run by the real core with every close answered at
+    /// once and wall time counted from the Unix epoch.
+    struct Run {
+        name: &'static str,
+        l: roster_core::Lifecycle,
+        t0: std::time::Instant,
+        now: std::time::Instant,
+        events: Vec<ServerEvent>,
+    }
+
+    impl Run {
+        fn new(name: &'static str, spec: roster_core::ServerSpec) -> Run {
+            let now = std::time::Instant::now();
+            let l = roster_core::Lifecycle::new(spec.validated().unwrap(), roster_core::Settings::default(), 1);
+            Run { name, l, t0: now, now, events: Vec::new() }
+        }
+
+        /// Feeds `event`; returns the generation of a connect it asks for.
+        fn feed(&mut self, event: roster_core::Event) -> Option<roster_core::Generation> {
+            use roster_core::{Effect, Event};
+            let t = self.l.handle(self.now, event);
+            let mut connect = None;
+            for effect in t.effects {
+                match effect {
+                    Effect::Publish(event) => self.events.push(ServerEvent {
+                        seq: self.events.len() as u64 + 1,
+                        server: self.name.to_owned(),
+                        at_unix_ms: (self.now - self.t0).as_millis() as u64,
+                        event,
+                    }),
+                    Effect::Connect { generation, .. } => connect = Some(generation),
+                    Effect::CloseSession { generation } => {
+                        connect = connect.or(self.feed(Event::SessionClosed { generation }));
+                    }
+                    Effect::CancelConnect { .. }
+                    | Effect::Ping { .. }
+                    | Effect::ListTools { .. }
+                    | Effect::CallAuthHook(_)
+                    | Effect::Reply(_) => {}
+                }
+            }
+            connect
+        }
+
+        /// Waits for the next deadline and fires it.
+        fn fire(&mut self) -> Option<roster_core::Generation> {
+            self.now = self.l.poll_timeout().expect("a deadline");
+            self.feed(roster_core::Event::Timeout)
+        }
+
+        fn compact(&self) -> String {
+            let mut compact = Compact::default();
+            let lines: Vec<String> = self.events.iter().filter_map(|e| compact.line(e, 4, false)).collect();
+            lines.join("\n")
+        }
+    }
+
+    #[test]
+    fn compact_output_golden_a_retrying_remote_server_says_one_line_per_attempt() {
+        use roster_core::{Event, Failure, ServerSpec, ServerType};
+        let spec = ServerSpec::remote("gone", ServerType::StreamableHttp, "http://127.0.0.1:9/mcp");
+        let mut run = Run::new("gone", spec);
+        let refused = || Failure::transient("connection refused (os error 111)");
+        let mut attempt = run.feed(Event::StartRequested);
+        for _ in 0..5 {
+            run.feed(Event::ConnectFailed { generation: attempt.unwrap(), failure: refused() });
+            attempt = run.fire();
+        }
+        // Starting and Failed, then RecoveryStarted, Starting, Failed and
+        // RecoveryFailed per retry, and the sixth attempt's first two.
+        assert_eq!(run.events.len(), 2 + 4 * 4 + 2);
+        let golden = "\
+00:00:00.000  gone  attempt 1 failed: connection refused (os error 111); next in 30s
+00:00:30.000  gone  attempt 2 failed: connection refused (os error 111); next in 1m
+00:01:30.000  gone  unreachable: attempt 3 failed: server unreachable after 3 consecutive failures: connection refused (os error 111); next in 2m
+00:03:30.000  gone  unreachable: attempt 4 failed: server unreachable after 4 consecutive failures: connection refused (os error 111); next in 4m
+00:07:30.000  gone  unreachable: attempt 5 failed: server unreachable after 5 consecutive failures: connection refused (os error 111); next in 8m";
+        assert_eq!(run.compact(), golden);
+    }
+
+    #[test]
+    fn compact_output_golden_a_crashing_stdio_server_says_each_change_once() {
+        use roster_core::{Event, Failure, ServerSpec};
+        let mut run = Run::new("fs", ServerSpec::stdio("fs", "mcp-fs"));
+        let attempt = run.feed(Event::StartRequested).unwrap();
+        run.feed(Event::ConnectSucceeded { generation: attempt });
+        for _ in 0..2 {
+            let live = run.l.session().unwrap();
+            run.now += Duration::from_secs(2);
+            run.feed(Event::SessionLost { generation: live, failure: Failure::transient("exited with status 1") });
+            let attempt = run.fire().unwrap();
+            run.feed(Event::ConnectSucceeded { generation: attempt });
+        }
+        let live = run.l.session().unwrap();
+        run.feed(Event::StopRequested);
+        run.feed(Event::SessionClosed { generation: live });
+        let golden = "\
+00:00:00.000  fs    unknown → running
+00:00:02.000  fs    running → failed: exited with status 1; restart in 200ms
+00:00:02.200  fs    failed → running
+00:00:04.200  fs    running → failed: exited with status 1; restart in 30s
+00:00:34.200  fs    failed → running
+00:00:34.200  fs    running → stopped";
+        assert_eq!(run.compact(), golden);
+    }
+
+    #[test]
+    fn compact_output_shows_health_changes_and_warnings_and_no_steps() {
+        use roster_core::{Event, ServerSpec, ToolListing};
+        let mut run = Run::new("fs", ServerSpec::stdio("fs", "mcp-fs"));
+        let attempt = run.feed(Event::StartRequested).unwrap();
+        run.feed(Event::ConnectSucceeded { generation: attempt });
+        run.feed(Event::ToolsListed { generation: attempt, listing: ToolListing::Listed { count: 0 } });
+        run.feed(Event::HealthCheckRequested);
+        run.feed(Event::PingSucceeded { generation: attempt, latency: Duration::from_millis(6_500) });
+        run.feed(Event::RestartRequested);
+        let golden = "\
+00:00:00.000  fs    unknown → running
+00:00:00.000  fs    warning: offers tools but listed none: it may have started only half-way
+00:00:00.000  fs    running (healthy → degraded): MCP ping took 6.5s, more than degraded_after (5s)
+00:00:00.000  fs    running → stopped";
+        assert_eq!(run.compact(), golden, "the restart's stopping step is left out");
     }
 
     #[test]

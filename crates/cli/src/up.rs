@@ -161,6 +161,8 @@ struct Printer {
     width: usize,
     /// `roster serve` over stdio: stdout is the MCP channel, so everything goes to stderr.
     to_stderr: bool,
+    /// `-v`: every event, as it comes; otherwise the compact lines.
+    verbose: bool,
 }
 
 impl Printer {
@@ -168,10 +170,14 @@ impl Printer {
         if self.to_stderr { output::err(text) } else { output::out(text) }
     }
 
-    fn event(&self, received: &Received) {
+    fn event(&self, received: &Received, compact: &mut output::Compact) {
         self.line(match received {
             Received::Event(e) if self.json => json!({"event": **e}).to_string(),
-            Received::Event(e) => output::event_line(e, self.width, self.color),
+            Received::Event(e) if self.verbose => output::event_line(e, self.width, self.color),
+            Received::Event(e) => match compact.line(e, self.width, self.color) {
+                Some(line) => line,
+                None => return,
+            },
             Received::Missed(n) if self.json => json!({"missed": n}).to_string(),
             Received::Missed(n) => paint(&format!("… {n} events missed"), Tone::Warn, self.color),
         });
@@ -307,7 +313,24 @@ type Reload<'a> = Pin<Box<dyn Future<Output = Reloader> + 'a>>;
 /// `roster up`: supervise in the foreground until Ctrl-C, SIGTERM, SIGHUP, or
 /// stdout closing. With `serve`, `roster serve`: the same, and one MCP server in
 /// front of every server, until the client goes too.
-pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metrics: Option<std::net::SocketAddr>) -> u8 {
+/// What `up` and `serve` share of their flags.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct UpOptions {
+    /// Do not reload the configuration when the file changes.
+    #[arg(long)]
+    pub(crate) no_watch: bool,
+    /// Serve Prometheus metrics at ADDR/metrics (and /healthz, /readyz),
+    /// for example 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Show every event as it comes (starting, stopping, each step of a
+    /// recovery), not one line per attempt and per change.
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
+}
+
+pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>) -> u8 {
+    let (watch, metrics) = (!options.no_watch, options.metrics);
     // From the very start: a Ctrl-C during start-up is not lost.
     let mut stops = match stops() {
         Ok(s) => s,
@@ -410,7 +433,8 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metric
     let width = config.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let to_stderr = serve.is_some_and(ServeArgs::over_stdio);
     let color = if to_stderr { output::stderr_color() } else { output::stdout_color() };
-    let printer = Printer { json: cli.json, color, width, to_stderr };
+    let printer = Printer { json: cli.json, color, width, to_stderr, verbose: options.verbose };
+    let mut compact = output::Compact::default();
     printer.note(&format!(
         "roster {}: {} servers from {}; control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -489,7 +513,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metric
     let settle = tokio::time::Instant::now() + SETTLE;
     loop {
         tokio::select! {
-            Some(received) = events.recv() => printer.event(&received),
+            Some(received) = events.recv() => printer.event(&received, &mut compact),
             Some(stop) = stops.recv() => {
                 stopped = Some(stop);
                 break;
@@ -516,7 +540,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metric
     let mut again = false;
     while stopped.is_none() {
         tokio::select! {
-            Some(received) = events.recv() => printer.event(&received),
+            Some(received) = events.recv() => printer.event(&received, &mut compact),
             Some(stop) = stops.recv() => stopped = Some(stop),
             () = client_gone(&mut endpoint) => stopped = Some(Stop::ClientGone),
             Some(()) = async { file_watch.as_mut()?.changed.recv().await }, if file_watch.is_some() => {
@@ -563,7 +587,7 @@ pub(crate) async fn up(cli: &Cli, watch: bool, serve: Option<&ServeArgs>, metric
         }
     };
     while let Some(received) = events.try_recv() {
-        printer.event(&received);
+        printer.event(&received, &mut compact);
     }
     control.abort();
     let _ = std::fs::remove_file(&socket);

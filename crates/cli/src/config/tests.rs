@@ -195,6 +195,21 @@ fn numbers_outside_their_ranges_are_errors_naming_the_setting() {
 }
 
 #[test]
+fn degraded_after_is_read_checked_against_ping_timeout_and_follows_a_short_one_by_default() {
+    let c = toml("[defaults]\ndegraded_after = \"2s\"\n").unwrap();
+    assert_eq!(c.supervisor.settings.degraded_after, Duration::from_secs(2));
+    let c = toml("[defaults]\nping_timeout = \"3s\"\n").unwrap();
+    assert_eq!(c.supervisor.settings.degraded_after, Duration::from_millis(1500), "half of a short ping_timeout");
+    let c = toml("[defaults]\nping_timeout = \"30s\"\n").unwrap();
+    assert_eq!(c.supervisor.settings.degraded_after, Duration::from_secs(5), "5s below a long one");
+    let errors = toml("[defaults]\nping_timeout = \"3s\"\ndegraded_after = \"4s\"\n").unwrap_err();
+    assert_eq!(
+        messages(&errors),
+        ["roster.toml:3:1: defaults.degraded_after: must be at least 1ms and below ping_timeout (3s), got 4s"]
+    );
+}
+
+#[test]
 fn sizes_are_bytes_or_binary_units() {
     let c = toml("[defaults]\nmax_message_size = \"8MiB\"\n").unwrap();
     assert_eq!(c.http.max_message_size, 8 << 20);

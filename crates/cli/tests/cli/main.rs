@@ -548,10 +548,19 @@ fn metrics_follow_the_lifecycle_and_their_names_are_stable() {
     let tag = Tag::new();
     let web = Remote::start(&tag, "http", &["--unauthorized", "challenge"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let toml = format!("{FAST}{}[servers.web]\nurl = \"{}/mcp\"\n", stdio_toml(&tag, "fs", &[]), web.base);
+    // Pings every 200 ms; a server that crashes 300 ms after each start.
+    let defaults = FAST.replace("auto_start = true\n", "auto_start = true\nhealth_check_interval = \"200ms\"\n");
+    let toml = format!(
+        "{defaults}{}{}[servers.web]\nurl = \"{}/mcp\"\n",
+        stdio_toml(&tag, "fs", &[]),
+        stdio_toml(&tag, "crashy", &["--exit-after-init", "300"]),
+        web.base
+    );
     let up = Up::start(&toml, &["--metrics", &format!("127.0.0.1:{port}")]);
     up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
+    up.wait_event("crashy", "MCPServerRecoverySucceeded", Duration::from_secs(10));
     assert!(wait_until(Duration::from_secs(10), || up.server("web")["state"] == "auth_required"));
+    assert!(wait_until(Duration::from_secs(10), || up.server("fs")["ping_latency_us"].is_u64()), "pinged");
     assert_eq!(http_get(port, "/healthz").0, 200);
     assert_eq!(http_get(port, "/readyz").0, 200, "every server has had its first attempt");
 
@@ -566,32 +575,49 @@ fn metrics_follow_the_lifecycle_and_their_names_are_stable() {
     assert_eq!(get(r#"roster_server_state{server="web",state="auth_required"}"#), 1.0);
     assert_eq!(get(r#"roster_server_up{server="fs"}"#), 1.0);
     assert_eq!(get(r#"roster_server_up{server="web"}"#), 0.0);
-    assert_eq!(get(r#"roster_servers{state="running"}"#), 1.0);
+    assert!(get(r#"roster_servers{state="running"}"#) >= 1.0);
     assert_eq!(get(r#"roster_servers{state="auth_required"}"#), 1.0);
     assert_eq!(get(r#"roster_server_restarts_total{server="fs"}"#), 1.0);
-    assert_eq!(get(r#"roster_server_connect_attempts_total{server="fs",outcome="ok"}"#), 2.0);
-    assert_eq!(get(r#"roster_server_connect_attempts_total{server="web",outcome="auth_required"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_connect_attempts_total{server="fs",outcome="ok",class="none"}"#), 2.0);
+    assert_eq!(
+        get(r#"roster_server_connect_attempts_total{server="web",outcome="auth_required",class="needs_credentials"}"#),
+        1.0
+    );
+    // The crash: counted, recovered by a restart.
+    assert!(get(r#"roster_server_crash_count{server="crashy"}"#) >= 1.0);
+    assert!(get(r#"roster_server_restarts_total{server="crashy"}"#) >= 1.0);
+    assert!(get(r#"roster_server_connect_attempts_total{server="crashy",outcome="ok",class="none"}"#) >= 2.0);
+    // Pings: counted, and their latency histogram moved.
+    assert!(get(r#"roster_server_pings_total{server="fs",outcome="ok"}"#) >= 1.0);
+    assert!(get(r#"roster_server_ping_latency_seconds_count{server="fs"}"#) >= 1.0);
+    assert!(get(r#"roster_server_ping_latency_seconds_sum{server="fs"}"#) > 0.0);
+    assert_eq!(get("roster_events_dropped_total"), 0.0, "nobody fell behind");
+    assert_eq!(get(r#"roster_server_health{server="fs",health="degraded"}"#), 0.0, "every health value has a line");
     assert_eq!(get(r#"roster_server_connect_duration_seconds_count{server="fs"}"#), 2.0, "the histogram moved");
     assert!(get(r#"roster_server_connect_duration_seconds_sum{server="fs"}"#) > 0.0);
     assert!(get("roster_events_published_total") >= 8.0);
     assert!(get("roster_control_requests_total") >= 2.0, "the status and restart requests");
 
     // The names and their types, as dashboards and alerts depend on them
-    // (`roster_server_next_retry_timestamp_seconds` too, while a retry is due:
-    // no server here has one).
-    let mut types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+    // (`roster_server_next_retry_timestamp_seconds` too, but only while a retry
+    // is due: the crashing server may or may not be waiting for one now).
+    let retry_type = "roster_server_next_retry_timestamp_seconds gauge";
+    let mut types: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter(|t| *t != retry_type).collect();
     types.sort_unstable();
     assert_eq!(
         types,
         [
             "roster_control_requests counter",
-            "roster_events_missed counter",
+            "roster_events_dropped counter",
             "roster_events_published counter",
             "roster_server_connect_attempts counter",
             "roster_server_connect_duration_seconds histogram",
             "roster_server_consecutive_failures gauge",
             "roster_server_crash_count gauge",
             "roster_server_health gauge",
+            "roster_server_ping_latency_seconds histogram",
+            "roster_server_pings counter",
             "roster_server_restarts counter",
             "roster_server_state gauge",
             "roster_server_up gauge",
@@ -1128,6 +1154,122 @@ fn a_same_size_edit_that_keeps_the_mtime_is_reloaded() {
     assert_gone(&tag);
 }
 
+/// The text lines of a child's stdout, gathered by a thread.
+struct TextLines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+fn text_lines(child: &mut Child) -> TextLines {
+    let out = BufReader::new(child.stdout.take().expect("a piped stdout"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    TextLines { rx, seen: Vec::new() }
+}
+
+impl TextLines {
+    /// The first line (seen before or arriving within `limit`) that matches.
+    fn wait(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        let until = Instant::now() + limit;
+        while let Ok(line) = self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// Waits until `count` lines match (or `limit` passes); every line seen.
+    fn gather(&mut self, limit: Duration, count: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let until = Instant::now() + limit;
+        while self.seen.iter().filter(|l| pred(l)).count() < count {
+            match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        self.seen.clone()
+    }
+}
+
+/// Without -v, `up` says one line per attempt of a retrying server and one line
+/// per change of a crashing one; no starting, stopping or Recovery* steps.
+#[test]
+fn up_prints_one_line_per_attempt_and_per_change() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let toml = format!(
+        "{FAST}[servers.gone]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\n{}",
+        stdio_toml(&tag, "fs", &["--exit-after-init", "300"])
+    );
+    let config = write_config(dir.path(), &toml);
+    let mut child = up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = text_lines(&mut child);
+    let attempt = |l: &str| l.contains(" gone ") && l.contains(" attempt ");
+    let seen = lines.gather(Duration::from_secs(20), 4, attempt);
+    roster_tests::terminate(child.id());
+    let _ = exit_within(&mut child, Duration::from_secs(15));
+    assert_gone(&tag);
+
+    let events: Vec<&String> = seen.iter().filter(|l| l.contains(" gone ") || l.contains(" fs ")).collect();
+    let gone: Vec<&&String> = events.iter().filter(|l| l.contains(" gone ")).collect();
+    assert!(gone.len() >= 4, "{seen:#?}");
+    for (i, line) in gone.iter().take(4).enumerate() {
+        let n = i + 1;
+        assert!(line.contains(&format!("attempt {n} failed: ")), "one line per attempt, numbered: {line}");
+        assert!(line.contains("; next in "), "and when the next is due: {line}");
+    }
+    assert!(gone[2].contains("gone  unreachable: attempt 3"), "{}", gone[2]);
+    let fs: Vec<&&String> = events.iter().filter(|l| l.contains(" fs ")).collect();
+    assert!(fs.iter().any(|l| l.contains("unknown → running")), "{fs:#?}");
+    assert!(fs.iter().any(|l| l.contains("running → failed: ") && l.contains("; restart in ")), "{fs:#?}");
+    assert!(fs.iter().any(|l| l.contains("failed → running")), "{fs:#?}");
+    for line in &events {
+        assert!(!line.contains("starting") && !line.contains("stopping"), "no steps: {line}");
+        assert!(!line.contains("Recovery"), "no Recovery* reasons: {line}");
+    }
+}
+
+#[test]
+fn a_slow_server_is_degraded_and_one_listing_no_tools_is_reported() {
+    let tag = Tag::new();
+    let defaults = "[defaults]\nauto_start = true\nhealth_check_interval = \"200ms\"\nping_timeout = \"3s\"\ndegraded_after = \"150ms\"\n\n";
+    let toml = format!(
+        "{defaults}{}\n{}",
+        stdio_toml(&tag, "slow", &["--slow-ping", "400"]),
+        stdio_toml(&tag, "empty", &["--no-tools"])
+    );
+    let up = Up::start(&toml, &[]);
+    let degraded = up.wait_event("slow", "MCPServerHealthDegraded", Duration::from_secs(10));
+    let error = degraded["event"]["error"].as_str().unwrap();
+    assert!(error.starts_with("MCP ping took ") && error.ends_with("more than degraded_after (150ms)"), "{error}");
+    assert_eq!(degraded["event"]["health"], "degraded");
+    let missing = up.wait_event("empty", "MCPServerToolsMissing", Duration::from_secs(10));
+    assert_eq!(missing["event"]["state"], "running");
+    let slow = up.server("slow");
+    assert_eq!(slow["health"], "degraded");
+    assert!(slow["ping_latency_us"].as_u64().unwrap() >= 400_000, "{slow}");
+    let empty = up.server("empty");
+    assert_eq!(empty["health"], "healthy");
+    assert_eq!(empty["warning"], "offers tools but listed none: it may have started only half-way");
+    let table = stdout(&up.cli(&["status"]));
+    assert!(table.contains("degraded ("), "{table}");
+    assert!(table.contains("warning: offers tools but listed none"), "{table}");
+    assert_eq!(up.terminate(), 0);
+    assert_gone(&tag);
+}
+
 #[test]
 fn text_from_servers_is_shown_with_its_control_characters_escaped() {
     let tag = Tag::new();
@@ -1140,8 +1282,8 @@ fn text_from_servers_is_shown_with_its_control_characters_escaped() {
     );
     let config = write_config(dir.path(), &format!("{FAST}{toml}"));
     let mut child = up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let line = out.lines().map_while(Result::ok).find(|l| l.contains("Failed")).expect("a failure line");
+    let mut lines = text_lines(&mut child);
+    let line = lines.wait(Duration::from_secs(10), |l| l.contains("failed")).expect("a failure line");
     assert!(line.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}"), "{line}");
     assert!(!line.contains('\u{1b}') && !line.contains('\u{7}'), "{line:?}");
     roster_tests::terminate(child.id());
