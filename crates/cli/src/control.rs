@@ -333,18 +333,107 @@ fn fail(cli: &Cli, answer: &Value) -> u8 {
     class.map_or(exit::USAGE, output::exit_code)
 }
 
-/// `roster status`.
-pub(crate) async fn status(cli: &Cli) -> u8 {
-    let answer = match ask(cli, Request { cmd: "status".into(), server: None, since: None }).await {
-        Ok((a, _)) => a,
+/// `roster status`, and with `--watch` the table kept up to date.
+pub(crate) async fn status(cli: &Cli, watch: bool) -> u8 {
+    if watch {
+        return watch_status(cli).await;
+    }
+    let servers = match servers(cli).await {
+        Ok(s) => s,
         Err(code) => return code,
     };
     if cli.json {
-        output::out(json!({"servers": answer["servers"]}).to_string());
+        output::out(json!({"servers": servers}).to_string());
     } else {
-        let servers: Vec<roster_core::ServerStatus> =
-            serde_json::from_value(answer["servers"].clone()).unwrap_or_default();
+        let servers: Vec<roster_core::ServerStatus> = serde_json::from_value(servers).unwrap_or_default();
         output::out_lines(&output::status_table(&servers, output::stdout_color()));
+    }
+    exit::OK
+}
+
+/// The status of every server, as `up` sends it.
+async fn servers(cli: &Cli) -> Result<Value, u8> {
+    let (answer, _) = ask(cli, Request { cmd: "status".into(), server: None, since: None }).await?;
+    Ok(answer["servers"].clone())
+}
+
+/// How long `status --watch` gathers events before it redraws, and how often it
+/// redraws anyway (uptimes and countdowns move).
+const REDRAW_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+const REDRAW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `roster status --watch`: on a terminal, the table redrawn in place after
+/// every change (and every second); otherwise the table once, then one line per
+/// change (the compact lines of `up`), or with `--json` one event per line.
+async fn watch_status(cli: &Cli) -> u8 {
+    use std::io::IsTerminal;
+    // Events first: no change between the first table and the stream is missed.
+    let mut lines = match ask(cli, Request { cmd: "events".into(), server: None, since: None }).await {
+        Ok((_, lines)) => lines,
+        Err(code) => return code,
+    };
+    let first = match servers(cli).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let color = output::stdout_color();
+    let in_place = !cli.json && std::io::stdout().is_terminal();
+    let draw = |servers: Value| {
+        let servers: Vec<roster_core::ServerStatus> = serde_json::from_value(servers).unwrap_or_default();
+        let table = output::status_table(&servers, color);
+        if in_place {
+            // Home, clear, the table: one write, so the screen never shows half of it.
+            output::out(format!("\x1b[H\x1b[2J{}", table.trim_end()));
+        } else {
+            output::out_lines(&table);
+        }
+    };
+    if cli.json {
+        output::out(json!({"servers": first}).to_string());
+    } else {
+        draw(first);
+    }
+    let mut compact = output::Compact::default();
+    let follow = async {
+        let mut due: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(REDRAW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Ok(Some(line)) = line else { return };
+                    if cli.json {
+                        output::out(line);
+                    } else if in_place {
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + REDRAW_AFTER);
+                    } else if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && let Some(e) = v.get("event")
+                        && let Ok(e) = serde_json::from_value::<roster_supervisor::ServerEvent>(e.clone())
+                        && let Some(text) = compact.line(&e, 0, color)
+                    {
+                        output::out(text);
+                    }
+                }
+                () = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                    due = None;
+                    match servers(cli).await {
+                        Ok(s) => draw(s),
+                        Err(_) => return,
+                    }
+                }
+                _ = tick.tick(), if in_place => {
+                    match servers(cli).await {
+                        Ok(s) => draw(s),
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = output::stdout_closed() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     exit::OK
 }

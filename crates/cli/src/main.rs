@@ -87,7 +87,12 @@ pub(crate) enum Command {
         args: serve::ServeArgs,
     },
     /// The status of every server of a running `up` or `serve`.
-    Status,
+    Status {
+        /// Keep the table up to date: redrawn in place on a terminal, one line
+        /// per change otherwise. Ends with Ctrl-C or when `up` stops.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Start a server of a running `up`.
     Start {
         /// The server's name.
@@ -206,7 +211,7 @@ async fn run(cli: &Cli) -> u8 {
         Command::Check => up::check(cli),
         Command::Up { options } => up::up(cli, *options, None).await,
         Command::Serve { options, args } => up::up(cli, *options, Some(args)).await,
-        Command::Status => control::status(cli).await,
+        Command::Status { watch } => control::status(cli, *watch).await,
         Command::Start { name } => control::act(cli, "start", name).await,
         Command::Stop { name } => control::act(cli, "stop", name).await,
         Command::Restart { name } => control::act(cli, "restart", name).await,

@@ -1241,6 +1241,37 @@ fn up_prints_one_line_per_attempt_and_per_change() {
     }
 }
 
+/// `status --watch` off a terminal: the table once, then a line per change, and
+/// it ends by itself when `up` does.
+#[test]
+fn status_watch_prints_the_table_then_a_line_per_change_and_ends_with_up() {
+    let tag = Tag::new();
+    let up = Up::start(&format!("{FAST}{}", stdio_toml(&tag, "fs", &[])), &[]);
+    up.wait_event("fs", "MCPServerStarted", Duration::from_secs(10));
+    let mut watch = Command::new(ROSTER)
+        .args(["--config", up.config(), "status", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = text_lines(&mut watch);
+    assert!(lines.wait(Duration::from_secs(10), |l| l.starts_with("NAME")).is_some(), "the table first");
+    assert!(lines.wait(Duration::from_secs(5), |l| l.starts_with("fs ") && l.contains("running")).is_some());
+    // The events connection is open before the table is drawn: nothing is missed.
+    assert_eq!(code(&up.cli(&["restart", "fs"])), 0);
+    let stopped = lines.wait(Duration::from_secs(10), |l| l.contains("fs  running → stopped"));
+    assert!(stopped.is_some(), "{:#?}", lines.seen);
+    assert!(
+        lines.wait(Duration::from_secs(10), |l| l.contains("fs  stopped → running")).is_some(),
+        "{:#?}",
+        lines.seen
+    );
+    assert_eq!(up.terminate(), 0);
+    let status = exit_within(&mut watch, Duration::from_secs(10));
+    assert_eq!(status, Some(0), "watch ends when up does");
+    assert_gone(&tag);
+}
+
 #[test]
 fn a_slow_server_is_degraded_and_one_listing_no_tools_is_reported() {
     let tag = Tag::new();
