@@ -1,7 +1,8 @@
 //! A scrape of `/metrics` with 1,000 servers: `roster up --metrics` over 1,000
 //! Streamable HTTP servers (all on one fixture process), once every one has
 //! finished its first attempt (`/readyz`); the time of a whole scrape (connect,
-//! request, the encoded text read to its end) and its size. Figures go to
+//! request, the encoded text read to its end) and its size; then the CPU that
+//! counting costs, with every server pinged every second. Figures go to
 //! BENCHMARKS.md.
 
 use std::io::{Read, Write};
@@ -26,32 +27,69 @@ fn get(port: u16, path: &str) -> (u16, usize) {
     (status, body)
 }
 
-fn main() {
-    let fixture = release_fixture(ROSTER);
-    let (_server, base) = fixture_http(&fixture, &[]);
-    let url = format!("{base}/mcp");
-    let dir = tempfile::tempdir().unwrap();
-    let mut toml = String::from("[defaults]\nauto_start = true\nmax_concurrent_connects = 50\n\n");
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process lives");
+    // Fields after the command's closing parenthesis: state is the 3rd, utime the 14th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `roster up` over `SERVERS` servers at `url` (pinged every `interval`), with
+/// metrics on `metrics` if given; returns once every server had its first attempt.
+fn roster_up(url: &str, dir: &std::path::Path, interval: &str, metrics: Option<u16>) -> Reaped {
+    let mut toml = format!(
+        "[defaults]\nauto_start = true\nmax_concurrent_connects = 50\nhealth_check_interval = {interval:?}\n\n"
+    );
     for i in 0..SERVERS {
         toml.push_str(&format!("[servers.r{i:04}]\nurl = {url:?}\n"));
     }
-    let config = dir.path().join("roster.toml");
+    let config = dir.join("roster.toml");
     std::fs::write(&config, toml).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _roster = Reaped(
+    let mut args = vec!["--config".to_owned(), config.to_str().unwrap().to_owned(), "up".into(), "--no-watch".into()];
+    if let Some(port) = metrics {
+        args.extend(["--metrics".to_owned(), format!("127.0.0.1:{port}")]);
+    }
+    let roster = Reaped(
         Command::new(ROSTER)
-            .args(["--config", config.to_str().unwrap(), "up", "--no-watch", "--metrics", &format!("127.0.0.1:{port}")])
-            .env("XDG_RUNTIME_DIR", dir.path())
+            .args(&args)
+            .env("XDG_RUNTIME_DIR", dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let until = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/readyz").0 != 200 {
+    let ready = || match metrics {
+        Some(port) => TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/readyz").0 == 200,
+        // Without metrics: the status of every server says it has had an attempt.
+        None => {
+            let out = Command::new(ROSTER)
+                .args(["--json", "--config", config.to_str().unwrap(), "status"])
+                .env("XDG_RUNTIME_DIR", dir)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && text.matches("\"state\":\"connected\"").count() == SERVERS
+        }
+    };
+    while !ready() {
         assert!(Instant::now() < until, "not ready within 120 s");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
+    roster
+}
+
+fn main() {
+    let fixture = release_fixture(ROSTER);
+    let (_server, base) = fixture_http(&fixture, &[]);
+    let url = format!("{base}/mcp");
+
+    // 1. Scrapes, with every server connected and the default 30 s interval.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let roster = roster_up(&url, dir.path(), "30s", Some(port));
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..50 {
@@ -67,5 +105,37 @@ fn main() {
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() * 9 / 10].as_secs_f64() * 1e3,
         bytes / 1024
+    );
+    drop(roster);
+
+    // 2. What counting costs: the CPU of `up` over 1,000 servers pinged every
+    // second, with and without --metrics (no scrapes), over the same 30 s,
+    // alternated twice (run-to-run noise is of the order of the difference).
+    const SECS: u64 = 30;
+    let mut cpu = Vec::new();
+    for with_metrics in [false, true, false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let roster = roster_up(&url, dir.path(), "1s", with_metrics.then_some(port));
+        std::thread::sleep(Duration::from_secs(3));
+        let before = cpu_ticks(roster.0.id());
+        std::thread::sleep(Duration::from_secs(SECS));
+        let ticks = cpu_ticks(roster.0.id()) - before;
+        cpu.push(ticks as f64 / 100.0 / SECS as f64);
+        if with_metrics {
+            let (_, size) = get(port, "/metrics");
+            println!("after the run, /metrics is {} KiB", size / 1024);
+        }
+        drop(roster);
+    }
+    let (without, with) = ((cpu[0] + cpu[2]) / 2.0, (cpu[1] + cpu[3]) / 2.0);
+    println!(
+        "1,000 servers pinged every second: {without:.3} cores without --metrics ({:.3}, {:.3}), \
+         {with:.3} with ({:.3}, {:.3}): {:+.1} %",
+        cpu[0],
+        cpu[2],
+        cpu[1],
+        cpu[3],
+        (with / without - 1.0) * 100.0
     );
 }

@@ -110,8 +110,35 @@ pub(crate) struct Metrics {
     families: Families,
     /// When each server's current attempt began (ms since the epoch).
     attempt_started: Mutex<HashMap<String, u64>>,
-    /// One scrape at a time; the servers the gauges were last set for.
-    scrape: Mutex<Vec<String>>,
+    /// One scrape at a time; the servers the gauges were last set for, and their gauges.
+    scrape: Mutex<Scrape>,
+}
+
+/// The per-server gauges, kept while the set of servers stays the same: a scrape
+/// then sets values without looking up labels or allocating.
+#[derive(Default)]
+struct Scrape {
+    names: Vec<String>,
+    gauges: Vec<ServerGauges>,
+}
+
+struct ServerGauges {
+    state: [Gauge; State::ALL.len()],
+    health: [Gauge; Health::ALL.len()],
+    up: Gauge,
+    failures: Gauge,
+    crashes: Gauge,
+}
+
+/// What a scrape reads of one server.
+struct Row {
+    name: String,
+    state: State,
+    health: Health,
+    failures: u32,
+    crashes: u32,
+    /// Unix seconds.
+    next_retry: Option<i64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -228,7 +255,7 @@ impl Metrics {
             registry,
             families,
             attempt_started: Mutex::default(),
-            scrape: Mutex::new(Vec::new()),
+            scrape: Mutex::default(),
         });
         // Another observer installed first keeps its place; pings then go uncounted.
         if sup.observe(metrics.clone()).is_err() {
@@ -271,45 +298,72 @@ impl Metrics {
 
     /// The text of `/metrics`.
     pub(crate) fn render(&self) -> String {
-        let mut known = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         let f = &self.families;
-        let statuses = self.sup.status();
+        let wall = std::time::SystemTime::now();
+        let rows = self.sup.inspect_all(|l, now| Row {
+            name: l.spec().name.clone(),
+            state: l.state(),
+            health: l.health(),
+            failures: l.consecutive_failures(),
+            crashes: l.crash_count(),
+            next_retry: l.next_retry_after().map(|at| {
+                let due = wall + at.saturating_duration_since(now);
+                let secs = due.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                i64::try_from(secs).unwrap_or(i64::MAX)
+            }),
+        });
         // Servers that went away go from the gauges; while the set stays the
-        // same, the gauges are only set again (no allocation per server).
-        let names: Vec<&str> = statuses.iter().map(|s| s.name.as_str()).collect();
-        if known.len() != names.len() || known.iter().zip(&names).any(|(a, b)| a != b) {
+        // same, the gauges kept from the last scrape are only set again.
+        if scrape.names.len() != rows.len() || scrape.names.iter().zip(&rows).any(|(a, b)| *a != b.name) {
             for family in [&f.up, &f.failures, &f.crashes] {
                 family.clear();
             }
             f.state.clear();
             f.health.clear();
-            *known = names.iter().map(|n| (*n).to_owned()).collect();
+            let server = |name: &str| ServerLabel { server: name.to_owned() };
+            scrape.gauges = rows
+                .iter()
+                .map(|r| ServerGauges {
+                    state: State::ALL.map(|state| {
+                        f.state.get_or_create(&ServerState { server: r.name.clone(), state: state.as_str() }).clone()
+                    }),
+                    health: Health::ALL.map(|health| {
+                        let label = ServerHealth { server: r.name.clone(), health: health.as_str() };
+                        f.health.get_or_create(&label).clone()
+                    }),
+                    up: f.up.get_or_create(&server(&r.name)).clone(),
+                    failures: f.failures.get_or_create(&server(&r.name)).clone(),
+                    crashes: f.crashes.get_or_create(&server(&r.name)).clone(),
+                })
+                .collect();
+            scrape.names = rows.iter().map(|r| r.name.clone()).collect();
         }
         f.next_retry.clear();
-        let mut by_state: HashMap<&'static str, i64> = State::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for s in &statuses {
-            let server = ServerLabel { server: s.name.clone() };
-            for state in State::ALL {
-                let label = ServerState { server: s.name.clone(), state: state.as_str() };
-                f.state.get_or_create(&label).set(i64::from(state == s.state));
+        let mut by_state = [0i64; State::ALL.len()];
+        for (r, g) in rows.iter().zip(&scrape.gauges) {
+            for (i, state) in State::ALL.into_iter().enumerate() {
+                g.state[i].set(i64::from(state == r.state));
+                if state == r.state {
+                    by_state[i] += 1;
+                }
             }
-            for health in Health::ALL {
-                let label = ServerHealth { server: s.name.clone(), health: health.as_str() };
-                f.health.get_or_create(&label).set(i64::from(health == s.health));
+            for (i, health) in Health::ALL.into_iter().enumerate() {
+                g.health[i].set(i64::from(health == r.health));
             }
-            *by_state.entry(s.state.as_str()).or_default() += 1;
-            f.up.get_or_create(&server).set(i64::from(s.state.is_running()));
-            f.failures.get_or_create(&server).set(i64::from(s.consecutive_failures));
-            f.crashes.get_or_create(&server).set(i64::from(s.crash_count));
-            if let Some(at) = s.next_retry_after {
-                f.next_retry.get_or_create(&server).set(i64::try_from(at / 1000).unwrap_or(i64::MAX));
+            g.up.set(i64::from(r.state.is_running()));
+            g.failures.set(i64::from(r.failures));
+            g.crashes.set(i64::from(r.crashes));
+            if let Some(at) = r.next_retry {
+                f.next_retry.get_or_create(&ServerLabel { server: r.name.clone() }).set(at);
             }
         }
-        for (state, n) in by_state {
-            f.servers.get_or_create(&StateLabel { state }).set(n);
+        for (state, n) in State::ALL.into_iter().zip(by_state) {
+            f.servers.get_or_create(&StateLabel { state: state.as_str() }).set(n);
         }
         f.dropped.inc_by(self.sup.events_dropped().saturating_sub(f.dropped.get()));
-        let mut text = String::new();
+        drop(scrape);
+        let mut text = String::with_capacity(64 * 1024);
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
         }
@@ -318,11 +372,14 @@ impl Metrics {
 
     /// Whether every server that starts on its own has finished its first attempt.
     fn ready(&self) -> bool {
-        self.sup.status().iter().filter(|s| s.auto_start).all(|s| match s.state {
+        self.sup.inspect_all(|l, _| match l.state() {
+            _ if !l.spec().auto_start => true,
             State::Unknown => false,
-            State::Starting => s.consecutive_failures > 0 || s.restart_count > 0,
+            State::Starting => l.consecutive_failures() > 0 || l.restart_count() > 0,
             _ => true,
         })
+        .into_iter()
+        .all(|done| done)
     }
 }
 

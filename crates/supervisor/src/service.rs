@@ -341,6 +341,15 @@ impl Service {
         f(&self.snapshot.borrow().lifecycle)
     }
 
+    /// Reads the lifecycle as of the last transition, with the driver's clock's
+    /// now: for a host that needs a few of its values often (metrics), without
+    /// building a whole [`Service::status`]. Never waits on the server; `f` must
+    /// be quick (it holds the snapshot).
+    pub fn inspect<T>(&self, f: impl FnOnce(&Lifecycle, std::time::Instant) -> T) -> T {
+        let now = self.shared.clock.now();
+        f(&self.snapshot.borrow().lifecycle, now)
+    }
+
     /// The state.
     pub fn state(&self) -> State {
         self.read(Lifecycle::state)

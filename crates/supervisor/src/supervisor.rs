@@ -269,6 +269,11 @@ impl Supervisor {
         lock(&self.services).values().map(Service::status).collect()
     }
 
+    /// [`Service::inspect`] for every server, in name order.
+    pub fn inspect_all<T>(&self, mut f: impl FnMut(&roster_core::Lifecycle, std::time::Instant) -> T) -> Vec<T> {
+        lock(&self.services).values().map(|s| s.inspect(&mut f)).collect()
+    }
+
     /// What [`Supervisor::apply`] would do with `specs` now, without doing it: for
     /// each server the core's own decision ([`roster_core::Lifecycle::change_outcome`]).
     ///
