@@ -639,6 +639,12 @@ async fn serve_counts_tool_calls_by_server_and_outcome() {
     let call = |name: &str, args: Value| {
         CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap_or_default())
     };
+    // The server's tools are served once it is up and listed.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !client.list_all_tools().await.unwrap().iter().any(|t| t.name == "fx__echo") {
+        assert!(std::time::Instant::now() < until, "fx__echo is not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.call_tool(call("fx__echo", json!({"text": "a"}))).await.unwrap();
     client.call_tool(call("fx__echo", json!({"text": "b"}))).await.unwrap();
     let failed = client.call_tool(call("fx__fail", json!({"text": "no"}))).await.unwrap();
