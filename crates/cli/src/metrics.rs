@@ -389,7 +389,12 @@ impl Metrics {
 
 async fn scrape(Axum(m): Axum<Arc<Metrics>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], m.render()).into_response()
+    // Encoding 1,000 servers takes milliseconds: off the one runtime thread that
+    // also runs every server's supervision.
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the metrics could not be encoded\n").into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

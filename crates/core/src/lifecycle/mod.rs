@@ -10,8 +10,9 @@
 //!    [`Event::StopRequested`], [`Event::RestartRequested`],
 //!    [`Event::HealthCheckRequested`], [`Event::SpecChanged`].
 //! 2. **Execute every effect of a transition, in order, before feeding the next
-//!    event.** `Connect`, `CloseSession` and `Ping` start work that reports back
-//!    later as an event carrying the same [`Generation`]; `CancelConnect` abandons
+//!    event.** `Connect`, `CloseSession`, `Ping` and `ListTools` start work that
+//!    reports back later as an event carrying the same [`Generation`] (a ping's
+//!    report with the latency the driver measured); `CancelConnect` abandons
 //!    work and needs no report. `CallAuthHook` runs the host's hook before anything
 //!    of the transition is published. `Publish` goes to subscribers. `Reply`
 //!    answers callers.
@@ -34,7 +35,8 @@
 //! result; a definition change is answered with what it did ([`Reply::Updated`]).
 //!
 //! ## Publications
-//! Every change of [`State`] or [`Health`] is published exactly once, in order:
+//! Every change of [`State`] or [`Health`] (healthy, degraded, unhealthy) is
+//! published exactly once, in order:
 //! each [`LifecycleEvent`]'s `previous_*` values are the last event's new ones.
 //! A lifecycle [`Reason`] is published even when nothing visible changes.
 //!
@@ -50,7 +52,8 @@
 //!   [`Lifecycle::last_error`], [`Lifecycle::last_failure`],
 //!   [`Lifecycle::auth_challenge`], [`Lifecycle::consecutive_failures`],
 //!   [`Lifecycle::crash_count`], [`Lifecycle::restart_count`],
-//!   [`Lifecycle::missed_pings`], [`Lifecycle::last_attempt`],
+//!   [`Lifecycle::missed_pings`], [`Lifecycle::ping_latency`],
+//!   [`Lifecycle::warning`], [`Lifecycle::last_attempt`],
 //!   [`Lifecycle::next_retry_after`], [`Lifecycle::up_since`],
 //!   [`Lifecycle::spec`], [`Lifecycle::settings`].
 //! - **What is in flight**, for a driver that keeps its work by generation:
