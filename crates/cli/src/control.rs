@@ -399,7 +399,7 @@ async fn watch_status(cli: &Cli) -> u8 {
         let mut tick = tokio::time::interval(REDRAW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let redraw = tokio::select! {
                 line = lines.next_line() => {
                     let Ok(Some(line)) = line else { return };
                     if cli.json {
@@ -413,19 +413,18 @@ async fn watch_status(cli: &Cli) -> u8 {
                     {
                         output::out(text);
                     }
+                    false
                 }
                 () = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
                     due = None;
-                    match servers(cli).await {
-                        Ok(s) => draw(s),
-                        Err(_) => return,
-                    }
+                    true
                 }
-                _ = tick.tick(), if in_place => {
-                    match servers(cli).await {
-                        Ok(s) => draw(s),
-                        Err(_) => return,
-                    }
+                _ = tick.tick(), if in_place => true,
+            };
+            if redraw {
+                match servers(cli).await {
+                    Ok(s) => draw(s),
+                    Err(_) => return,
                 }
             }
         }

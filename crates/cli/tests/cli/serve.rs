@@ -541,18 +541,24 @@ fn the_http_endpoint_refuses_a_wrong_host_origin_or_token() {
     assert_gone(&tag);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_waiting_for_a_login_says_how_and_comes_in_after_it() {
-    let tag = Tag::new();
-    let remote = super::Remote::start(&tag, "http", &["--oauth"]);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("roster.toml");
+/// A configuration in `dir` with one OAuth server, `docs`, at `remote`, and the
+/// state directory its tokens go to.
+fn oauth_docs(dir: &Path, remote: &super::Remote) -> (std::path::PathBuf, std::path::PathBuf) {
+    let config = dir.join("roster.toml");
     let toml = format!(
         "[defaults]\nauto_start = true\n[servers.docs]\nurl = \"{}/mcp\"\nauth = {{ type = \"oauth\" }}\n",
         remote.base
     );
     std::fs::write(&config, toml).unwrap();
+    (config, dir.join("state"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_a_login_says_how_and_comes_in_after_it() {
+    let tag = Tag::new();
+    let remote = super::Remote::start(&tag, "http", &["--oauth"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, state) = oauth_docs(dir.path(), &remote);
     let mut served = serve_stdio_with(&config, &[("XDG_STATE_HOME", &state)]).await;
     let until = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -590,13 +596,7 @@ async fn the_roster_login_tool_returns_the_url_and_the_server_comes_in_after_the
     let tag = Tag::new();
     let remote = super::Remote::start(&tag, "http", &["--oauth"]);
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("roster.toml");
-    let toml = format!(
-        "[defaults]\nauto_start = true\n[servers.docs]\nurl = \"{}/mcp\"\nauth = {{ type = \"oauth\" }}\n",
-        remote.base
-    );
-    std::fs::write(&config, toml).unwrap();
+    let (config, state) = oauth_docs(dir.path(), &remote);
     // No browser may start: the test opens the URL itself.
     let no_browser = dir.path().join("no-browser");
     let mut served = serve_stdio_with(&config, &[("XDG_STATE_HOME", &state), ("BROWSER", &no_browser)]).await;
