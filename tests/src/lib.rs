@@ -100,15 +100,30 @@ pub mod bench {
     use rmcp::ServiceExt;
     use rmcp::transport::IntoTransport;
 
-    /// The release `roster-fixture` in the directory of `beside` (a release binary
-    /// of the same target directory), built first or found up to date.
+    /// The release `roster-fixture`: [`release_bin`] of it.
     pub fn release_fixture(beside: &str) -> std::path::PathBuf {
+        release_bin(beside, "roster-fixture")
+    }
+
+    /// The release binary `name` of roster-tests, built first or found up to
+    /// date, in a target directory of its own (`fixture/` in the target
+    /// directory of `beside`, a release binary). Its own: built with only its
+    /// package's features, in the benchmarks' target directory it would replace
+    /// the benchmarks' build of the shared dependencies, and the next benchmark
+    /// would build them all again.
+    pub fn release_bin(beside: &str, name: &str) -> std::path::PathBuf {
+        let target = std::path::Path::new(beside)
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("a binary in <target>/release")
+            .join("fixture");
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", "roster-fixture"])
+            .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", name, "--target-dir"])
+            .arg(&target)
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "the fixture builds");
-        std::path::Path::new(beside).parent().expect("a target directory").join("roster-fixture")
+        assert!(status.success(), "{name} builds");
+        target.join("release").join(name)
     }
 
     /// A child process, killed and reaped when dropped.

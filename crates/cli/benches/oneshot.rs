@@ -16,14 +16,9 @@ use roster_tests::bench::{median, ms};
 const ROSTER: &str = env!("CARGO_BIN_EXE_roster");
 const ROUNDS: usize = 30;
 
-/// A binary of roster-tests, built in this profile.
+/// A release binary of roster-tests.
 fn sibling(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "roster-tests", "--bin", name])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success());
-    PathBuf::from(ROSTER).parent().expect("target dir").join(name)
+    roster_tests::bench::release_bin(ROSTER, name)
 }
 
 fn run(program: &str, args: &[&str]) -> (Duration, bool) {
