@@ -449,7 +449,7 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     let metrics = match metrics {
         Some(addr) => {
             let metrics = crate::metrics::Metrics::start(sup.clone(), control_requests.clone());
-            match crate::metrics::serve(metrics.clone(), addr).await {
+            match crate::metrics::serve(metrics.clone(), addr) {
                 Ok(bound) => printer.note(&format!("metrics on http://{bound}/metrics")),
                 Err(e) => {
                     output::err(format!("roster: --metrics: {e}"));

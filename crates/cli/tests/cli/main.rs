@@ -624,6 +624,21 @@ fn metrics_follow_the_lifecycle_and_their_names_are_stable() {
             "roster_servers gauge",
         ]
     );
+
+    // A scrape after a change shows it (a scrape keeps the texts of families
+    // that did not change, so this is what tells a kept text from a stale one).
+    assert_eq!(code(&up.cli(&["stop", "fs"])), 0);
+    assert!(wait_until(Duration::from_secs(10), || up.server("fs")["state"] == "stopped"));
+    let (_, text) = http_get(port, "/metrics");
+    let m = samples(&text);
+    let get = |key: &str| m.get(key).copied().unwrap_or_else(|| panic!("no {key} in\n{text}"));
+    assert_eq!(get(r#"roster_server_state{server="fs",state="stopped"}"#), 1.0);
+    assert_eq!(get(r#"roster_server_state{server="fs",state="running"}"#), 0.0);
+    assert_eq!(get(r#"roster_server_up{server="fs"}"#), 0.0);
+    assert!(get(r#"roster_servers{state="stopped"}"#) >= 1.0);
+    assert_eq!(get(r#"roster_server_health{server="fs",health="healthy"}"#), 0.0);
+    assert_eq!(get(r#"roster_server_health{server="fs",health="unknown"}"#), 1.0, "down by request");
+    assert!(get("roster_control_requests_total") >= 4.0, "and the stop, and its status");
     assert_eq!(up.terminate(), 0);
     drop(web);
     assert_gone(&tag);
