@@ -476,8 +476,18 @@ async fn an_http_client_gets_the_same_service_with_progress_and_sampling() {
     let (tx, mut seen) = mpsc::unbounded_channel();
     let sampled = Arc::new(Mutex::new(Vec::new()));
     let client = Client { seen: tx, sampled: sampled.clone() }.serve(transport).await.expect("initialize over HTTP");
-    let names: Vec<String> = client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
-    assert!(names.iter().any(|n| n == "fx__echo"), "{names:?}");
+    // The server's tools are served once it is up and listed (the endpoint
+    // listens before that).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> =
+            client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+        if names.iter().any(|n| n == "fx__echo") {
+            break;
+        }
+        assert!(Instant::now() < until, "fx__echo is not served within 10 s: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let call = |name: &str, args: Value| {
         CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap_or_default())
     };
