@@ -440,8 +440,9 @@ fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
     });
 }
 
-/// `roster serve --http` on a free port, once it listens; its address.
-fn serve_http(config: &Path, extra: &[&str]) -> (std::process::Child, String) {
+/// `roster serve --http` on a free port, once it listens (killed when dropped,
+/// so a failing test leaves nothing behind); its address.
+fn serve_http(config: &Path, extra: &[&str]) -> (roster_tests::bench::Reaped, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let child = std::process::Command::new(super::ROSTER)
@@ -458,7 +459,7 @@ fn serve_http(config: &Path, extra: &[&str]) -> (std::process::Child, String) {
         assert!(Instant::now() < until, "the endpoint never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    (roster_tests::bench::Reaped(child), addr)
 }
 
 #[tokio::test]
@@ -514,8 +515,8 @@ async fn an_http_client_gets_the_same_service_with_progress_and_sampling() {
     }
     assert_eq!(progress, [1.0, 2.0, 3.0, 4.0, 5.0]);
     client.cancel().await.unwrap();
-    roster_tests::terminate(child.id());
-    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    roster_tests::terminate(child.0.id());
+    assert_eq!(super::exit_within(&mut child.0, Duration::from_secs(15)), Some(0));
     assert_gone(&tag);
 }
 
@@ -546,8 +547,8 @@ fn the_http_endpoint_refuses_a_wrong_host_origin_or_token() {
     assert_eq!(raw_status(&addr, &addr, "Authorization: Bearer wrong\r\n"), 401, "a wrong token");
     assert_eq!(raw_status(&addr, "evil.example:80", good), 403, "a foreign Host (DNS rebinding)");
     assert_eq!(raw_status(&addr, &addr, &format!("{good}Origin: http://evil.example\r\n")), 403, "a foreign Origin");
-    roster_tests::terminate(child.id());
-    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    roster_tests::terminate(child.0.id());
+    assert_eq!(super::exit_within(&mut child.0, Duration::from_secs(15)), Some(0));
     assert_gone(&tag);
 }
 
@@ -667,7 +668,7 @@ async fn serve_counts_tool_calls_by_server_and_outcome() {
     assert_eq!(get(r#"roster_tool_calls_total{server="fx",outcome="tool_error"}"#), 1.0);
     assert_eq!(get(r#"roster_tool_call_duration_seconds_count{server="fx"}"#), 3.0);
     client.cancel().await.unwrap();
-    roster_tests::terminate(child.id());
-    assert_eq!(super::exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    roster_tests::terminate(child.0.id());
+    assert_eq!(super::exit_within(&mut child.0, Duration::from_secs(15)), Some(0));
     assert_gone(&tag);
 }
