@@ -39,6 +39,7 @@ fn fixture() -> &'static str {
 }
 
 use roster_tests::Tag;
+use roster_tests::bench::Reaped;
 
 /// TOML for a stdio fixture server carrying `tag`.
 fn stdio_toml(tag: &Tag, name: &str, extra_args: &[&str]) -> String {
@@ -891,7 +892,7 @@ fn a_closed_stdout_stops_up_like_sigterm() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
-    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -907,7 +908,7 @@ fn a_full_disk_is_a_warning_and_supervision_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let mut child = up_command(&config, false).stdout(full).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = up_command(&config, false).stdout(full).stderr(Stdio::piped()).spawn().map(Reaped).unwrap();
     wait_running(&config, &["fs"]);
     roster_tests::terminate(child.id());
     assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0));
@@ -926,7 +927,7 @@ fn a_reader_that_stops_reading_never_freezes_supervision() {
     let crashy =
         "[servers.crashy]\nurl = \"http://127.0.0.1:1/mcp\"\n[servers.crashy2]\nurl = \"http://127.0.0.1:1/mcp\"\n";
     let config = write_config(dir.path(), &format!("{flood}{crashy}{}", stdio_toml(&tag, "ok", &[])));
-    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let out = child.stdout.take().unwrap(); // held, not read: the pipe fills up
     std::thread::sleep(Duration::from_secs(6));
     let servers = status_within(&config, Duration::from_secs(5)).expect("status answers while nobody reads");
@@ -950,7 +951,7 @@ fn sighup_stops_up_gracefully() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
-    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     wait_running(&config, &["fs"]);
     roster_tests::hang_up(child.id());
     assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0), "not killed by SIGHUP");
@@ -964,7 +965,7 @@ fn a_ctrl_c_during_start_up_is_not_lost() {
     let dir = tempfile::tempdir().unwrap();
     let slow = stdio_toml(&tag, "slow", &["--never-initialize"]);
     let config = write_config(dir.path(), &format!("{FAST}{slow}timeout = 10\n"));
-    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -982,7 +983,7 @@ fn a_second_ctrl_c_kills_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let config =
         write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "stubborn", &["--ignore-sigterm", "--linger"])));
-    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     wait_running(&config, &["stubborn"]);
     roster_tests::interrupt(child.id());
     std::thread::sleep(Duration::from_millis(300));
@@ -1006,7 +1007,7 @@ fn a_shutdown_that_has_to_kill_names_the_servers_and_fails() {
             stdio_toml(&tag, "fine", &[])
         ),
     );
-    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let out = child.stdout.take().unwrap();
     wait_running(&config, &["stubborn", "fine"]);
     roster_tests::terminate(child.id());
@@ -1054,7 +1055,7 @@ fn a_second_up_is_refused_through_a_hard_link_and_with_another_runtime_dir() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
-    let mut first = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = up_command(&config, true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     wait_running(&config, &["fs"]);
     let link = dir.path().join("same.toml");
     std::fs::hard_link(&config, &link).unwrap();
@@ -1099,6 +1100,7 @@ fn url_secrets_appear_in_no_output_and_no_log() {
         .stdout(std::fs::File::create(dir.path().join("up.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(Reaped)
         .unwrap();
     assert!(wait_until(Duration::from_secs(15), || status_within(&config, Duration::from_secs(5))
         .is_some_and(|s| state_of(&s, "api") == "connected")));
@@ -1120,7 +1122,7 @@ fn the_control_socket_bounds_its_clients() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fs", &[])));
-    let mut up = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut up = up_command(&config, true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let mut out = BufReader::new(up.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -1229,7 +1231,8 @@ fn up_prints_one_line_per_attempt_and_per_change() {
         stdio_toml(&tag, "fs", &["--exit-after-init", "300"])
     );
     let config = write_config(dir.path(), &toml);
-    let mut child = up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let mut lines = text_lines(&mut child);
     let attempt = |l: &str| l.contains(" gone ") && l.contains(" attempt ");
     let seen = lines.gather(Duration::from_secs(20), 4, attempt);
@@ -1329,7 +1332,8 @@ fn text_from_servers_is_shown_with_its_control_characters_escaped() {
         tag.as_str()
     );
     let config = write_config(dir.path(), &format!("{FAST}{toml}"));
-    let mut child = up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        up_command(&config, false).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map(Reaped).unwrap();
     let mut lines = text_lines(&mut child);
     let line = lines.wait(Duration::from_secs(10), |l| l.contains("failed")).expect("a failure line");
     assert!(line.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}"), "{line}");
