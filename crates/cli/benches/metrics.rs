@@ -91,11 +91,9 @@ fn roster_up(url: &str, dir: &std::path::Path, interval: &str, metrics: Option<u
 
 /// The number of servers pinged at least once, read from a scrape.
 fn pinged(port: u16) -> usize {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("listening");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines().filter(|l| l.starts_with("roster_server_ping_latency_seconds_count{")).count()
+    let mut text = Vec::new();
+    get_into(port, "/metrics", &mut text);
+    text.split(|&b| b == b'\n').filter(|l| l.starts_with(b"roster_server_ping_latency_seconds_count{")).count()
 }
 
 /// Once every server has been pinged, 50 scrapes 100 ms apart.

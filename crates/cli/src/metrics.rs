@@ -257,8 +257,17 @@ struct ServerGauges {
     up: Gauge,
     failures: Gauge,
     crashes: Gauge,
-    /// The values last set: (state, health, failures, crashes).
-    shown: Option<(State, Health, u32, u32)>,
+    /// The values last set (`None` before the first scrape).
+    shown: Option<Shown>,
+}
+
+/// The values a server's gauges were last set to.
+#[derive(Clone, Copy)]
+struct Shown {
+    state: State,
+    health: Health,
+    failures: u32,
+    crashes: u32,
 }
 
 /// What a scrape reads of one server.
@@ -489,25 +498,26 @@ impl Metrics {
         for (r, g) in rows.iter().zip(&mut scrape.gauges) {
             let i = State::ALL.iter().position(|&s| s == r.state).unwrap_or_default();
             by_state[i] += 1;
-            let was = g.shown.replace((r.state, r.health, r.failures, r.crashes));
-            if was.map(|w| w.0) != Some(r.state) {
+            let now = Shown { state: r.state, health: r.health, failures: r.failures, crashes: r.crashes };
+            let was = g.shown.replace(now);
+            if was.map(|w| w.state) != Some(now.state) {
                 for (i, state) in State::ALL.into_iter().enumerate() {
                     g.state[i].set(i64::from(state == r.state));
                 }
                 g.up.set(i64::from(r.state.is_running()));
                 states = true;
             }
-            if was.map(|w| w.1) != Some(r.health) {
+            if was.map(|w| w.health) != Some(now.health) {
                 for (i, health) in Health::ALL.into_iter().enumerate() {
                     g.health[i].set(i64::from(health == r.health));
                 }
                 healths = true;
             }
-            if was.map(|w| w.2) != Some(r.failures) {
+            if was.map(|w| w.failures) != Some(now.failures) {
                 g.failures.set(i64::from(r.failures));
                 failures = true;
             }
-            if was.map(|w| w.3) != Some(r.crashes) {
+            if was.map(|w| w.crashes) != Some(now.crashes) {
                 g.crashes.set(i64::from(r.crashes));
                 crashes = true;
             }
