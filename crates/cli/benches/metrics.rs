@@ -96,15 +96,17 @@ fn pinged(port: u16) -> usize {
     text.split(|&b| b == b'\n').filter(|l| l.starts_with(b"roster_server_ping_latency_seconds_count{")).count()
 }
 
-/// Once every server has been pinged, 50 scrapes 100 ms apart.
+/// Once every server has been pinged, `n` scrapes `gap` apart.
 ///
 /// A scrape encodes again only the families that changed since the last one.
 /// With pings every second about 100 land between two of the 50, so the ping
 /// families (about 14,000 of the 47,000 lines) are encoded again each time; at
 /// 30 s they come in bursts (each server's interval runs from its connect, and
 /// they connected together), so most of the 50 find nothing changed but the
-/// state gauges read at every scrape.
-fn scrapes(port: u16, interval: &str) {
+/// state gauges read at every scrape. With pings every second and scrapes
+/// 1.5 s apart, every server has been pinged since the scrape before: the ping
+/// parts of all of them are encoded again each time.
+fn scrapes(port: u16, interval: &str, n: usize, gap: Duration) {
     let until = Instant::now() + Duration::from_secs(90);
     while pinged(port) < SERVERS {
         assert!(Instant::now() < until, "every server pinged within 90 s");
@@ -113,8 +115,8 @@ fn scrapes(port: u16, interval: &str) {
     let mut bytes = 0;
     let mut times = Vec::new();
     let mut buffer = Vec::with_capacity(4 << 20);
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..n {
+        std::thread::sleep(gap);
         let t = Instant::now();
         let (status, size) = get_into(port, "/metrics", &mut buffer);
         times.push(t.elapsed());
@@ -123,7 +125,9 @@ fn scrapes(port: u16, interval: &str) {
     }
     times.sort();
     println!(
-        "scrape of /metrics with {SERVERS} servers pinged every {interval}, median of 50: {:.2} ms (p90 {:.2} ms), {} KiB",
+        "scrape of /metrics with {SERVERS} servers pinged every {interval}, median of {n} {} ms apart: \
+         {:.2} ms (p90 {:.2} ms), {} KiB",
+        gap.as_millis(),
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() * 9 / 10].as_secs_f64() * 1e3,
         bytes / 1024,
@@ -134,16 +138,19 @@ fn main() {
     let fixture = release_fixture(ROSTER);
 
     // 1. Scrapes, with every server connected and pinged once (the ping
-    // histograms filled): at the default 30 s interval, then every second.
+    // histograms filled): at the default 30 s interval, then every second,
+    // and every second with scrapes far enough apart that each finds every
+    // server pinged since the one before.
     // Each run has a fixture of its own: one that still holds the sessions of
     // an earlier run (and their streams) would be slower.
-    for interval in ["30s", "1s"] {
+    let often = Duration::from_millis(100);
+    for (interval, n, gap) in [("30s", 50, often), ("1s", 50, often), ("1s", 20, Duration::from_millis(1500))] {
         let (_server, base) = fixture_http(&fixture, &[]);
         let url = format!("{base}/mcp");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let roster = roster_up(&url, dir.path(), interval, Some(port));
-        scrapes(port, interval);
+        scrapes(port, interval, n, gap);
         drop(roster);
     }
     // `cargo bench -p roster-cli --bench metrics -- scrape` stops here.
@@ -152,7 +159,7 @@ fn main() {
     }
 
     // 2. What counting costs: the CPU of `up` over 1,000 servers pinged every
-    // second, with and without --metrics (no scrapes), over the same 30 s,
+    // second, with and without --metrics (scraped every 15 s), over the same 30 s,
     // alternated twice (run-to-run noise is of the order of the difference).
     const SECS: u64 = 30;
     let mut cpu = Vec::new();
@@ -164,7 +171,14 @@ fn main() {
         let roster = roster_up(&url, dir.path(), "1s", with_metrics.then_some(port));
         std::thread::sleep(Duration::from_secs(3));
         let before = cpu_ticks(roster.0.id());
-        std::thread::sleep(Duration::from_secs(SECS));
+        // Scraped every 15 s, as a Prometheus would: the refresh ahead of the
+        // scrapes and the scrapes themselves are part of what counting costs.
+        for _ in 0..SECS / 15 {
+            std::thread::sleep(Duration::from_secs(15));
+            if with_metrics {
+                assert_eq!(get(port, "/metrics").0, 200);
+            }
+        }
         let ticks = cpu_ticks(roster.0.id()) - before;
         cpu.push(ticks as f64 / 100.0 / SECS as f64);
         if with_metrics {

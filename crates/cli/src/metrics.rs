@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use axum::Router;
 use axum::extract::State as Axum;
@@ -402,6 +402,9 @@ struct Scrape {
     /// Each per-server family's text, its servers' parts put together, in the
     /// order of `SERVER_FAMILIES`.
     joined: Vec<Bytes>,
+    /// The families one of whose parts was encoded again since they were last
+    /// put together.
+    stale: [bool; SERVER_FAMILIES.len()],
 }
 
 /// A text as a scrape encoded it, and its count of changes read just before
@@ -495,6 +498,58 @@ fn encode(registries: &[(&Registry, usize)], threads: usize) -> Result<Vec<Strin
     })?;
     Ok(texts.into_iter().map(|t| t.into_inner().unwrap_or_default()).collect())
 }
+
+/// Encodes again, on up to `threads` threads, every part whose count of
+/// changes moved since the text kept of it (each count read before encoding,
+/// see [`Tracked::change`]), and marks `stale` the per-server families one of
+/// whose parts changed, to be put together again.
+fn encode_moved(
+    supervisor: &[Part],
+    kept: &mut Vec<Kept>,
+    shown: &[Arc<Series>],
+    scraped: &mut [MutexGuard<'_, Scraped>],
+    stale: &mut [bool; SERVER_FAMILIES.len()],
+    threads: usize,
+) -> Result<(), std::fmt::Error> {
+    enum Whose {
+        Supervisor(usize),
+        Server(usize, usize),
+    }
+    let mut registries = Vec::new();
+    let mut whose = Vec::new();
+    kept.resize_with(supervisor.len(), Kept::default);
+    for (i, (part, kept)) in supervisor.iter().zip(&*kept).enumerate() {
+        let now = part.changes();
+        if kept.changes != Some(now) {
+            registries.push((&part.registry, kept.text.len()));
+            whose.push((Whose::Supervisor(i), now));
+        }
+    }
+    for (k, (s, scraped)) in shown.iter().zip(&mut *scraped).enumerate() {
+        scraped.kept.resize_with(s.parts.len(), Kept::default);
+        for (f, (part, kept)) in s.parts.iter().zip(&scraped.kept).enumerate() {
+            let now = part.changes();
+            if kept.changes != Some(now) {
+                registries.push((&part.registry, kept.text.len()));
+                whose.push((Whose::Server(k, f), now));
+            }
+        }
+    }
+    let texts = encode(&registries, threads)?;
+    for ((whose, now), text) in whose.into_iter().zip(texts) {
+        match whose {
+            Whose::Supervisor(i) => kept[i] = Kept::new(now, text),
+            Whose::Server(k, f) => {
+                scraped[k].kept[f] = Kept::new(now, text);
+                stale[f] = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often the endpoint encodes ahead the parts that moved ([`Metrics::refresh`]).
+const REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a scrape reads of one server.
 struct Row {
@@ -677,46 +732,13 @@ impl Metrics {
         self.dropped.change(|d| d.inc_by(self.sup.events_dropped().saturating_sub(d.get())));
         self.control.touch();
 
-        // What to encode again: the parts whose count moved, each count read
-        // before encoding (see `Tracked::change`).
-        enum Whose {
-            Supervisor(usize),
-            Server(usize, usize),
+        if moved {
+            scrape.stale = [true; SERVER_FAMILIES.len()];
         }
-        let mut registries = Vec::new();
-        let mut whose = Vec::new();
-        scrape.kept.resize_with(self.supervisor.len(), Kept::default);
-        for (i, (part, kept)) in self.supervisor.iter().zip(&scrape.kept).enumerate() {
-            let now = part.changes();
-            if kept.changes != Some(now) {
-                registries.push((&part.registry, kept.text.len()));
-                whose.push((Whose::Supervisor(i), now));
-            }
-        }
-        for (k, (s, scraped)) in scrape.shown.iter().zip(&mut scraped).enumerate() {
-            scraped.kept.resize_with(s.parts.len(), Kept::default);
-            for (f, (part, kept)) in s.parts.iter().zip(&scraped.kept).enumerate() {
-                let now = part.changes();
-                if kept.changes != Some(now) {
-                    registries.push((&part.registry, kept.text.len()));
-                    whose.push((Whose::Server(k, f), now));
-                }
-            }
-        }
-        let texts = encode(&registries, encoders())?;
-        let mut changed = [moved; SERVER_FAMILIES.len()];
-        for ((whose, now), text) in whose.into_iter().zip(texts) {
-            match whose {
-                Whose::Supervisor(i) => scrape.kept[i] = Kept::new(now, text),
-                Whose::Server(k, f) => {
-                    scraped[k].kept[f] = Kept::new(now, text);
-                    changed[f] = true;
-                }
-            }
-        }
+        encode_moved(&self.supervisor, &mut scrape.kept, &scrape.shown, &mut scraped, &mut scrape.stale, encoders())?;
         scrape.joined.resize_with(SERVER_FAMILIES.len(), Bytes::new);
-        for (f, joined) in scrape.joined.iter_mut().enumerate() {
-            if changed[f] {
+        for (f, (joined, stale)) in scrape.joined.iter_mut().zip(&mut scrape.stale).enumerate() {
+            if std::mem::take(stale) {
                 *joined = join(scraped.iter().map(|s| &s.kept[f]));
             }
         }
@@ -727,6 +749,23 @@ impl Metrics {
             Place::Supervisor(i) => scrape.kept[i].text.clone(),
         });
         Ok(Text(texts.filter(|t| !t.is_empty()).chain([Bytes::from(eof)]).collect()))
+    }
+
+    /// Encodes, on one thread, the parts that moved since the last scrape or
+    /// refresh, so that a scrape finds most of its text ready: with pings every
+    /// second, a Prometheus scraping every 15 s would otherwise find every
+    /// server's ping parts to encode again. Called every [`REFRESH`] while the
+    /// endpoint serves; a part changed many times between two calls is encoded
+    /// once, so the work is bounded by the number of parts, not of changes.
+    ///
+    /// # Errors
+    /// When a text cannot be written (prometheus-client's encoder failed).
+    fn refresh(&self) -> Result<(), std::fmt::Error> {
+        let mut scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let scrape = &mut *scrape;
+        let mut scraped: Vec<_> =
+            scrape.shown.iter().map(|s| s.scraped.lock().unwrap_or_else(PoisonError::into_inner)).collect();
+        encode_moved(&self.supervisor, &mut scrape.kept, &scrape.shown, &mut scraped, &mut scrape.stale, 1)
     }
 
     /// Whether every server that starts on its own has finished its first attempt.
@@ -786,6 +825,7 @@ pub(crate) fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> Result<SocketAdd
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the metrics endpoint: {e}"))?;
+    let refreshing = metrics.clone();
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
@@ -798,6 +838,17 @@ pub(crate) fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> Result<SocketAdd
         .name("roster-metrics".into())
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(REFRESH);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        let m = refreshing.clone();
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.refresh()).await {
+                            tracing::warn!(error = %e, "the metrics could not be encoded");
+                        }
+                    }
+                });
                 let served = match tokio::net::TcpListener::from_std(listener) {
                     // A scrape is written in pieces (the families' texts): the
                     // last, short one must not wait for the scraper's delayed ACK.
@@ -981,6 +1032,17 @@ mod tests {
         a.pings.touch();
         let fourth = text(&m.render().unwrap());
         assert!(fourth.contains("roster_server_pings_total{server=\"a\",outcome=\"ok\"} 2\n"), "{fourth}");
+
+        // A refresh encodes ahead what moved, and the next scrape puts it
+        // together: c's ping, refreshed, then changed behind its count's back,
+        // is shown as the refresh encoded it.
+        m.pinged("c", std::time::Duration::from_millis(5), true);
+        m.refresh().unwrap();
+        let c = m.series("c");
+        c.pings.metric.get_or_create(&Ping { server: "c".into(), outcome: "ok" }).inc();
+        let refreshed = text(&m.render().unwrap());
+        assert!(refreshed.contains("roster_server_pings_total{server=\"c\",outcome=\"ok\"} 1\n"), "{refreshed}");
+        assert!(refreshed.contains("roster_server_pings_total{server=\"a\",outcome=\"ok\"} 2\n"), "{refreshed}");
 
         // A server removed from the config is shown no more; one added is.
         let (_, specs) = supervisor(&["b", "c", "d"]);
