@@ -1053,6 +1053,12 @@ mod tests {
         assert!(fifth.contains("roster_server_pings_total{server=\"b\",outcome=\"failed\"} 1\n"), "{fifth}");
         assert!(fifth.contains("roster_servers{state=\"unknown\"} 3\n"), "{fifth}");
         assert_eq!(fifth.matches("# TYPE roster_server_state gauge\n").count(), 1, "{fifth}");
+        // Back again: its counters go on from where they were.
+        let (_, specs) = supervisor(&["a", "b", "c", "d"]);
+        sup.apply(specs).await.unwrap();
+        let sixth = text(&m.render().unwrap());
+        assert!(sixth.contains("roster_server_pings_total{server=\"a\",outcome=\"ok\"} 2\n"), "{sixth}");
+        assert!(sixth.contains("roster_server_state{server=\"a\",state=\"unknown\"} 1\n"), "{sixth}");
         sup.shutdown().await;
     }
 }
