@@ -114,6 +114,36 @@ fn which(command: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(command)).find(|p| p.is_file())
 }
 
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The client's stdin and stdout. When they are pipes (as when an MCP client
+/// spawns roster), the runtime reads and writes them itself, non-blocking:
+/// tokio's stdin and stdout hand every read and write to a blocking thread and
+/// back, two thread switches on each message. Anything else (a terminal, a
+/// file) goes through tokio's.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let input = std::io::stdin().as_fd().try_clone_to_owned().and_then(pipe::Receiver::from_owned_fd);
+    let output = std::io::stdout().as_fd().try_clone_to_owned().and_then(pipe::Sender::from_owned_fd);
+    let input: Reader = match input {
+        Ok(pipe) => Box::new(pipe),
+        Err(e) => {
+            tracing::debug!(error = %e, "stdin is read through tokio's blocking reader");
+            Box::new(tokio::io::stdin())
+        }
+    };
+    let output: Writer = match output {
+        Ok(pipe) => Box::new(pipe),
+        Err(e) => {
+            tracing::debug!(error = %e, "stdout is written through tokio's blocking writer");
+            Box::new(tokio::io::stdout())
+        }
+    };
+    (input, output)
+}
+
 /// A downstream endpoint being served.
 pub(crate) struct Endpoint {
     /// Serves, and resolves when serving ends by itself: over stdio, when the
@@ -133,7 +163,7 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
             // The handshake is part of serving: signals are heard while it waits.
             let cancel = stop.child_token();
             let ended = Box::pin(async move {
-                match gateway.serve_with_ct(rmcp::transport::stdio(), cancel).await {
+                match gateway.serve_with_ct(stdio(), cancel).await {
                     Ok(running) => {
                         let _ = running.waiting().await;
                     }
