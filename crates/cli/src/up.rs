@@ -65,9 +65,12 @@ pub(crate) fn connector(server_type: ServerType, options: HttpOptions) -> Result
     })
 }
 
-pub(crate) fn print_diagnostics(cli: &Cli, errors: &[Diagnostic]) {
+/// Configuration errors: with `--json` one object on stdout, or on stderr when
+/// stdout carries MCP (`serve` over stdio); otherwise lines on stderr.
+pub(crate) fn print_diagnostics(cli: &Cli, errors: &[Diagnostic], to_stderr: bool) {
     if cli.json {
-        output::out(json!({"ok": false, "errors": errors}).to_string());
+        let text = json!({"ok": false, "errors": errors}).to_string();
+        if to_stderr { output::err(text) } else { output::out(text) }
     } else {
         let color = output::stderr_color();
         for e in errors {
@@ -110,7 +113,7 @@ fn load(cli: &Cli) -> Result<Config, u8> {
             Ok(c)
         }
         Err(errors) => {
-            print_diagnostics(cli, &errors);
+            print_diagnostics(cli, &errors, false);
             Err(exit::USAGE)
         }
     }
@@ -359,6 +362,7 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
                     server: None,
                     message,
                 }],
+                serve.is_some_and(ServeArgs::over_stdio),
             );
             return exit::USAGE;
         }
@@ -373,7 +377,7 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
             c
         }
         Err(errors) => {
-            print_diagnostics(cli, &errors);
+            print_diagnostics(cli, &errors, serve.is_some_and(ServeArgs::over_stdio));
             return exit::USAGE;
         }
     };
@@ -636,7 +640,7 @@ async fn reload(
     match config::parse(&name, &text, cli.config.extension().and_then(|e| e.to_str())) {
         Err(errors) => {
             printer.note(&format!("reload: {name} has errors; the running configuration stays"));
-            print_diagnostics(cli, &errors);
+            print_diagnostics(cli, &errors, printer.to_stderr);
         }
         Ok(config) => {
             print_warnings(cli, &config);

@@ -440,6 +440,84 @@ fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
     });
 }
 
+/// The JSON objects among `text`'s lines.
+fn objects(text: &str) -> Vec<Value> {
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(Value::is_object).collect()
+}
+
+/// Over stdio, stdout is the MCP channel, `--json` or not: a configuration with
+/// errors, when `serve` starts and when the file is reloaded, is reported on
+/// stderr and nothing but MCP reaches stdout.
+#[test]
+fn over_stdio_configuration_errors_go_to_stderr_even_with_json() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "[servers.fs]\ncomand = \"x\"\n";
+    let config = write_config(dir.path(), bad);
+    let out = Command::new(super::ROSTER)
+        .arg("--json")
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--no-watch"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let reported = objects(&String::from_utf8_lossy(&out.stderr));
+    assert!(reported.iter().any(|v| v["ok"] == false && v["errors"][0]["message"].is_string()), "{reported:?}");
+
+    // Running, then the file goes bad: the reload's errors go to stderr too.
+    write_config(dir.path(), &stdio_toml(&tag, "fs", &[]));
+    let mut child = roster_tests::bench::Reaped(
+        Command::new(super::ROSTER)
+            .arg("--json")
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |what: &dyn Fn(&Value) -> bool| {
+        let until = Instant::now() + Duration::from_secs(15);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            let Ok(line) = seen.recv_timeout(left) else { break };
+            if serde_json::from_str::<Value>(&line).is_ok_and(|v| what(&v)) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for(&|v| v["note"].as_str().is_some_and(|n| n.contains("servers from"))), "serve never started");
+    std::fs::write(&config, bad).unwrap();
+    assert!(wait_for(&|v| v["ok"] == false && v["errors"].is_array()), "no reload errors on stderr");
+    // The client goes away: roster stops, and it wrote nothing to stdout.
+    drop(child.stdin.take());
+    let until = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "roster serve did not exit when its stdin closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert_eq!(stdout, "", "only MCP goes to stdout");
+    assert_gone(&tag);
+}
+
 /// `roster serve --http` on a free port, once it listens (killed when dropped,
 /// so a failing test leaves nothing behind); its address.
 fn serve_http(config: &Path, extra: &[&str]) -> (roster_tests::bench::Reaped, String) {
