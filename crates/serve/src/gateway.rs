@@ -581,7 +581,7 @@ struct SyncState {
 pub fn describe(s: &ServerStatus) -> String {
     let mut text = s.state.to_string();
     if let Some(error) = &s.last_error
-        && s.state != State::Running
+        && !s.state.is_running()
     {
         text.push_str(&format!(" ({error})"));
     }
@@ -603,8 +603,24 @@ pub fn login_command(server: &str) -> String {
     format!("roster login {server}")
 }
 
-fn unknown(what: &str, name: &str) -> ErrorData {
-    ErrorData::new(ErrorCode::INVALID_PARAMS, format!("roster serves no {what} named {name:?}"), None)
+/// No tool, prompt or resource goes by `name`. What is asked for may belong to
+/// a server that is not running (one that never came up is not in any table),
+/// so the error says which servers those are and why.
+fn unknown(gateway: &Gateway, what: &str, name: &str) -> ErrorData {
+    let mut text = format!("roster serves no {what} named {name:?}");
+    let down: Vec<String> = gateway
+        .status()
+        .iter()
+        .filter(|s| !s.state.is_running())
+        .map(|s| match s.state {
+            State::Unknown => format!("{:?} has not been started", s.name),
+            _ => format!("{:?} is {}", s.name, describe(s)),
+        })
+        .collect();
+    if !down.is_empty() {
+        text.push_str(&format!(". Not running, so not listed: {}", down.join("; ")));
+    }
+    ErrorData::new(ErrorCode::INVALID_PARAMS, text, None)
 }
 
 impl ServerHandler for Gateway {
@@ -680,7 +696,7 @@ impl ServerHandler for Gateway {
                     self.observe(&server, CallOutcome::Unavailable, std::time::Instant::now());
                     Ok(self.unavailable(&server).into())
                 }
-                None => Err(unknown("tool", &request.name)),
+                None => Err(unknown(self, "tool", &request.name)),
             };
         };
         let started = std::time::Instant::now();
@@ -708,7 +724,7 @@ impl ServerHandler for Gateway {
         _: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let catalog = self.catalog();
-        let route = catalog.prompt(&request.name).cloned().ok_or_else(|| unknown("prompt", &request.name))?;
+        let route = catalog.prompt(&request.name).cloned().ok_or_else(|| unknown(self, "prompt", &request.name))?;
         let peer = self.peer_or_start(&route.server).await.ok_or_else(|| down(self, &route.server))?;
         let mut params = request;
         params.name = route.name.clone();
@@ -761,7 +777,7 @@ impl ServerHandler for Gateway {
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }
         let catalog = self.catalog();
-        let route = catalog.resource(&request.uri).ok_or_else(|| unknown("resource", &request.uri))?;
+        let route = catalog.resource(&request.uri).ok_or_else(|| unknown(self, "resource", &request.uri))?;
         let peer = self.peer_or_start(&route.server).await.ok_or_else(|| down(self, &route.server))?;
         let exposed = request.uri.clone();
         let mut params = request;

@@ -440,6 +440,33 @@ fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
     });
 }
 
+/// A name no table holds may be a tool of a server that never came up: the
+/// error says which servers are not running, and why.
+#[tokio::test]
+async fn a_call_to_an_unknown_name_says_which_servers_are_not_running() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let toml = format!(
+        "{FAST}{}auto_start = false\n\n[servers.gone]\nurl = \"http://127.0.0.1:{port}/mcp\"\n",
+        stdio_toml(&tag, "idle", &[])
+    );
+    let config = write_config(dir.path(), &toml);
+    let served = serve_stdio(&config).await;
+    let params = CallToolRequestParams::new("gone__echo").with_arguments(Default::default());
+    let started = Instant::now();
+    let error = served.client.call_tool(params).await.expect_err("no such tool");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
+    let rmcp::ServiceError::McpError(error) = error else { panic!("{error:?}") };
+    assert_eq!(error.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    let message = error.message.to_string();
+    assert!(message.starts_with("roster serves no tool named \"gone__echo\""), "{message}");
+    assert!(message.contains("\"gone\" is failed (") && message.contains("next attempt in"), "{message}");
+    assert!(message.contains("\"idle\" has not been started"), "{message}");
+    served.client.cancel().await.unwrap();
+    assert_gone(&tag);
+}
+
 /// The JSON objects among `text`'s lines.
 fn objects(text: &str) -> Vec<Value> {
     text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(Value::is_object).collect()
