@@ -200,6 +200,11 @@ fn send(which: Which, line: String) {
     }
 }
 
+/// `n` things in words: "1 server", "3 servers".
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 /// One line to stdout.
 pub(crate) fn out(line: impl Into<String>) {
     send(Which::Stdout, line.into());
@@ -592,6 +597,13 @@ pub(crate) fn plan_lines(plan: &Plan) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_plural_except_for_one() {
+        assert_eq!(count(0, "server"), "0 servers");
+        assert_eq!(count(1, "server"), "1 server");
+        assert_eq!(count(2, "server"), "2 servers");
+    }
 
     #[test]
     fn durations_read_well() {

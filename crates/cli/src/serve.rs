@@ -153,6 +153,8 @@ pub(crate) struct Endpoint {
     pub(crate) stop: CancellationToken,
     /// Where it listens, for the start-up note.
     pub(crate) address: String,
+    /// What the user should know about how it listens.
+    pub(crate) warning: Option<String>,
 }
 
 /// Starts serving `gateway` as `args` say.
@@ -170,7 +172,7 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
                     Err(e) => tracing::warn!(error = %e, "the MCP client on stdin did not initialize"),
                 }
             });
-            Ok(Endpoint { ended, stop, address: "stdio".to_owned() })
+            Ok(Endpoint { ended, stop, address: "stdio".to_owned(), warning: None })
         }
         Some(addr) => {
             let token = args.token()?;
@@ -186,6 +188,7 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
                 Arc::new(LocalSessionManager::default()),
                 config,
             );
+            let without_token = token.is_none();
             let token: Option<Arc<str>> = token.map(Into::into);
             let router = axum::Router::new().nest_service("/mcp", service).layer(axum::middleware::from_fn(
                 move |request: Request, next: Next| {
@@ -201,6 +204,7 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let address = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+            let warning = open_warning(addr, without_token);
             let shutdown = stop.clone();
             // Responses are written in pieces (headers, then events): without
             // TCP_NODELAY the second waits for the client's delayed ACK, 40 ms a call.
@@ -214,9 +218,19 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
                     tracing::error!(error = %e, "the HTTP endpoint failed");
                 }
             });
-            Ok(Endpoint { ended, stop, address: format!("http://{address}/mcp") })
+            Ok(Endpoint { ended, stop, address: format!("http://{address}/mcp"), warning })
         }
     }
+}
+
+/// A warning for an endpoint that other machines can reach with no token asked.
+fn open_warning(addr: SocketAddr, without_token: bool) -> Option<String> {
+    (without_token && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "warning: {addr} is reachable beyond this machine and asks for no bearer token: a client that \
+             reaches it with an allowed Host can call every server's tools (--token-file or --token-env)"
+        )
+    })
 }
 
 fn unauthorized() -> Response {
@@ -238,6 +252,20 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_endpoint_beyond_loopback_without_a_token_is_warned_of() {
+        let any: SocketAddr = "0.0.0.0:8931".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.5:8931".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:8931".parse().unwrap();
+        let loopback6: SocketAddr = "[::1]:8931".parse().unwrap();
+        let warning = open_warning(any, true).expect("warned");
+        assert!(warning.contains("0.0.0.0:8931") && warning.contains("--token-file"), "{warning}");
+        assert!(open_warning(lan, true).is_some());
+        assert_eq!(open_warning(any, false), None);
+        assert_eq!(open_warning(loopback, true), None);
+        assert_eq!(open_warning(loopback6, true), None);
+    }
 
     #[test]
     fn a_server_that_is_this_roster_serve_is_recognized() {

@@ -440,9 +440,9 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     let printer = Printer { json: cli.json, color, width, to_stderr, verbose: options.verbose };
     let mut compact = output::Compact::default();
     printer.note(&format!(
-        "roster {}: {} servers from {}; control socket {}",
+        "roster {}: {} from {}; control socket {}",
         env!("CARGO_PKG_VERSION"),
-        config.servers.len(),
+        output::count(config.servers.len(), "server"),
         cli.config.display(),
         socket.display()
     ));
@@ -495,6 +495,9 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
         (Some(args), Some(gateway)) => match crate::serve::start(gateway, args).await {
             Ok(endpoint) => {
                 printer.note(&format!("serving MCP on {}", endpoint.address));
+                if let Some(warning) = &endpoint.warning {
+                    printer.note(warning);
+                }
                 Some(endpoint)
             }
             Err(e) => {
@@ -573,9 +576,9 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     }
     let stop = stopped.unwrap_or(Stop::Terminate);
     printer.note(&format!(
-        "{}: stopping {} servers (Ctrl-C again to kill them now)",
+        "{}: stopping {} (Ctrl-C again to kill them now)",
         stop.describe(),
-        sup.names().len()
+        output::count(sup.names().len(), "server")
     ));
     let shutdown = sup.shutdown();
     tokio::pin!(shutdown);

@@ -529,7 +529,7 @@ fn over_stdio_configuration_errors_go_to_stderr_even_with_json() {
         }
         false
     };
-    assert!(wait_for(&|v| v["note"].as_str().is_some_and(|n| n.contains("servers from"))), "serve never started");
+    assert!(wait_for(&|v| v["note"].as_str().is_some_and(|n| n.contains(" server from "))), "serve never started");
     std::fs::write(&config, bad).unwrap();
     assert!(wait_for(&|v| v["ok"] == false && v["errors"].is_array()), "no reload errors on stderr");
     // The client goes away: roster stops, and it wrote nothing to stdout.
