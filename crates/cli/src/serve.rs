@@ -3,8 +3,9 @@
 //! HTTP. This module only wires the gateway to its transport.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +15,9 @@ use rmcp::ServiceExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use roster_serve::Gateway;
+use tokio::io::{AsyncWriteExt as _, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// `roster serve`'s own options.
@@ -157,9 +161,135 @@ pub(crate) struct Endpoint {
     pub(crate) warning: Option<String>,
 }
 
-/// Starts serving `gateway` as `args` say.
-pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint, String> {
+/// The socket through which other `roster serve` processes on the same
+/// configuration share this one, beside the control socket.
+pub(crate) fn sharing_path(control_socket: &Path) -> PathBuf {
+    control_socket.with_extension("mcp")
+}
+
+/// Binds the sharing socket (owner only). Called as soon as the configuration
+/// is locked, so a second `serve` that finds the lock held finds the socket
+/// too; connections wait in the backlog until [`start`] serves them.
+pub(crate) fn share(path: &Path) -> Result<(UnixListener, Unlink), String> {
+    use std::os::unix::fs::PermissionsExt;
+    // The lock is held: a socket left here is a dead roster's.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let file = Unlink(path.to_owned());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok((listener, file))
+}
+
+/// Removes the sharing socket when dropped (while the lock is still held).
+pub(crate) struct Unlink(PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves every client that attaches through `listener` until `stop`; the
+/// number being served.
+fn serve_shared(listener: UnixListener, gateway: Gateway, stop: CancellationToken) -> watch::Receiver<usize> {
+    let (count, attached) = watch::channel(0usize);
+    let count = Arc::new(count);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: try again shortly.
+                        tracing::warn!(error = %e, "cannot accept a client on the sharing socket");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => return,
+            };
+            count.send_modify(|n| *n += 1);
+            let (gateway, count, cancel) = (gateway.clone(), count.clone(), stop.child_token());
+            tokio::spawn(async move {
+                match gateway.serve_with_ct(stream, cancel).await {
+                    Ok(running) => {
+                        let _ = running.waiting().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "an attached MCP client did not initialize"),
+                }
+                count.send_modify(|n| *n -= 1);
+            });
+        }
+    });
+    attached
+}
+
+/// How long a `serve` that found the configuration locked tries to reach the
+/// sharing socket (it may be between its bind and a restart).
+const ATTACH_WAIT: Duration = Duration::from_millis(500);
+
+/// How long, after its client closed stdin, an attached `serve` waits for the
+/// one it is attached to to close the session.
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Another roster holds the configuration: if it is a `roster serve`, this
+/// client is served by it, its bytes passed through both ways as they are.
+/// `None` when there is nothing to attach to (the holder is `roster up`).
+/// `attached` is called once the socket answers.
+pub(crate) async fn attach(path: &Path, attached: impl FnOnce()) -> Option<Result<(), String>> {
+    let until = tokio::time::Instant::now() + ATTACH_WAIT;
+    let stream = loop {
+        match UnixStream::connect(path).await {
+            Ok(stream) => break stream,
+            Err(_) if tokio::time::Instant::now() < until => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => return None,
+        }
+    };
+    attached();
+    let (mut input, output) = stdio();
+    let mut output = BufWriter::new(output);
+    let (mut from_holder, mut to_holder) = stream.into_split();
+    let up = async {
+        let copied = tokio::io::copy(&mut input, &mut to_holder).await;
+        let _ = to_holder.shutdown().await;
+        copied
+    };
+    let down = async {
+        // Flushed as each read is written: a reply must not wait for the next.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut from_holder, &mut buf).await?;
+            if n == 0 {
+                return output.flush().await;
+            }
+            output.write_all(&buf[..n]).await?;
+            output.flush().await?;
+        }
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        // The holder ended the session first: it stopped.
+        _ = &mut down => Some(Err("the roster serve this client was attached to has stopped".to_owned())),
+        _ = &mut up => {
+            // The client has gone: let the holder close its session.
+            let _ = tokio::time::timeout(DETACH_WAIT, down).await;
+            Some(Ok(()))
+        }
+    }
+}
+
+/// Starts serving `gateway` as `args` say, and to every `serve` that attaches
+/// through `shared`. Over stdio, serving ends once its own client and every
+/// attached one have gone; `note` says when the first leaves before the others.
+pub(crate) async fn start(
+    gateway: Gateway,
+    args: &ServeArgs,
+    shared: UnixListener,
+    note: impl Fn(String) + 'static,
+) -> Result<Endpoint, String> {
     let stop = CancellationToken::new();
+    let mut attached = serve_shared(shared, gateway.clone(), stop.clone());
     match args.http {
         None => {
             // The handshake is part of serving: signals are heard while it waits.
@@ -171,6 +301,14 @@ pub(crate) async fn start(gateway: Gateway, args: &ServeArgs) -> Result<Endpoint
                     }
                     Err(e) => tracing::warn!(error = %e, "the MCP client on stdin did not initialize"),
                 }
+                let others = *attached.borrow();
+                if others > 0 {
+                    note(format!(
+                        "the MCP client disconnected; serving the {} attached until they leave",
+                        crate::output::count(others, "other client")
+                    ));
+                }
+                let _ = attached.wait_for(|n| *n == 0).await;
             });
             Ok(Endpoint { ended, stop, address: "stdio".to_owned(), warning: None })
         }

@@ -394,13 +394,43 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
         Ok(lock) => lock,
         Err(paths::LockError::Held(held)) => {
             let pid = held.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            // A second MCP client (another editor window) on the same file: the
+            // `serve` already running serves it too.
+            if serve.is_some_and(ServeArgs::over_stdio)
+                && let Some(attached) = crate::serve::attach(&crate::serve::sharing_path(&socket), || {
+                    let text = format!(
+                        "roster serve already runs for {}{pid}: this client is served by it",
+                        cli.config.display()
+                    );
+                    output::err(if cli.json { json!({ "note": text }).to_string() } else { text });
+                })
+                .await
+            {
+                return match attached {
+                    Ok(()) => exit::OK,
+                    Err(why) => {
+                        output::err(format!("roster: {why}{pid}; start this client again"));
+                        exit::TRANSIENT
+                    }
+                };
+            }
+            let what =
+                if serve.is_some() { "; only `roster serve` over stdio shares a running `roster serve`" } else { "" };
             output::err(format!(
-                "roster: `roster up` is already running for {}{pid}; use `roster status`, or stop that one first",
+                "roster: roster is already running for {}{pid}; use `roster status`, or stop that one first{what}",
                 cli.config.display()
             ));
             return exit::USAGE;
         }
         Err(paths::LockError::Unusable(why)) => {
+            output::err(format!("roster: {why}"));
+            return exit::USAGE;
+        }
+    };
+    // Bound at once, so a second `serve` that finds the lock held can attach.
+    let shared = match serve.map(|_| crate::serve::share(&crate::serve::sharing_path(&socket))).transpose() {
+        Ok(shared) => shared,
+        Err(why) => {
             output::err(format!("roster: {why}"));
             return exit::USAGE;
         }
@@ -491,8 +521,13 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
         printer.note("no server starts on its own: set auto_start = true (per server, or in [defaults]), or run `roster start NAME`");
     }
     let control = tokio::spawn(control::serve(listener, sup.clone(), recent, control_requests, cli.config.clone()));
-    let mut endpoint = match (serve, gateway.clone()) {
-        (Some(args), Some(gateway)) => match crate::serve::start(gateway, args).await {
+    let (shared, _unlink) = shared.unzip();
+    let mut endpoint = match (serve, gateway.clone(), shared) {
+        (Some(args), Some(gateway), Some(shared)) => match crate::serve::start(gateway, args, shared, move |text| {
+            printer.note(&text);
+        })
+        .await
+        {
             Ok(endpoint) => {
                 printer.note(&format!("serving MCP on {}", endpoint.address));
                 if let Some(warning) = &endpoint.warning {

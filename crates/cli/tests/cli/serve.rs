@@ -440,6 +440,103 @@ fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
     });
 }
 
+/// Two MCP clients (two editor windows) spawn `roster serve` on the same file:
+/// the second is served by the first, through the same servers, and the servers
+/// stop only when the last client has gone, whichever leaves first.
+#[tokio::test]
+async fn a_second_serve_on_the_same_file_is_served_by_the_first_until_the_last_client_leaves() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    // The first client only closes stdin when it leaves (rmcp's child transport
+    // would also signal the process after 3 s, as the MCP spec has clients do).
+    let mut holder = tokio::process::Command::new(super::ROSTER)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pipes = (holder.stdout.take().unwrap(), holder.stdin.take().unwrap());
+    let (tx, seen) = mpsc::unbounded_channel();
+    let handler = Client { seen: tx, sampled: Arc::default() };
+    let first = Served {
+        client: handler.serve(pipes).await.expect("initialize"),
+        seen,
+        sampled: Arc::default(),
+        pid: holder.id().unwrap(),
+    };
+    first.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "fx__echo")).await;
+    let server = tag.processes();
+    assert!(!server.is_empty());
+    let second = serve_stdio(&config).await;
+    let names = second.tool_names().await;
+    assert!(names.iter().any(|t| t == "fx__echo"), "{names:?}");
+    assert_eq!(text(&second.call("fx__echo", json!({"text": "two"})).await), "two");
+    assert_eq!(text(&first.call("fx__echo", json!({"text": "one"})).await), "one");
+    assert_eq!(tag.processes(), server, "both clients use the one server");
+    // The first client leaves: the second is still served, by the same server.
+    first.client.cancel().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!is_zombie(first.pid) && Path::new(&format!("/proc/{}", first.pid)).exists(), "the first serve ended");
+    assert_eq!(text(&second.call("fx__echo", json!({"text": "still"})).await), "still");
+    assert_eq!(tag.processes(), server);
+    // The last leaves: everything stops, both processes exit.
+    second.client.cancel().await.unwrap();
+    assert_gone_of(second.pid, &tag);
+    let status = tokio::time::timeout(Duration::from_secs(15), holder.wait()).await.expect("the first serve exits");
+    assert_eq!(status.unwrap().code(), Some(0));
+    assert_gone(&tag);
+}
+
+/// The `serve` a second client is attached to stops (a signal): the attached one
+/// exits at once, saying so, with the code for "try again".
+#[test]
+fn an_attached_serve_exits_when_the_one_it_is_attached_to_stops() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &stdio_toml(&tag, "fx", &[]));
+    let spawn = || {
+        roster_tests::bench::Reaped(
+            Command::new(super::ROSTER)
+                .arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first_line = |child: &mut roster_tests::bench::Reaped| {
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        line
+    };
+    let mut holder = spawn();
+    assert!(first_line(&mut holder).contains("1 server from"));
+    let mut attached = spawn();
+    let said = first_line(&mut attached);
+    assert!(said.contains("roster serve already runs for") && said.contains(&format!("pid {}", holder.id())), "{said}");
+    roster_tests::terminate(holder.id());
+    let until = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = attached.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < until, "the attached serve did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(4));
+    assert_gone(&tag);
+}
+
 /// A name no table holds may be a tool of a server that never came up: the
 /// error says which servers are not running, and why.
 #[tokio::test]
