@@ -537,6 +537,21 @@ fn an_attached_serve_exits_when_the_one_it_is_attached_to_stops() {
     assert_gone(&tag);
 }
 
+/// The first lists wait until the first attempts have ended: a client that
+/// lists at once, before any server is up, sees every server that starts.
+#[tokio::test]
+async fn a_client_that_lists_at_once_sees_every_server_that_starts() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{FAST}{}{}", stdio_toml(&tag, "one", &[]), stdio_toml(&tag, "two", &[]));
+    let config = write_config(dir.path(), &toml);
+    let served = serve_stdio(&config).await;
+    let names = served.tool_names().await;
+    assert!(names.iter().any(|t| t == "one__echo") && names.iter().any(|t| t == "two__echo"), "{names:?}");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
+}
+
 /// A name no table holds may be a tool of a server that never came up: the
 /// error says which servers are not running, and why.
 #[tokio::test]
