@@ -15,7 +15,7 @@ use rmcp::ServiceExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use roster_serve::Gateway;
-use tokio::io::{AsyncWriteExt as _, BufWriter};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -225,56 +225,162 @@ fn serve_shared(listener: UnixListener, gateway: Gateway, stop: CancellationToke
     attached
 }
 
-/// How long a `serve` that found the configuration locked tries to reach the
-/// sharing socket (it may be between its bind and a restart).
-const ATTACH_WAIT: Duration = Duration::from_millis(500);
-
 /// How long, after its client closed stdin, an attached `serve` waits for the
 /// one it is attached to to close the session.
 const DETACH_WAIT: Duration = Duration::from_secs(5);
 
-/// Another roster holds the configuration: if it is a `roster serve`, this
-/// client is served by it, its bytes passed through both ways as they are.
-/// `None` when there is nothing to attach to (the holder is `roster up`).
-/// `attached` is called once the socket answers.
-pub(crate) async fn attach(path: &Path, attached: impl FnOnce()) -> Option<Result<(), String>> {
-    let until = tokio::time::Instant::now() + ATTACH_WAIT;
-    let stream = loop {
-        match UnixStream::connect(path).await {
-            Ok(stream) => break stream,
-            Err(_) if tokio::time::Instant::now() < until => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => return None,
+/// The longest line passed through a sharing socket; a longer one ends the
+/// session (rmcp's own stdio transport has no limit; this one keeps a bridge
+/// from buffering without end).
+const MAX_LINE: usize = 64 << 20;
+
+/// What the client is sent in place of the answer to a replayed `initialize`:
+/// nothing; and what the new holder is sent after it.
+const INITIALIZED: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n";
+
+/// How a bridged session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Bridged {
+    /// The client closed stdin.
+    ClientGone,
+    /// The `serve` at the other end went away; the client is still there.
+    HolderGone,
+}
+
+/// A client of this process served by the `serve` that holds the
+/// configuration, through its sharing socket: JSON-RPC lines passed through as
+/// they are. The client's `initialize` is kept, so that when the holder stops
+/// the client's session can go on with a new one (which may be this process):
+/// the request is replayed there and its answer, which the client already has,
+/// dropped.
+pub(crate) struct Bridge {
+    input: tokio::io::BufReader<Reader>,
+    output: Writer,
+    /// The client's `initialize` request, as it sent it.
+    hello: Option<Vec<u8>>,
+    /// A line read from the client that the last holder did not take.
+    pending: Option<Vec<u8>>,
+}
+
+/// Reads one line, newline included, of at most [`MAX_LINE`] bytes; empty at
+/// the end of the stream.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(from: &mut R) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = Vec::new();
+    loop {
+        let chunk = from.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(line);
         }
-    };
-    attached();
-    let (mut input, output) = stdio();
-    let mut output = BufWriter::new(output);
-    let (mut from_holder, mut to_holder) = stream.into_split();
-    let up = async {
-        let copied = tokio::io::copy(&mut input, &mut to_holder).await;
-        let _ = to_holder.shutdown().await;
-        copied
-    };
-    let down = async {
-        // Flushed as each read is written: a reply must not wait for the next.
-        let mut buf = vec![0u8; 64 * 1024];
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (chunk.len(), false),
+        };
+        line.extend_from_slice(&chunk[..take]);
+        from.consume(take);
+        if done {
+            return Ok(line);
+        }
+        if line.len() > MAX_LINE {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a line longer than 64 MiB"));
+        }
+    }
+}
+
+fn is_initialize(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Request<'_>>(line).is_ok_and(|r| r.method.as_deref() == Some("initialize"))
+}
+
+impl Bridge {
+    /// The client on this process's stdin and stdout.
+    pub(crate) fn new() -> Bridge {
+        let (input, output) = stdio();
+        Bridge { input: tokio::io::BufReader::new(input), output, hello: None, pending: None }
+    }
+
+    /// Connects to the sharing socket at `path`, trying for `wait` (a holder
+    /// may be between its lock and its bind).
+    pub(crate) async fn connect(path: &Path, wait: Duration) -> Option<UnixStream> {
+        let until = tokio::time::Instant::now() + wait;
         loop {
-            let n = tokio::io::AsyncReadExt::read(&mut from_holder, &mut buf).await?;
-            if n == 0 {
-                return output.flush().await;
+            match UnixStream::connect(path).await {
+                Ok(stream) => return Some(stream),
+                Err(_) if tokio::time::Instant::now() < until => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => return None,
             }
-            output.write_all(&buf[..n]).await?;
-            output.flush().await?;
         }
-    };
-    tokio::pin!(up, down);
-    tokio::select! {
-        // The holder ended the session first: it stopped.
-        _ = &mut down => Some(Err("the roster serve this client was attached to has stopped".to_owned())),
-        _ = &mut up => {
-            // The client has gone: let the holder close its session.
-            let _ = tokio::time::timeout(DETACH_WAIT, down).await;
-            Some(Ok(()))
+    }
+
+    /// Serves the client through `stream` until one side ends.
+    ///
+    /// # Errors
+    /// Reading the client's stdin or writing its stdout failed.
+    pub(crate) async fn run<S>(&mut self, stream: S) -> std::io::Result<Bridged>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    {
+        let (from_holder, mut to_holder) = tokio::io::split(stream);
+        let mut from_holder = tokio::io::BufReader::new(from_holder);
+        if let Some(hello) = &self.hello {
+            // The client is initialized already: initialize this session alike.
+            if to_holder.write_all(hello).await.is_err()
+                || read_line(&mut from_holder).await.map_or(true, |answer| answer.is_empty())
+            {
+                return Ok(Bridged::HolderGone);
+            }
+            if to_holder.write_all(INITIALIZED).await.is_err() {
+                return Ok(Bridged::HolderGone);
+            }
+        }
+        let Bridge { input, output, hello, pending } = self;
+        let up = async {
+            loop {
+                let line = match pending.take() {
+                    Some(line) => line,
+                    None => read_line(input).await?,
+                };
+                if line.is_empty() {
+                    let _ = to_holder.shutdown().await;
+                    return Ok::<_, std::io::Error>(());
+                }
+                if hello.is_none() && is_initialize(&line) {
+                    *hello = Some(line.clone());
+                }
+                if to_holder.write_all(&line).await.is_err() {
+                    *pending = Some(line);
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let down = async {
+            loop {
+                // A read that fails is the holder's end going away, as is the end.
+                let line = read_line(&mut from_holder).await.unwrap_or_default();
+                if line.is_empty() {
+                    return Ok::<_, std::io::Error>(());
+                }
+                output.write_all(&line).await?;
+                output.flush().await?;
+            }
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            ended = &mut down => {
+                // The client's side may have failed first (its stdout closed).
+                ended?;
+                Ok(Bridged::HolderGone)
+            }
+            ended = &mut up => {
+                ended?;
+                // The client has gone: let the holder close its session.
+                let _ = tokio::time::timeout(DETACH_WAIT, down).await;
+                Ok(Bridged::ClientGone)
+            }
         }
     }
 }
@@ -282,10 +388,14 @@ pub(crate) async fn attach(path: &Path, attached: impl FnOnce()) -> Option<Resul
 /// Starts serving `gateway` as `args` say, and to every `serve` that attaches
 /// through `shared`. Over stdio, serving ends once its own client and every
 /// attached one have gone; `note` says when the first leaves before the others.
+///
+/// `adopted` is a client that was served by another `serve` until it stopped
+/// (this process took over): its session goes on here, through the bridge.
 pub(crate) async fn start(
     gateway: Gateway,
     args: &ServeArgs,
     shared: UnixListener,
+    adopted: Option<Bridge>,
     note: impl Fn(String) + 'static,
 ) -> Result<Endpoint, String> {
     let stop = CancellationToken::new();
@@ -295,11 +405,30 @@ pub(crate) async fn start(
             // The handshake is part of serving: signals are heard while it waits.
             let cancel = stop.child_token();
             let ended = Box::pin(async move {
-                match gateway.serve_with_ct(stdio(), cancel).await {
-                    Ok(running) => {
-                        let _ = running.waiting().await;
+                match adopted {
+                    None => match gateway.serve_with_ct(stdio(), cancel).await {
+                        Ok(running) => {
+                            let _ = running.waiting().await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the MCP client on stdin did not initialize"),
+                    },
+                    Some(mut bridge) => {
+                        let (ours, theirs) = tokio::io::duplex(1 << 20);
+                        let session = async move {
+                            match gateway.serve_with_ct(theirs, cancel).await {
+                                Ok(running) => {
+                                    let _ = running.waiting().await;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "the adopted MCP client's session did not resume"),
+                            }
+                        };
+                        let relay = async move {
+                            if let Err(e) = bridge.run(ours).await {
+                                tracing::warn!(error = %e, "the MCP client's stdin or stdout failed");
+                            }
+                        };
+                        tokio::join!(session, relay);
                     }
-                    Err(e) => tracing::warn!(error = %e, "the MCP client on stdin did not initialize"),
                 }
                 let others = *attached.borrow();
                 if others > 0 {

@@ -23,7 +23,7 @@ use roster_transport::mcp::Relay;
 
 use crate::config::{self, Config, Diagnostic};
 use crate::output::{self, Tone, escape, paint};
-use crate::serve::ServeArgs;
+use crate::serve::{Bridge, Bridged, ServeArgs};
 use crate::{Cli, control, exit, paths};
 
 /// How long an editor's burst of writes is given to settle before a reload.
@@ -390,43 +390,54 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
         return exit::USAGE;
     }
     let socket = paths::socket_path(&cli.config);
-    let lock = match paths::Lock::acquire(&cli.config, &socket) {
-        Ok(lock) => lock,
+    let (lock, adopted) = match paths::Lock::acquire(&cli.config, &socket) {
+        Ok(lock) => (lock, None),
         Err(paths::LockError::Held(held)) => {
             let pid = held.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
             // A second MCP client (another editor window) on the same file: the
             // `serve` already running serves it too.
-            if serve.is_some_and(ServeArgs::over_stdio)
-                && let Some(attached) = crate::serve::attach(&crate::serve::sharing_path(&socket), || {
-                    let text = format!(
+            let sharing = crate::serve::sharing_path(&socket);
+            let stream = match serve.is_some_and(ServeArgs::over_stdio) {
+                true => Bridge::connect(&sharing, ATTACH_WAIT).await,
+                false => None,
+            };
+            // A `serve` whose socket is there but does not answer is stopping:
+            // wait for its lock as when taking over.
+            if serve.is_some_and(ServeArgs::over_stdio) && (stream.is_some() || sharing.exists()) {
+                let note =
+                    |text: String| output::err(if cli.json { json!({ "note": text }).to_string() } else { text });
+                note(match stream {
+                    Some(_) => format!(
                         "roster serve already runs for {}{pid}: this client is served by it",
                         cli.config.display()
-                    );
-                    output::err(if cli.json { json!({ "note": text }).to_string() } else { text });
-                })
-                .await
-            {
-                return match attached {
-                    Ok(()) => exit::OK,
-                    Err(why) => {
-                        output::err(format!("roster: {why}{pid}; start this client again"));
-                        exit::TRANSIENT
-                    }
+                    ),
+                    None => format!("the roster serve of {}{pid} is stopping; taking over", cli.config.display()),
+                });
+                match attached(cli, &socket, config.supervisor.shutdown_timeout, stream, note, &mut stops).await {
+                    Ok(lock_and_client) => lock_and_client,
+                    Err(code) => return code,
+                }
+            } else {
+                let what = if serve.is_some() {
+                    "; only `roster serve` over stdio shares a running `roster serve`"
+                } else {
+                    ""
                 };
+                output::err(format!(
+                    "roster: roster is already running for {}{pid}; use `roster status`, or stop that one first{what}",
+                    cli.config.display()
+                ));
+                return exit::USAGE;
             }
-            let what =
-                if serve.is_some() { "; only `roster serve` over stdio shares a running `roster serve`" } else { "" };
-            output::err(format!(
-                "roster: roster is already running for {}{pid}; use `roster status`, or stop that one first{what}",
-                cli.config.display()
-            ));
-            return exit::USAGE;
         }
         Err(paths::LockError::Unusable(why)) => {
             output::err(format!("roster: {why}"));
             return exit::USAGE;
         }
     };
+    // A sharing socket left by a `serve` that was killed would make a second
+    // `serve` wait for this one to stop.
+    let _ = std::fs::remove_file(crate::serve::sharing_path(&socket));
     // Bound at once, so a second `serve` that finds the lock held can attach.
     let shared = match serve.map(|_| crate::serve::share(&crate::serve::sharing_path(&socket))).transpose() {
         Ok(shared) => shared,
@@ -523,26 +534,28 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     let control = tokio::spawn(control::serve(listener, sup.clone(), recent, control_requests, cli.config.clone()));
     let (shared, _unlink) = shared.unzip();
     let mut endpoint = match (serve, gateway.clone(), shared) {
-        (Some(args), Some(gateway), Some(shared)) => match crate::serve::start(gateway, args, shared, move |text| {
-            printer.note(&text);
-        })
-        .await
-        {
-            Ok(endpoint) => {
-                printer.note(&format!("serving MCP on {}", endpoint.address));
-                if let Some(warning) = &endpoint.warning {
-                    printer.note(warning);
+        (Some(args), Some(gateway), Some(shared)) => {
+            match crate::serve::start(gateway, args, shared, adopted, move |text| {
+                printer.note(&text);
+            })
+            .await
+            {
+                Ok(endpoint) => {
+                    printer.note(&format!("serving MCP on {}", endpoint.address));
+                    if let Some(warning) = &endpoint.warning {
+                        printer.note(warning);
+                    }
+                    Some(endpoint)
                 }
-                Some(endpoint)
+                Err(e) => {
+                    output::err(format!("roster: {e}"));
+                    sup.shutdown().await;
+                    control.abort();
+                    let _ = std::fs::remove_file(&socket);
+                    return exit::USAGE;
+                }
             }
-            Err(e) => {
-                output::err(format!("roster: {e}"));
-                sup.shutdown().await;
-                control.abort();
-                let _ = std::fs::remove_file(&socket);
-                return exit::USAGE;
-            }
-        },
+        }
         _ => None,
     };
     let client_gone = async |endpoint: &mut Option<crate::serve::Endpoint>| match endpoint {
@@ -639,6 +652,82 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     } else {
         printer.note(&format!("not stopped within the shutdown timeout, so killed: {}", report.timed_out.join(", ")));
         exit::UNCLEAN
+    }
+}
+
+/// How long a `serve` that found the configuration locked tries to reach the
+/// sharing socket (the holder may be between its lock and its bind).
+const ATTACH_WAIT: Duration = Duration::from_millis(500);
+
+/// Serves this process's client through the `serve` that holds the
+/// configuration. When that one stops and the client is still there, the first
+/// of the attached to take the lock runs the configuration, and the others
+/// attach to it: the lock and the client, for this process to go on as the
+/// holder; or the exit code. A signal (or stdout closing) ends it at once:
+/// this process has nothing of its own to stop.
+async fn attached(
+    cli: &Cli,
+    socket: &Path,
+    shutdown_timeout: Duration,
+    stream: Option<tokio::net::UnixStream>,
+    note: impl Fn(String),
+    stops: &mut mpsc::UnboundedReceiver<Stop>,
+) -> Result<(paths::Lock, Option<Bridge>), u8> {
+    tokio::select! {
+        taken = take_over(cli, socket, shutdown_timeout, stream, note) => taken,
+        Some(stop) = stops.recv() => {
+            tracing::debug!(stop = stop.describe(), "an attached serve stops");
+            Err(exit::OK)
+        }
+    }
+}
+
+async fn take_over(
+    cli: &Cli,
+    socket: &Path,
+    shutdown_timeout: Duration,
+    mut stream: Option<tokio::net::UnixStream>,
+    note: impl Fn(String),
+) -> Result<(paths::Lock, Option<Bridge>), u8> {
+    let sharing = crate::serve::sharing_path(socket);
+    let mut bridge = Bridge::new();
+    loop {
+        if let Some(stream) = stream.take() {
+            match bridge.run(stream).await {
+                Ok(Bridged::ClientGone) => return Err(exit::OK),
+                Ok(Bridged::HolderGone) => {
+                    note("the roster serve this client was served by has stopped; taking over".to_owned());
+                }
+                Err(e) => {
+                    output::err(format!("roster: the MCP client's stdin or stdout failed: {e}"));
+                    return Err(exit::TRANSIENT);
+                }
+            }
+        }
+        // The old holder lets go of the lock once its servers have stopped.
+        let until = tokio::time::Instant::now() + shutdown_timeout + Duration::from_secs(10);
+        loop {
+            match paths::Lock::acquire(&cli.config, socket) {
+                Ok(lock) => return Ok((lock, Some(bridge))),
+                Err(paths::LockError::Held(_)) => {
+                    if let Some(next) = Bridge::connect(&sharing, Duration::ZERO).await {
+                        stream = Some(next);
+                        break;
+                    }
+                }
+                Err(paths::LockError::Unusable(why)) => {
+                    output::err(format!("roster: {why}"));
+                    return Err(exit::USAGE);
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                output::err(
+                    "roster: the roster serve this client was served by stopped and did not let go of the configuration; start this client again",
+                );
+                return Err(exit::TRANSIENT);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -492,17 +492,61 @@ async fn a_second_serve_on_the_same_file_is_served_by_the_first_until_the_last_c
     assert_gone(&tag);
 }
 
-/// The `serve` a second client is attached to stops (a signal): the attached one
-/// exits at once, saying so, with the code for "try again".
+/// The `serve` a second client is attached to is stopped (the signal MCP
+/// clients send after closing stdin): the attached one takes over, starts the
+/// servers itself, and its client's session goes on without a new handshake.
+#[tokio::test]
+async fn an_attached_serve_takes_over_when_the_one_it_is_attached_to_stops() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let mut holder = roster_tests::bench::Reaped(
+        std::process::Command::new(super::ROSTER)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    while tag.processes().is_empty() {
+        assert!(Instant::now() < until, "the first serve never started its server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_server = tag.processes();
+    let mut attached = serve_stdio(&config).await;
+    assert_eq!(text(&attached.call("fx__echo", json!({"text": "before"})).await), "before");
+    attached.drain();
+    roster_tests::terminate(holder.id());
+    let until = Instant::now() + Duration::from_secs(15);
+    while holder.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "the first serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The tools went away with the first serve's server and come back with the
+    // attached one's, and the client is told.
+    attached.wait_for(Duration::from_secs(15), |s| *s == Seen::ToolsChanged).await;
+    assert_eq!(text(&attached.call("fx__echo", json!({"text": "after"})).await), "after");
+    let second_server = tag.processes();
+    assert!(!second_server.is_empty() && second_server != first_server, "{first_server:?} {second_server:?}");
+    attached.client.cancel().await.unwrap();
+    assert_gone_of(attached.pid, &tag);
+}
+
+/// An attached `serve` has nothing of its own to stop: a signal ends it at once,
+/// and the `serve` it was attached to goes on.
 #[test]
-fn an_attached_serve_exits_when_the_one_it_is_attached_to_stops() {
+fn a_signal_ends_an_attached_serve_at_once_and_leaves_the_first_alone() {
     use std::io::BufRead as _;
     use std::process::{Command, Stdio};
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &stdio_toml(&tag, "fx", &[]));
     let spawn = || {
-        roster_tests::bench::Reaped(
+        let mut child = roster_tests::bench::Reaped(
             Command::new(super::ROSTER)
                 .arg("--config")
                 .arg(&config)
@@ -512,29 +556,75 @@ fn an_attached_serve_exits_when_the_one_it_is_attached_to_stops() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap(),
-        )
-    };
-    let first_line = |child: &mut roster_tests::bench::Reaped| {
+        );
         let mut line = String::new();
         std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-        line
+        (child, line)
     };
-    let mut holder = spawn();
-    assert!(first_line(&mut holder).contains("1 server from"));
-    let mut attached = spawn();
-    let said = first_line(&mut attached);
-    assert!(said.contains("roster serve already runs for") && said.contains(&format!("pid {}", holder.id())), "{said}");
-    roster_tests::terminate(holder.id());
-    let until = Instant::now() + Duration::from_secs(15);
-    let code = loop {
-        if let Some(status) = attached.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < until, "the attached serve did not exit");
+    let (mut holder, said) = spawn();
+    assert!(said.contains("1 server from"), "{said}");
+    let (mut attached, said) = spawn();
+    assert!(said.contains("this client is served by it"), "{said}");
+    roster_tests::terminate(attached.id());
+    let until = Instant::now() + Duration::from_secs(5);
+    while attached.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "the attached serve did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(4));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(holder.try_wait().unwrap().is_none(), "the first serve stopped with it");
+    drop(holder.stdin.take());
+    let until = Instant::now() + Duration::from_secs(15);
+    while holder.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "the first serve did not exit when its stdin closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_gone(&tag);
+}
+
+/// A `serve` that finds the file locked and the sharing socket there but not
+/// answering (a `serve` on its way out) waits for the lock and takes over; its
+/// client's handshake is answered once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_that_finds_one_stopping_waits_for_its_lock_and_takes_over() {
+    use std::io::BufRead as _;
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let mut holder = roster_tests::bench::Reaped(
+        std::process::Command::new(super::ROSTER)
+            .arg("--json")
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Kept open: `up` stops when its stdout closes.
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let note: Value = serde_json::from_str(&first).unwrap();
+    let socket = note["note"].as_str().and_then(|n| n.rsplit("control socket ").next()).unwrap().to_owned();
+    // What a stopping `serve` leaves for a moment: its socket, answering no more.
+    let sharing = Path::new(&socket).with_extension("mcp");
+    drop(std::os::unix::net::UnixListener::bind(&sharing).unwrap());
+    let serving = {
+        let config = config.clone();
+        tokio::spawn(async move { serve_stdio(&config).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!serving.is_finished(), "served while another roster held the file");
+    roster_tests::terminate(holder.id());
+    let served = tokio::time::timeout(Duration::from_secs(20), serving).await.expect("taken over").unwrap();
+    let names = served.tools_until(Duration::from_secs(15), |n| n.iter().any(|t| t == "fx__echo")).await;
+    assert!(names.iter().any(|t| t == "fx__echo"), "{names:?}");
+    assert_eq!(text(&served.call("fx__echo", json!({"text": "mine"})).await), "mine");
+    assert!(holder.try_wait().unwrap().is_some(), "the first roster is still running");
+    served.client.cancel().await.unwrap();
+    assert_gone_of(served.pid, &tag);
 }
 
 /// The first lists wait until the first attempts have ended: a client that
