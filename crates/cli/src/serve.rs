@@ -260,6 +260,8 @@ pub(crate) struct Bridge {
     hello: Option<Vec<u8>>,
     /// A line read from the client that the last holder did not take.
     pending: Option<Vec<u8>>,
+    /// The ids (as JSON) of the client's requests the holder has not answered.
+    outstanding: std::collections::HashSet<String>,
 }
 
 /// Reads one line, newline included, of at most [`MAX_LINE`] bytes; empty at
@@ -287,20 +289,43 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(from: &mut R) -> std::io:
     }
 }
 
-fn is_initialize(line: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Request<'a> {
-        #[serde(borrow)]
-        method: Option<std::borrow::Cow<'a, str>>,
-    }
-    serde_json::from_slice::<Request<'_>>(line).is_ok_and(|r| r.method.as_deref() == Some("initialize"))
+/// What a bridge reads of a JSON-RPC line: whether it is a request (an id and a
+/// method) or a response (an id alone), and the method.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    id: Option<serde_json::Value>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn head(line: &[u8]) -> Option<Head<'_>> {
+    serde_json::from_slice(line).ok()
+}
+
+/// The answer to a request of the client's that the holder took and never
+/// answered: it stopped.
+fn unanswered(id: &str) -> Vec<u8> {
+    let message = "roster: the roster serve this request went to stopped before answering; send it again";
+    let mut line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{{\"code\":-32603,\"message\":{}}}}}",
+        serde_json::Value::from(message)
+    )
+    .into_bytes();
+    line.push(b'\n');
+    line
 }
 
 impl Bridge {
     /// The client on this process's stdin and stdout.
     pub(crate) fn new() -> Bridge {
         let (input, output) = stdio();
-        Bridge { input: tokio::io::BufReader::new(input), output, hello: None, pending: None }
+        Bridge {
+            input: tokio::io::BufReader::new(input),
+            output,
+            hello: None,
+            pending: None,
+            outstanding: Default::default(),
+        }
     }
 
     /// Connects to the sharing socket at `path`, trying for `wait` (a holder
@@ -337,7 +362,8 @@ impl Bridge {
                 return Ok(Bridged::HolderGone);
             }
         }
-        let Bridge { input, output, hello, pending } = self;
+        let Bridge { input, output, hello, pending, outstanding } = self;
+        let outstanding = std::cell::RefCell::new(outstanding);
         let up = async {
             loop {
                 let line = match pending.take() {
@@ -348,8 +374,11 @@ impl Bridge {
                     let _ = to_holder.shutdown().await;
                     return Ok::<_, std::io::Error>(());
                 }
-                if hello.is_none() && is_initialize(&line) {
-                    *hello = Some(line.clone());
+                if let Some(Head { id: Some(id), method: Some(method) }) = head(&line) {
+                    if hello.is_none() && method == "initialize" {
+                        *hello = Some(line.clone());
+                    }
+                    outstanding.borrow_mut().insert(id.to_string());
                 }
                 if to_holder.write_all(&line).await.is_err() {
                     *pending = Some(line);
@@ -364,24 +393,41 @@ impl Bridge {
                 if line.is_empty() {
                     return Ok::<_, std::io::Error>(());
                 }
+                if !outstanding.borrow().is_empty()
+                    && let Some(Head { id: Some(id), method: None }) = head(&line)
+                {
+                    outstanding.borrow_mut().remove(&id.to_string());
+                }
                 output.write_all(&line).await?;
                 output.flush().await?;
             }
         };
-        tokio::pin!(up, down);
-        tokio::select! {
-            ended = &mut down => {
-                // The client's side may have failed first (its stdout closed).
-                ended?;
-                Ok(Bridged::HolderGone)
+        let ended = {
+            tokio::pin!(up, down);
+            tokio::select! {
+                ended = &mut down => {
+                    // The client's side may have failed first (its stdout closed).
+                    ended?;
+                    Bridged::HolderGone
+                }
+                ended = &mut up => {
+                    ended?;
+                    // The client has gone: let the holder close its session.
+                    let _ = tokio::time::timeout(DETACH_WAIT, down).await;
+                    Bridged::ClientGone
+                }
             }
-            ended = &mut up => {
-                ended?;
-                // The client has gone: let the holder close its session.
-                let _ = tokio::time::timeout(DETACH_WAIT, down).await;
-                Ok(Bridged::ClientGone)
+        };
+        if ended == Bridged::HolderGone {
+            // What the holder took and did not answer, it never will.
+            let mut ids: Vec<String> = outstanding.into_inner().drain().collect();
+            ids.sort();
+            for id in ids {
+                output.write_all(&unanswered(&id)).await?;
             }
+            output.flush().await?;
         }
+        Ok(ended)
     }
 }
 

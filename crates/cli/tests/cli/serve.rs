@@ -492,11 +492,23 @@ async fn a_second_serve_on_the_same_file_is_served_by_the_first_until_the_last_c
     assert_gone(&tag);
 }
 
-/// The `serve` a second client is attached to is stopped (the signal MCP
-/// clients send after closing stdin): the attached one takes over, starts the
-/// servers itself, and its client's session goes on without a new handshake.
+/// The `serve` a second client is attached to is stopped by the SIGTERM that
+/// MCP clients send after closing stdin: the attached one takes over, starts the
+/// servers itself, and its client's session goes on without a new handshake; a
+/// call in flight gets rmcp's "cancelled" from the first.
 #[tokio::test]
 async fn an_attached_serve_takes_over_when_the_one_it_is_attached_to_stops() {
+    take_over(false, "cancelled").await;
+}
+
+/// The same when the first dies (SIGKILL): the call in flight is answered by
+/// the attached one's bridge.
+#[tokio::test]
+async fn an_attached_serve_takes_over_when_the_one_it_is_attached_to_dies() {
+    take_over(true, "stopped before answering").await;
+}
+
+async fn take_over(kill: bool, answer: &str) {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
@@ -520,11 +532,29 @@ async fn an_attached_serve_takes_over_when_the_one_it_is_attached_to_stops() {
     let mut attached = serve_stdio(&config).await;
     assert_eq!(text(&attached.call("fx__echo", json!({"text": "before"})).await), "before");
     attached.drain();
-    roster_tests::terminate(holder.id());
-    let until = Instant::now() + Duration::from_secs(15);
-    while holder.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "the first serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
+    // A call in flight when the first serve goes away is answered, with an error.
+    let params =
+        CallToolRequestParams::new("fx__sleep").with_arguments(json!({"ms": 20_000}).as_object().cloned().unwrap());
+    let in_flight = tokio::time::timeout(Duration::from_secs(10), attached.client.call_tool(params));
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if kill {
+            roster_tests::kill(holder.id());
+        } else {
+            roster_tests::terminate(holder.id());
+        }
+        let until = Instant::now() + Duration::from_secs(15);
+        while holder.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < until, "the first serve did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let started = Instant::now();
+    let (lost, ()) = tokio::join!(in_flight, stopper);
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+    match lost {
+        Ok(Err(rmcp::ServiceError::McpError(e))) => assert!(e.message.contains(answer), "{e:?}"),
+        other => panic!("{other:?}"),
     }
     // The tools went away with the first serve's server and come back with the
     // attached one's, and the client is told.
