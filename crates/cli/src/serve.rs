@@ -374,13 +374,22 @@ impl Bridge {
                     let _ = to_holder.shutdown().await;
                     return Ok::<_, std::io::Error>(());
                 }
-                if let Some(Head { id: Some(id), method: Some(method) }) = head(&line) {
-                    if hello.is_none() && method == "initialize" {
-                        *hello = Some(line.clone());
+                let request = match head(&line) {
+                    Some(Head { id: Some(id), method: Some(method) }) => {
+                        if hello.is_none() && method == "initialize" {
+                            *hello = Some(line.clone());
+                        }
+                        let id = id.to_string();
+                        outstanding.borrow_mut().insert(id.clone());
+                        Some(id)
                     }
-                    outstanding.borrow_mut().insert(id.to_string());
-                }
+                    _ => None,
+                };
                 if to_holder.write_all(&line).await.is_err() {
+                    // Not taken: it goes to the next holder, and is answered there.
+                    if let Some(id) = request {
+                        outstanding.borrow_mut().remove(&id);
+                    }
                     *pending = Some(line);
                     return std::future::pending().await;
                 }

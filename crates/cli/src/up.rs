@@ -397,13 +397,11 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
             // A second MCP client (another editor window) on the same file: the
             // `serve` already running serves it too.
             let sharing = crate::serve::sharing_path(&socket);
-            let stream = match serve.is_some_and(ServeArgs::over_stdio) {
-                true => Bridge::connect(&sharing, ATTACH_WAIT).await,
-                false => None,
-            };
+            let over_stdio = serve.is_some_and(ServeArgs::over_stdio);
+            let stream = if over_stdio { Bridge::connect(&sharing, ATTACH_WAIT).await } else { None };
             // A `serve` whose socket is there but does not answer is stopping:
             // wait for its lock as when taking over.
-            if serve.is_some_and(ServeArgs::over_stdio) && (stream.is_some() || sharing.exists()) {
+            if over_stdio && (stream.is_some() || sharing.exists()) {
                 let note =
                     |text: String| output::err(if cli.json { json!({ "note": text }).to_string() } else { text });
                 note(match stream {
@@ -414,7 +412,7 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
                     None => format!("the roster serve of {}{pid} is stopping; taking over", cli.config.display()),
                 });
                 match attached(cli, &socket, config.supervisor.shutdown_timeout, stream, note, &mut stops).await {
-                    Ok(lock_and_client) => lock_and_client,
+                    Ok((lock, client)) => (lock, Some(client)),
                     Err(code) => return code,
                 }
             } else {
@@ -672,7 +670,7 @@ async fn attached(
     stream: Option<tokio::net::UnixStream>,
     note: impl Fn(String),
     stops: &mut mpsc::UnboundedReceiver<Stop>,
-) -> Result<(paths::Lock, Option<Bridge>), u8> {
+) -> Result<(paths::Lock, Bridge), u8> {
     tokio::select! {
         taken = take_over(cli, socket, shutdown_timeout, stream, note) => taken,
         Some(stop) = stops.recv() => {
@@ -688,7 +686,7 @@ async fn take_over(
     shutdown_timeout: Duration,
     mut stream: Option<tokio::net::UnixStream>,
     note: impl Fn(String),
-) -> Result<(paths::Lock, Option<Bridge>), u8> {
+) -> Result<(paths::Lock, Bridge), u8> {
     let sharing = crate::serve::sharing_path(socket);
     let mut bridge = Bridge::new();
     loop {
@@ -708,7 +706,7 @@ async fn take_over(
         let until = tokio::time::Instant::now() + shutdown_timeout + Duration::from_secs(10);
         loop {
             match paths::Lock::acquire(&cli.config, socket) {
-                Ok(lock) => return Ok((lock, Some(bridge))),
+                Ok(lock) => return Ok((lock, bridge)),
                 Err(paths::LockError::Held(_)) => {
                     if let Some(next) = Bridge::connect(&sharing, Duration::ZERO).await {
                         stream = Some(next);
