@@ -596,19 +596,17 @@ fn a_signal_ends_an_attached_serve_at_once_and_leaves_the_first_alone() {
     let (mut attached, said) = spawn();
     assert!(said.contains("this client is served by it"), "{said}");
     roster_tests::terminate(attached.id());
-    let until = Instant::now() + Duration::from_secs(5);
-    while attached.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "the attached serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        super::exit_within(&mut attached, Duration::from_secs(5)).is_some(),
+        "the attached serve did not stop on SIGTERM"
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert!(holder.try_wait().unwrap().is_none(), "the first serve stopped with it");
     drop(holder.stdin.take());
-    let until = Instant::now() + Duration::from_secs(15);
-    while holder.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "the first serve did not exit when its stdin closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        super::exit_within(&mut holder, Duration::from_secs(15)).is_some(),
+        "the first serve did not exit when its stdin closed"
+    );
     assert_gone(&tag);
 }
 
@@ -766,11 +764,10 @@ fn over_stdio_configuration_errors_go_to_stderr_even_with_json() {
     assert!(wait_for(&|v| v["ok"] == false && v["errors"].is_array()), "no reload errors on stderr");
     // The client goes away: roster stops, and it wrote nothing to stdout.
     drop(child.stdin.take());
-    let until = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "roster serve did not exit when its stdin closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        super::exit_within(&mut child, Duration::from_secs(15)).is_some(),
+        "roster serve did not exit when its stdin closed"
+    );
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     assert_eq!(stdout, "", "only MCP goes to stdout");
