@@ -172,8 +172,7 @@ pub(crate) fn sharing_path(control_socket: &Path) -> PathBuf {
 /// too; connections wait in the backlog until [`start`] serves them.
 pub(crate) fn share(path: &Path) -> Result<(UnixListener, Unlink), String> {
     use std::os::unix::fs::PermissionsExt;
-    // The lock is held: a socket left here is a dead roster's.
-    let _ = std::fs::remove_file(path);
+    // A socket a dead roster left here is gone: `up` removes it on taking the lock.
     let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     let file = Unlink(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

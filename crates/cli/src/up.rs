@@ -435,9 +435,10 @@ pub(crate) async fn up(cli: &Cli, options: UpOptions, serve: Option<&ServeArgs>)
     };
     // A sharing socket left by a `serve` that was killed would make a second
     // `serve` wait for this one to stop.
-    let _ = std::fs::remove_file(crate::serve::sharing_path(&socket));
+    let sharing = crate::serve::sharing_path(&socket);
+    let _ = std::fs::remove_file(&sharing);
     // Bound at once, so a second `serve` that finds the lock held can attach.
-    let shared = match serve.map(|_| crate::serve::share(&crate::serve::sharing_path(&socket))).transpose() {
+    let shared = match serve.map(|_| crate::serve::share(&sharing)).transpose() {
         Ok(shared) => shared,
         Err(why) => {
             output::err(format!("roster: {why}"));
