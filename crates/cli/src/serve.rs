@@ -237,6 +237,10 @@ const MAX_LINE: usize = 64 << 20;
 /// nothing; and what the new holder is sent after it.
 const INITIALIZED: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n";
 
+/// The id a bridge gives the client's `logging/setLevel` when it replays it to
+/// a new holder; the answer to it is dropped.
+const REPLAYED: &str = "roster-replayed-set-level";
+
 /// How a bridged session ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Bridged {
@@ -251,12 +255,14 @@ pub(crate) enum Bridged {
 /// they are. The client's `initialize` is kept, so that when the holder stops
 /// the client's session can go on with a new one (which may be this process):
 /// the request is replayed there and its answer, which the client already has,
-/// dropped.
+/// dropped. So is the client's last `logging/setLevel`.
 pub(crate) struct Bridge {
     input: tokio::io::BufReader<Reader>,
     output: Writer,
     /// The client's `initialize` request, as it sent it.
     hello: Option<Vec<u8>>,
+    /// The client's last `logging/setLevel` request, with the id [`REPLAYED`].
+    level: Option<Vec<u8>>,
     /// A line read from the client that the last holder did not take.
     pending: Option<Vec<u8>>,
     /// The ids (as JSON) of the client's requests the holder has not answered.
@@ -301,6 +307,16 @@ fn head(line: &[u8]) -> Option<Head<'_>> {
     serde_json::from_slice(line).ok()
 }
 
+/// `line`, a JSON-RPC request, with its id replaced by `id`; None if it is not
+/// a JSON object.
+fn with_id(line: &[u8], id: &str) -> Option<Vec<u8>> {
+    let mut request: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+    request.insert("id".into(), id.into());
+    let mut line = serde_json::to_vec(&request).ok()?;
+    line.push(b'\n');
+    Some(line)
+}
+
 /// The answer to a request of the client's that the holder took and never
 /// answered: it stopped.
 fn unanswered(id: &str) -> Vec<u8> {
@@ -322,6 +338,7 @@ impl Bridge {
             input: tokio::io::BufReader::new(input),
             output,
             hello: None,
+            level: None,
             pending: None,
             outstanding: Default::default(),
         }
@@ -361,7 +378,14 @@ impl Bridge {
                 return Ok(Bridged::HolderGone);
             }
         }
-        let Bridge { input, output, hello, pending, outstanding } = self;
+        let mut replayed = false;
+        if let Some(level) = &self.level {
+            if to_holder.write_all(level).await.is_err() {
+                return Ok(Bridged::HolderGone);
+            }
+            replayed = true;
+        }
+        let Bridge { input, output, hello, level, pending, outstanding } = self;
         let outstanding = std::cell::RefCell::new(outstanding);
         let up = async {
             loop {
@@ -377,6 +401,8 @@ impl Bridge {
                     Some(Head { id: Some(id), method: Some(method) }) => {
                         if hello.is_none() && method == "initialize" {
                             *hello = Some(line.clone());
+                        } else if method == "logging/setLevel" {
+                            *level = with_id(&line, REPLAYED).or(level.take());
                         }
                         let id = id.to_string();
                         outstanding.borrow_mut().insert(id.clone());
@@ -401,9 +427,14 @@ impl Bridge {
                 if line.is_empty() {
                     return Ok::<_, std::io::Error>(());
                 }
-                if !outstanding.borrow().is_empty()
+                if (replayed || !outstanding.borrow().is_empty())
                     && let Some(Head { id: Some(id), method: None }) = head(&line)
                 {
+                    if replayed && id.as_str() == Some(REPLAYED) {
+                        // The answer to the replayed setLevel: the client had its own.
+                        replayed = false;
+                        continue;
+                    }
                     outstanding.borrow_mut().remove(&id.to_string());
                 }
                 output.write_all(&line).await?;

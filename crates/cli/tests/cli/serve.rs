@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
-    CreateMessageRequestParams, CreateMessageResult, ErrorData, GetPromptRequestParams, Implementation,
+    CreateMessageRequestParams, CreateMessageResult, ErrorData, GetPromptRequestParams, Implementation, LoggingLevel,
     LoggingMessageNotificationParam, ProgressNotificationParam, ReadResourceRequestParams, SamplingMessage,
-    ServerResult,
+    ServerResult, SetLevelRequestParams,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
 use rmcp::transport::TokioChildProcess;
@@ -511,7 +511,9 @@ async fn an_attached_serve_takes_over_when_the_one_it_is_attached_to_dies() {
 async fn take_over(kill: bool, answer: &str) {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let record = dir.path().join("record.txt");
+    let record_arg = record.display().to_string();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &["--record", &record_arg])));
     let mut holder = roster_tests::bench::Reaped(
         std::process::Command::new(super::ROSTER)
             .arg("--config")
@@ -531,6 +533,7 @@ async fn take_over(kill: bool, answer: &str) {
     let first_server = tag.processes();
     let mut attached = serve_stdio(&config).await;
     assert_eq!(text(&attached.call("fx__echo", json!({"text": "before"})).await), "before");
+    attached.client.set_level(SetLevelRequestParams::new(LoggingLevel::Warning)).await.unwrap();
     attached.drain();
     // A call in flight when the first serve goes away is answered, with an error.
     let params =
@@ -562,6 +565,15 @@ async fn take_over(kill: bool, answer: &str) {
     assert_eq!(text(&attached.call("fx__echo", json!({"text": "after"})).await), "after");
     let second_server = tag.processes();
     assert!(!second_server.is_empty() && second_server != first_server, "{first_server:?} {second_server:?}");
+    // The client's log level went to the first server, and to the second with the replay.
+    let levels = |record: &Path| {
+        std::fs::read_to_string(record).unwrap_or_default().lines().filter(|l| *l == "level warning").count()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while levels(&record) < 2 {
+        assert!(Instant::now() < until, "{:?}", std::fs::read_to_string(&record));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     attached.client.cancel().await.unwrap();
     assert_gone_of(attached.pid, &tag);
 }
@@ -618,7 +630,9 @@ async fn a_serve_that_finds_one_stopping_waits_for_its_lock_and_takes_over() {
     use std::io::BufRead as _;
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &[])));
+    let record = dir.path().join("record.txt");
+    let record_arg = record.display().to_string();
+    let config = write_config(dir.path(), &format!("{FAST}{}", stdio_toml(&tag, "fx", &["--record", &record_arg])));
     let mut holder = roster_tests::bench::Reaped(
         std::process::Command::new(super::ROSTER)
             .arg("--json")

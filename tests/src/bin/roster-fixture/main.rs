@@ -52,12 +52,13 @@
 //! notifications, then "done"), `sample {text}` (asks the client to sample, and
 //! returns the answer's text), `wait {ms}` (sleeps; a cancellation is written to
 //! the `--record` file as `cancelled`), `grow {}` (adds the tool `extra` and sends
-//! tools/list_changed), `log {text}` (a log message notification).
+//! tools/list_changed), `log {text}` (a log message notification). A
+//! `logging/setLevel` is written to the `--record` file as `level LEVEL`.
 //! Prompts: `greet {name}`. Resources: `fixture://info`, `notes.txt` (no scheme);
 //! template `fixture://item/{id}`.
 //!
 //! More switches:
-//!   --record PATH           append what the fixture was asked to record (cancellations)
+//!   --record PATH           append what the fixture was asked to record (cancellations, log levels)
 
 #![allow(missing_docs)]
 // Sampling and logging are deprecated by SEP-2577; the fixture speaks 2025-11-25.
@@ -355,7 +356,9 @@ impl ServerHandler for Fixture {
         ServerConfig::new(capabilities).with_instructions("roster's test fixture")
     }
 
-    async fn set_level(&self, _: SetLevelRequestParams, _: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn set_level(&self, request: SetLevelRequestParams, _: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let level = serde_json::to_value(request.level).ok().and_then(|v| v.as_str().map(str::to_owned));
+        self.record(&format!("level {}", level.as_deref().unwrap_or("?")));
         Ok(())
     }
 
