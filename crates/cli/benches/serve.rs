@@ -1,7 +1,8 @@
 //! `roster serve` against the servers behind it, in one run:
 //!
-//! 1. a `tools/call` of a trivial tool through `roster serve` and straight to the
-//!    fixture, over stdio and over Streamable HTTP: p50 and p99 per call;
+//! 1. a `tools/call` of a trivial tool through `roster serve`, straight to the
+//!    fixture, and through a byte relay that parses nothing (the fixture's
+//!    `pipe` and `tcp-pipe`), over stdio and over Streamable HTTP: p50 and p99;
 //! 2. `tools/list` of 100 servers with 20 tools each (in-process servers behind
 //!    the gateway library): time and bytes;
 //! 3. 1,000 concurrent calls spread over 10 upstream servers, through `roster
@@ -50,6 +51,22 @@ fn us(d: Duration) -> String {
 fn fixture_http(fixture: &Path) -> (Reaped, String) {
     let (child, base) = roster_tests::bench::fixture_http(fixture, &[]);
     (child, format!("{base}/mcp"))
+}
+
+/// A byte relay in front of the fixture at `url`, and its base URL.
+fn tcp_pipe(fixture: &Path, url: &str) -> (Reaped, String) {
+    use std::io::BufRead as _;
+    let target = url.trim_start_matches("http://").trim_end_matches("/mcp");
+    let mut child = Command::new(fixture)
+        .args(["tcp-pipe", target])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the relay starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("a line");
+    let base = line.trim().strip_prefix("listening on ").expect("the listening line").to_owned();
+    (Reaped(child), base)
 }
 
 fn free_port() -> u16 {
@@ -114,17 +131,26 @@ async fn wait_for_tool(client: &RunningService<RoleClient, ()>, tool: &str) {
     }
 }
 
-fn report(what: &str, direct: &[Duration], through: &[Duration]) {
-    let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
-    let (r50, r99) = (percentile(through, 0.5), percentile(through, 0.99));
+/// Prints the three sets of latencies of one transport: straight to the
+/// fixture, through a byte relay that parses nothing (one more process and
+/// nothing else: the floor of any relay), and through `roster serve`.
+fn report(what: &str, direct: &[Duration], relay: &[Duration], through: &[Duration]) {
+    let p50 = |l: &[Duration]| percentile(l, 0.5);
+    let ratio = |l: &[Duration]| p50(l).as_secs_f64() / p50(direct).as_secs_f64();
     println!(
-        "{what}: direct p50 {} p99 {} | through roster serve p50 {} p99 {} | p50 ratio {:.2}, added p50 {}",
-        us(d50),
-        us(d99),
-        us(r50),
-        us(r99),
-        r50.as_secs_f64() / d50.as_secs_f64(),
-        us(r50.saturating_sub(d50))
+        "{what}: direct p50 {} p99 {} | through a byte relay p50 {} p99 {} (ratio {:.2}, added {}) | \
+         through roster serve p50 {} p99 {} | p50 ratio {:.2}, added p50 {}; roster serve against the byte relay {:.2}x",
+        us(p50(direct)),
+        us(percentile(direct, 0.99)),
+        us(p50(relay)),
+        us(percentile(relay, 0.99)),
+        ratio(relay),
+        us(p50(relay).saturating_sub(p50(direct))),
+        us(p50(through)),
+        us(percentile(through, 0.99)),
+        ratio(through),
+        us(p50(through).saturating_sub(p50(direct))),
+        p50(through).as_secs_f64() / p50(relay).as_secs_f64(),
     );
 }
 
@@ -136,6 +162,15 @@ async fn latency(fixture: &Path, dir: &Path) {
     let direct = {
         let mut cmd = tokio::process::Command::new(fixture);
         cmd.arg("stdio");
+        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
+        let client = ().serve(process).await.expect("initialize");
+        let l = latencies(&client, "echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    let relay = {
+        let mut cmd = tokio::process::Command::new(fixture);
+        cmd.arg("pipe").arg(fixture).arg("stdio");
         let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
         let client = ().serve(process).await.expect("initialize");
         let l = latencies(&client, "echo", CALLS).await;
@@ -158,13 +193,20 @@ async fn latency(fixture: &Path, dir: &Path) {
         client.cancel().await.unwrap();
         l
     };
-    report("tools/call over stdio", &direct, &through);
+    report("tools/call over stdio", &direct, &relay, &through);
 
     // Streamable HTTP: the fixture over HTTP, against roster serve --http with the
     // same fixture behind it over HTTP.
     let (_server, url) = fixture_http(fixture);
     let direct = {
         let client = http_client(&url).await;
+        let l = latencies(&client, "echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    let relay = {
+        let (_pipe, base) = tcp_pipe(fixture, &url);
+        let client = http_client(&format!("{base}/mcp")).await;
         let l = latencies(&client, "echo", CALLS).await;
         client.cancel().await.unwrap();
         l
@@ -179,7 +221,7 @@ async fn latency(fixture: &Path, dir: &Path) {
         client.cancel().await.unwrap();
         l
     };
-    report("tools/call over Streamable HTTP", &direct, &through);
+    report("tools/call over Streamable HTTP", &direct, &relay, &through);
 }
 
 // ----- 2. tools/list of 100 servers × 20 tools, in process -----------------------------

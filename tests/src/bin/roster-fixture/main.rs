@@ -6,6 +6,9 @@
 //! roster-fixture sse [switches]       serve the legacy HTTP+SSE transport (/sse, /message)
 //! roster-fixture sleeper              sleep until killed (a grandchild)
 //! roster-fixture daemon               setsid, fork a sleeper, exit (a daemon's start)
+//! roster-fixture pipe PROGRAM ARGS... run PROGRAM, passing stdin and stdout through
+//! roster-fixture tcp-pipe HOST:PORT   listen on 127.0.0.1, pass connections through
+//!                                     (the two byte relays of the benchmarks)
 //!
 //! The HTTP modes print `listening on http://127.0.0.1:PORT` on stdout once bound.
 //!
@@ -82,6 +85,7 @@ use serde::Deserialize;
 
 mod http;
 mod oauth;
+mod relay;
 
 #[derive(Debug, Default, Clone)]
 struct Faults {
@@ -619,6 +623,8 @@ async fn main() {
                 }
             }
         }
+        "pipe" => std::process::exit(relay::pipe(rest)),
+        "tcp-pipe" => std::process::exit(relay::tcp(rest.first().map_or("", String::as_str))),
         "sleeper" => loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
