@@ -152,10 +152,16 @@ pub mod bench {
 
     /// `fixture http SWITCHES...`, and the base URL it listens on.
     pub fn fixture_http(fixture: &std::path::Path, switches: &[&str]) -> (Reaped, String) {
+        let args: Vec<&str> = std::iter::once("http").chain(switches.iter().copied()).collect();
+        fixture_listening(fixture, &args)
+    }
+
+    /// `fixture ARGS...` in a mode that listens (`http`, `sse`, `tcp-pipe`), and
+    /// the base URL it prints.
+    pub fn fixture_listening(fixture: &std::path::Path, args: &[&str]) -> (Reaped, String) {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(fixture)
-            .arg("http")
-            .args(switches)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

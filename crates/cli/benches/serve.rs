@@ -55,18 +55,8 @@ fn fixture_http(fixture: &Path) -> (Reaped, String) {
 
 /// A byte relay in front of the fixture at `url`, and its base URL.
 fn tcp_pipe(fixture: &Path, url: &str) -> (Reaped, String) {
-    use std::io::BufRead as _;
     let target = url.trim_start_matches("http://").trim_end_matches("/mcp");
-    let mut child = Command::new(fixture)
-        .args(["tcp-pipe", target])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the relay starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("a line");
-    let base = line.trim().strip_prefix("listening on ").expect("the listening line").to_owned();
-    (Reaped(child), base)
+    roster_tests::bench::fixture_listening(fixture, &["tcp-pipe", target])
 }
 
 fn free_port() -> u16 {
