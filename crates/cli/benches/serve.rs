@@ -1,12 +1,15 @@
 //! `roster serve` against the servers behind it, in one run:
 //!
 //! 1. a `tools/call` of a trivial tool through `roster serve`, straight to the
-//!    fixture, and through a byte relay that parses nothing (the fixture's
-//!    `pipe` and `tcp-pipe`), over stdio and over Streamable HTTP: p50 and p99;
+//!    fixture, through a byte relay that parses nothing (the fixture's `pipe`
+//!    and `tcp-pipe`) and through a bare rmcp relay (`rmcp-proxy` and
+//!    `rmcp-proxy-http`), over stdio and over Streamable HTTP: p50 and p99, and
+//!    the CPU time per call of each process;
 //! 2. `tools/list` of 100 servers with 20 tools each (in-process servers behind
 //!    the gateway library): time and bytes;
 //! 3. 1,000 concurrent calls spread over 10 upstream servers, through `roster
-//!    serve --http` and straight to the servers: throughput, and roster's peak RSS.
+//!    serve --http` and straight to the servers: throughput, roster's peak RSS,
+//!    and the CPU time per call of the servers, the client and roster.
 //!
 //! Run: `cargo bench -p roster-cli --bench serve` (figures go to BENCHMARKS.md).
 
@@ -146,54 +149,59 @@ fn report(what: &str, direct: &[Duration], relay: &[Duration], through: &[Durati
 
 const CALLS: usize = 2000;
 
+/// Calls `tool` through a client of `program args` over stdio: the latencies,
+/// and the CPU time the program itself spent on them.
+async fn over_stdio(program: &Path, args: &[&str], tool: &str) -> (Vec<Duration>, Duration) {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
+    let pid = process.id().unwrap_or(0);
+    let client = ().serve(process).await.expect("initialize");
+    wait_for_tool(&client, tool).await;
+    let before = cpu_time(pid);
+    let l = latencies(&client, tool, CALLS).await;
+    let cpu = cpu_time(pid) - before;
+    client.cancel().await.unwrap();
+    (l, cpu)
+}
+
 async fn latency(fixture: &Path, dir: &Path) {
     // stdio: the fixture spawned by the client, against roster serve spawned by the
     // client with the fixture behind it over stdio.
-    let direct = {
-        let mut cmd = tokio::process::Command::new(fixture);
-        cmd.arg("stdio");
-        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
-        let client = ().serve(process).await.expect("initialize");
-        let l = latencies(&client, "echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
-    let relay = {
-        let mut cmd = tokio::process::Command::new(fixture);
-        cmd.arg("pipe").arg(fixture).arg("stdio");
-        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
-        let client = ().serve(process).await.expect("initialize");
-        let l = latencies(&client, "echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
+    let fx = fixture.to_str().unwrap();
+    let (direct, _) = over_stdio(fixture, &["stdio"], "echo").await;
+    let (relay, _) = over_stdio(fixture, &["pipe", fx, "stdio"], "echo").await;
+    let (bare, bare_cpu) = over_stdio(fixture, &["rmcp-proxy", fx, "stdio"], "echo").await;
     let config = dir.join("stdio.toml");
-    std::fs::write(
-        &config,
-        format!("[servers.fx]\ncommand = {:?}\nargs = [\"stdio\"]\nauto_start = true\n", fixture.display().to_string()),
-    )
-    .unwrap();
-    let through = {
-        let mut cmd = tokio::process::Command::new(ROSTER);
-        cmd.args(["--config", config.to_str().unwrap(), "serve", "--no-watch"]);
-        let (process, _) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
-        let client = ().serve(process).await.expect("initialize");
-        wait_for_tool(&client, "fx__echo").await;
-        let l = latencies(&client, "fx__echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
+    std::fs::write(&config, format!("[servers.fx]\ncommand = {fx:?}\nargs = [\"stdio\"]\nauto_start = true\n"))
+        .unwrap();
+    let (through, roster_cpu) =
+        over_stdio(Path::new(ROSTER), &["--config", config.to_str().unwrap(), "serve", "--no-watch"], "fx__echo").await;
     report("tools/call over stdio", &direct, &relay, &through);
+    let p50 = |l: &[Duration]| percentile(l, 0.5);
+    println!(
+        "  through a bare rmcp relay (rmcp's server and client, nothing else): p50 {} p99 {}, added {}; \
+         roster serve against it {:.2}x | CPU per call: the bare rmcp relay {}, roster serve {}",
+        us(p50(&bare)),
+        us(percentile(&bare, 0.99)),
+        us(p50(&bare).saturating_sub(p50(&direct))),
+        p50(&through).as_secs_f64() / p50(&bare).as_secs_f64(),
+        us(bare_cpu / CALLS as u32),
+        us(roster_cpu / CALLS as u32),
+    );
 
     // Streamable HTTP: the fixture over HTTP, against roster serve --http with the
     // same fixture behind it over HTTP.
-    let (_server, url) = fixture_http(fixture);
+    let (server, url) = fixture_http(fixture);
+    let fixture_cpu = || cpu_time(server.id());
+    let before = fixture_cpu();
     let direct = {
         let client = http_client(&url).await;
         let l = latencies(&client, "echo", CALLS).await;
         client.cancel().await.unwrap();
         l
     };
+    let fixture_direct = fixture_cpu() - before;
     let relay = {
         let (_pipe, base) = tcp_pipe(fixture, &url);
         let client = http_client(&format!("{base}/mcp")).await;
@@ -201,9 +209,20 @@ async fn latency(fixture: &Path, dir: &Path) {
         client.cancel().await.unwrap();
         l
     };
+    let (proxy, proxy_base) = roster_tests::bench::fixture_listening(fixture, &["rmcp-proxy-http", &url]);
+    let (before, proxy_before) = (fixture_cpu(), cpu_time(proxy.id()));
+    let bare = {
+        let client = http_client(&format!("{proxy_base}/mcp")).await;
+        let l = latencies(&client, "echo", CALLS).await;
+        client.cancel().await.unwrap();
+        l
+    };
+    let (fixture_bare, proxy_cpu) = (fixture_cpu() - before, cpu_time(proxy.id()) - proxy_before);
+    drop(proxy);
     let config = dir.join("http.toml");
     std::fs::write(&config, format!("[servers.fx]\nurl = {url:?}\nauto_start = true\n")).unwrap();
-    let (_roster, roster_url) = roster_serve_http(&config);
+    let (roster, roster_url) = roster_serve_http(&config);
+    let (before, roster_before) = (fixture_cpu(), cpu_time(roster.id()));
     let through = {
         let client = http_client(&roster_url).await;
         wait_for_tool(&client, "fx__echo").await;
@@ -211,7 +230,27 @@ async fn latency(fixture: &Path, dir: &Path) {
         client.cancel().await.unwrap();
         l
     };
+    let (fixture_through, roster_through) = (fixture_cpu() - before, cpu_time(roster.id()) - roster_before);
     report("tools/call over Streamable HTTP", &direct, &relay, &through);
+    let per_call = |d: Duration| us(d / CALLS as u32);
+    let p50 = |l: &[Duration]| percentile(l, 0.5);
+    println!(
+        "  through a bare rmcp relay (rmcp's server and client, nothing else): p50 {} p99 {}, added {}; \
+         roster serve against it {:.2}x",
+        us(p50(&bare)),
+        us(percentile(&bare, 0.99)),
+        us(p50(&bare).saturating_sub(p50(&direct))),
+        p50(&through).as_secs_f64() / p50(&bare).as_secs_f64(),
+    );
+    println!(
+        "  CPU per call: the fixture {} called directly, {} through the bare rmcp relay, {} through roster serve; \
+         the bare rmcp relay {}, roster serve {}",
+        per_call(fixture_direct),
+        per_call(fixture_bare),
+        per_call(fixture_through),
+        per_call(proxy_cpu),
+        per_call(roster_through)
+    );
 }
 
 // ----- 2. tools/list of 100 servers × 20 tools, in process -----------------------------
@@ -394,6 +433,22 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user and system, every thread) a process has used, from
+/// `/proc/PID/stat`, in clock ticks of 10 ms (Linux's `USER_HZ`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which sits in parentheses.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time used by the processes `pids` together.
+fn cpu_of(pids: &[u32]) -> Duration {
+    pids.iter().map(|&p| cpu_time(p)).sum()
+}
+
 async fn concurrent(fixture: &Path, dir: &Path) {
     const SERVERS: usize = 10;
     const TOTAL: usize = 1000;
@@ -404,6 +459,9 @@ async fn concurrent(fixture: &Path, dir: &Path) {
     for (_, url) in &servers {
         clients.push(http_client(url).await);
     }
+    let upstream: Vec<u32> = servers.iter().map(|(child, _)| child.id()).collect();
+    let me = std::process::id();
+    let (fixtures_before, me_before) = (cpu_of(&upstream), cpu_time(me));
     let mut direct_best = Duration::MAX;
     for _ in 0..3 {
         let t = Instant::now();
@@ -413,6 +471,7 @@ async fn concurrent(fixture: &Path, dir: &Path) {
         }
         direct_best = direct_best.min(t.elapsed());
     }
+    let direct_cpu = (cpu_of(&upstream) - fixtures_before, cpu_time(me) - me_before);
     for c in clients {
         c.cancel().await.unwrap();
     }
@@ -427,6 +486,7 @@ async fn concurrent(fixture: &Path, dir: &Path) {
     let client = http_client(&url).await;
     wait_for_tool(&client, &format!("s{}__echo", SERVERS - 1)).await;
     let names: Vec<String> = (0..SERVERS).map(|i| format!("s{i}__echo")).collect();
+    let (fixtures_before, me_before, roster_before) = (cpu_of(&upstream), cpu_time(me), cpu_time(roster.0.id()));
     let mut through_best = Duration::MAX;
     for _ in 0..3 {
         let t = Instant::now();
@@ -436,15 +496,28 @@ async fn concurrent(fixture: &Path, dir: &Path) {
         }
         through_best = through_best.min(t.elapsed());
     }
+    let through_cpu =
+        (cpu_of(&upstream) - fixtures_before, cpu_time(me) - me_before, cpu_time(roster.0.id()) - roster_before);
     let rss = peak_rss_kib(roster.0.id());
     client.cancel().await.unwrap();
     let per_sec = |d: Duration| TOTAL as f64 / d.as_secs_f64();
+    // On a machine whose cores are all busy, throughput is set by the CPU time
+    // each call costs the client, the servers and roster together.
+    let per_call = |d: Duration| us(d / (3 * TOTAL as u32));
     println!(
         "1,000 concurrent calls over 10 servers: direct {:.0} calls/s, through roster serve {:.0} calls/s ({:.2}x of direct); roster serve peak RSS {} KiB",
         per_sec(direct_best),
         per_sec(through_best),
         per_sec(through_best) / per_sec(direct_best),
         rss
+    );
+    println!(
+        "  CPU per call: direct: servers {} + client {}; through roster serve: servers {} + client {} + roster {}",
+        per_call(direct_cpu.0),
+        per_call(direct_cpu.1),
+        per_call(through_cpu.0),
+        per_call(through_cpu.1),
+        per_call(through_cpu.2),
     );
 }
 

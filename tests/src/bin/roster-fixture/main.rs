@@ -9,6 +9,10 @@
 //! roster-fixture pipe PROGRAM ARGS... run PROGRAM, passing stdin and stdout through
 //! roster-fixture tcp-pipe HOST:PORT   listen on 127.0.0.1, pass connections through
 //!                                     (the two byte relays of the benchmarks)
+//! roster-fixture rmcp-proxy PROGRAM ARGS...  serve over stdio, passing tool calls
+//!                                     to PROGRAM through rmcp's client (the
+//!                                     benchmarks' bare rmcp relay)
+//! roster-fixture rmcp-proxy-http URL  the same over Streamable HTTP, in front of URL
 //!
 //! The HTTP modes print `listening on http://127.0.0.1:PORT` on stdout once bound.
 //!
@@ -625,6 +629,8 @@ async fn main() {
         }
         "pipe" => std::process::exit(relay::pipe(rest)),
         "tcp-pipe" => std::process::exit(relay::tcp(rest.first().map_or("", String::as_str))),
+        "rmcp-proxy" => std::process::exit(relay::rmcp_proxy(rest).await),
+        "rmcp-proxy-http" => std::process::exit(relay::rmcp_proxy_http(rest.first().map_or("", String::as_str)).await),
         "sleeper" => loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
