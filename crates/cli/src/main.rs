@@ -59,6 +59,11 @@ pub(crate) struct Cli {
     /// How logs (on stderr, filtered by RUST_LOG) are written.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Write what roster writes to stderr (its notes, warnings, errors and
+    /// logs) to PATH instead, appended (created owner-only): for `serve` under
+    /// an MCP client that keeps no server's stderr.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -175,8 +180,24 @@ fn init_logging(format: LogFormat) {
 /// How long the output may take to drain at exit, when its reader is slow.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Makes `path` roster's stderr: opened for appending (created owner-only), and
+/// put in place of file descriptor 2, so that every write to stderr, a panic's
+/// included, goes there.
+fn log_to(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    rustix::stdio::dup2_stderr(&file)?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(path) = &cli.log_file
+        && let Err(e) = log_to(path)
+    {
+        eprintln!("roster: cannot write the log file {}: {e}", path.display());
+        return ExitCode::from(exit::USAGE);
+    }
     let mode = match cli.command {
         Command::Up { .. } | Command::Serve { .. } => output::Mode::Lossy,
         _ => output::Mode::Blocking,

@@ -788,6 +788,74 @@ fn over_stdio_configuration_errors_go_to_stderr_even_with_json() {
     assert_gone(&tag);
 }
 
+#[test]
+fn with_a_log_file_what_would_go_to_stderr_goes_there_appended() {
+    use std::process::{Command, Stdio};
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &stdio_toml(&tag, "fs", &[]));
+    let log = dir.path().join("roster.log");
+    let mut child = roster_tests::bench::Reaped(
+        Command::new(super::ROSTER)
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--no-watch", "--log-file"])
+            .arg(&log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    while !logged().contains("serving MCP on stdio") {
+        assert!(Instant::now() < until, "no start note in the log file: {}", logged());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client goes away: roster stops, and says so in the file.
+    drop(child.stdin.take());
+    assert!(super::exit_within(&mut child, Duration::from_secs(15)).is_some(), "roster serve did not exit");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(stderr, "", "nothing on stderr");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert_eq!(stdout, "", "nothing on stdout but MCP");
+    let served = logged();
+    assert!(served.lines().count() > 2, "the stop was noted too: {served}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600, "created owner-only");
+    assert_gone(&tag);
+
+    // The next run appends.
+    let out = Command::new(super::ROSTER)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .arg("--log-file")
+        .arg(&log)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!((out.status.code(), out.stderr.len()), (Some(2), 0), "{out:?}");
+    let text = logged();
+    assert!(text.starts_with(&served), "appended, not replaced: {text}");
+    assert!(text[served.len()..].contains("missing.toml"), "the error is in the file: {text}");
+
+    // A log file that cannot be opened is an error, on stderr.
+    let out = Command::new(super::ROSTER)
+        .arg("--config")
+        .arg(&config)
+        .arg("--log-file")
+        .arg(dir.path().join("missing/roster.log"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing/roster.log"), "{out:?}");
+}
+
 /// `roster serve --http` on a free port, once it listens (killed when dropped,
 /// so a failing test leaves nothing behind); its address.
 fn serve_http(config: &Path, extra: &[&str]) -> (roster_tests::bench::Reaped, String) {
