@@ -5,7 +5,7 @@
 // 2025-11-25 and older, where it is current.
 #![allow(deprecated)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cache::ListingCache;
-use crate::catalog::{Catalog, Changes, Listing, Source};
+use crate::catalog::{Catalog, Changes, Kind, Listing, Route, Source};
 use crate::hub::{self, Hub};
 
 /// The URI of roster's own resource: the status of every server.
@@ -159,6 +159,9 @@ struct Inner {
     known: Mutex<HashMap<String, String>>,
     /// The level the clients asked for, applied to servers as they come up.
     level: Mutex<Option<SetLevelRequestParams>>,
+    /// Every item that lost a collision and was reported, with the name it
+    /// wanted: each is reported once, not again each time a server comes and goes.
+    reported: Mutex<HashSet<(Kind, String, Route)>>,
     /// Set once the first attempts have ended and their listings arrived.
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -190,6 +193,7 @@ impl Gateway {
                 catalog: RwLock::new(Arc::new(Catalog::default())),
                 known: Mutex::new(HashMap::new()),
                 level: Mutex::new(None),
+                reported: Mutex::new(HashSet::new()),
                 ready: tokio::sync::watch::Sender::new(false),
             }),
         }
@@ -406,9 +410,6 @@ impl Gateway {
                 Some(Source { server: name, prefix: prefixes.get(name)?, listing: &h.listing })
             }));
         drop(held);
-        for collision in catalog.collisions() {
-            warn!(%collision, "name collision");
-        }
         {
             let mut known = lock(&inner.known);
             for tool in catalog.tools() {
@@ -418,6 +419,20 @@ impl Gateway {
             }
         }
         let mut current = inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        // A collision is reported when an item loses one for the first time: not
+        // again at every server that comes and goes (a crash loop would repeat it).
+        {
+            let mut reported = lock(&inner.reported);
+            for collision in catalog.collisions() {
+                let mut new = false;
+                for (loser, _) in &collision.others {
+                    new |= reported.insert((collision.kind, collision.wanted.clone(), loser.clone()));
+                }
+                if new {
+                    warn!(%collision, "name collision");
+                }
+            }
+        }
         let changes = current.changes(&catalog);
         *current = Arc::new(catalog);
         changes
@@ -835,7 +850,7 @@ impl Gateway {
     /// Forwards a call to the server that owns the tool.
     async fn forward(
         &self,
-        route: &crate::catalog::Route,
+        route: &Route,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {

@@ -87,8 +87,17 @@ async fn serve_stdio(config: &Path) -> Served {
 }
 
 async fn serve_stdio_with(config: &Path, env: &[(&str, &Path)]) -> Served {
+    serve_stdio_full(config, env, &[]).await
+}
+
+/// The same, with `args` after `serve`.
+async fn serve_stdio_args(config: &Path, args: &[&std::ffi::OsStr]) -> Served {
+    serve_stdio_full(config, &[], args).await
+}
+
+async fn serve_stdio_full(config: &Path, env: &[(&str, &Path)], args: &[&std::ffi::OsStr]) -> Served {
     let mut cmd = tokio::process::Command::new(super::ROSTER);
-    cmd.arg("--config").arg(config).arg("serve").env("NO_COLOR", "1");
+    cmd.arg("--config").arg(config).arg("serve").args(args).env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -416,25 +425,74 @@ async fn calls_are_bounded_cancelled_upstream_and_carry_progress_sampling_and_lo
 fn colliding_prefixes_are_resolved_by_server_name_and_reported() {
     let tag = Tag::new();
     let dir = tempfile::tempdir().unwrap();
+    let long = "p".repeat(60);
+    // beta and alpha want the same names; delta's are too long; gamma comes and
+    // goes, so the catalog is built again and again.
     let toml = format!(
-        "{FAST}{}tool_prefix = \"same\"\n\n{}tool_prefix = \"same\"\n",
+        "{FAST}{}tool_prefix = \"same\"\nenv = {{ WHO = \"beta\" }}\n\n\
+         {}tool_prefix = \"same\"\nenv = {{ WHO = \"alpha\" }}\n\n\
+         {}tool_prefix = \"{long}\"\n\n{}",
         stdio_toml(&tag, "beta", &[]),
-        stdio_toml(&tag, "alpha", &[])
+        stdio_toml(&tag, "alpha", &[]),
+        stdio_toml(&tag, "delta", &[]),
+        stdio_toml(&tag, "gamma", &["--exit-after-init", "300"]),
     );
     let config = write_config(dir.path(), &toml);
+    let log = dir.path().join("serve.log");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let served = serve_stdio(&config).await;
-        let names = served
-            .tools_until(Duration::from_secs(15), |n| n.iter().filter(|t| t.starts_with("same__echo")).count() == 2)
-            .await;
-        let echoes: Vec<&String> = names.iter().filter(|t| t.starts_with("same__echo")).collect();
-        assert_eq!(echoes.len(), 2, "{names:?}");
-        // alpha sorts first and keeps the plain name.
-        let result = served.call("same__echo", json!({"text": "who"})).await;
-        assert_eq!(text(&result), "who");
-        let status = served.call("roster_status", json!({})).await;
-        assert!(text(&status).contains("alpha"), "{}", text(&status));
+        let served = serve_stdio_args(&config, &["--log-file".as_ref(), log.as_os_str()]).await;
+        let wanted = |n: &[String]| {
+            n.iter().filter(|t| t.starts_with("same__getenv")).count() == 2 && n.iter().any(|t| t.starts_with("ppp"))
+        };
+        let names = served.tools_until(Duration::from_secs(15), wanted).await;
+        let getenv: Vec<&String> = names.iter().filter(|t| t.starts_with("same__getenv")).collect();
+        assert_eq!(getenv.len(), 2, "{names:?}");
+        // alpha sorts first and keeps the plain name; beta's is suffixed.
+        let who = json!({"name": "WHO"});
+        assert_eq!(text(&served.call("same__getenv", who.clone()).await), "alpha");
+        let other = getenv.iter().find(|n| n.as_str() != "same__getenv").expect("beta's");
+        assert!(other.len() <= 64 && other.starts_with("same__getenv_"), "{other}");
+        assert_eq!(text(&served.call(other, who).await), "beta");
+
+        // delta's names are cut to 64 characters and end in a hash, each its own.
+        let tools = served.client.list_all_tools().await.unwrap();
+        let delta: Vec<&rmcp::model::Tool> = tools.iter().filter(|t| t.name.starts_with(&long[..40])).collect();
+        assert!(delta.len() > 3, "{names:?}");
+        let pattern = |n: &str| n.len() == 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        assert!(delta.iter().all(|t| pattern(&t.name)), "{names:?}");
+        let distinct: std::collections::HashSet<&str> = delta.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(distinct.len(), delta.len(), "no two alike");
+        let echo = delta.iter().find(|t| t.description.as_deref() == Some("Returns its text")).expect("echo");
+        assert_eq!(text(&served.call(&echo.name, json!({"text": "long"})).await), "long");
+
+        // gamma comes and goes: the catalog is built again each time, and no
+        // collision is reported again.
+        let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+        let back = |text: &str| text.lines().filter(|l| l.contains("gamma") && l.contains("failed → running")).count();
+        let collisions = |text: &str| text.lines().filter(|l| l.contains("name collision")).count();
+        let until = Instant::now() + Duration::from_secs(15);
+        let mut counted = None;
+        let text = loop {
+            // Each time gamma is back, its lists follow its state line shortly.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let text = logged();
+            match counted {
+                None if back(&text) >= 1 => counted = Some((back(&text), collisions(&text))),
+                Some((first, _)) if back(&text) >= first + 3 => break text,
+                _ => {}
+            }
+            assert!(Instant::now() < until, "gamma did not come and go: {text}");
+        };
+        let (_, before) = counted.unwrap_or_default();
+        assert_eq!(collisions(&text), before, "reported again: {text}");
+        let reported: Vec<&str> =
+            text.lines().filter(|l| l.contains("name collision") && l.contains("\"same__getenv\"")).collect();
+        assert_eq!(reported.len(), 1, "{text}");
+        assert!(
+            reported[0].contains("alpha:getenv (kept)") && reported[0].contains("beta:getenv (served as"),
+            "{text}"
+        );
         served.client.cancel().await.unwrap();
         assert_gone_of(served.pid, &tag);
     });
