@@ -418,7 +418,6 @@ impl Gateway {
                 }
             }
         }
-        let mut current = inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
         // A collision is reported when an item loses one for the first time: not
         // again at every server that comes and goes (a crash loop would repeat it).
         {
@@ -433,6 +432,7 @@ impl Gateway {
                 }
             }
         }
+        let mut current = inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
         let changes = current.changes(&catalog);
         *current = Arc::new(catalog);
         changes
