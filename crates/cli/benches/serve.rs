@@ -165,6 +165,30 @@ async fn over_stdio(program: &Path, args: &[&str], tool: &str) -> (Vec<Duration>
     (l, cpu)
 }
 
+/// Calls `tool` through a client of the Streamable HTTP endpoint at `url`: the
+/// latencies.
+async fn over_http(url: &str, tool: &str) -> Vec<Duration> {
+    let client = http_client(url).await;
+    wait_for_tool(&client, tool).await;
+    let l = latencies(&client, tool, CALLS).await;
+    client.cancel().await.unwrap();
+    l
+}
+
+/// Prints the latencies through the bare rmcp relay against the direct ones
+/// and roster serve's.
+fn report_bare(direct: &[Duration], bare: &[Duration], through: &[Duration]) {
+    let p50 = |l: &[Duration]| percentile(l, 0.5);
+    println!(
+        "  through a bare rmcp relay (rmcp's server and client, nothing else): p50 {} p99 {}, added {}; \
+         roster serve against it {:.2}x",
+        us(p50(bare)),
+        us(percentile(bare, 0.99)),
+        us(p50(bare).saturating_sub(p50(direct))),
+        p50(through).as_secs_f64() / p50(bare).as_secs_f64(),
+    );
+}
+
 async fn latency(fixture: &Path, dir: &Path) {
     // stdio: the fixture spawned by the client, against roster serve spawned by the
     // client with the fixture behind it over stdio.
@@ -178,14 +202,9 @@ async fn latency(fixture: &Path, dir: &Path) {
     let (through, roster_cpu) =
         over_stdio(Path::new(ROSTER), &["--config", config.to_str().unwrap(), "serve", "--no-watch"], "fx__echo").await;
     report("tools/call over stdio", &direct, &relay, &through);
-    let p50 = |l: &[Duration]| percentile(l, 0.5);
+    report_bare(&direct, &bare, &through);
     println!(
-        "  through a bare rmcp relay (rmcp's server and client, nothing else): p50 {} p99 {}, added {}; \
-         roster serve against it {:.2}x | CPU per call: the bare rmcp relay {}, roster serve {}",
-        us(p50(&bare)),
-        us(percentile(&bare, 0.99)),
-        us(p50(&bare).saturating_sub(p50(&direct))),
-        p50(&through).as_secs_f64() / p50(&bare).as_secs_f64(),
+        "  CPU per call: the bare rmcp relay {}, roster serve {}",
         us(bare_cpu / CALLS as u32),
         us(roster_cpu / CALLS as u32),
     );
@@ -195,53 +214,26 @@ async fn latency(fixture: &Path, dir: &Path) {
     let (server, url) = fixture_http(fixture);
     let fixture_cpu = || cpu_time(server.id());
     let before = fixture_cpu();
-    let direct = {
-        let client = http_client(&url).await;
-        let l = latencies(&client, "echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
+    let direct = over_http(&url, "echo").await;
     let fixture_direct = fixture_cpu() - before;
     let relay = {
         let (_pipe, base) = tcp_pipe(fixture, &url);
-        let client = http_client(&format!("{base}/mcp")).await;
-        let l = latencies(&client, "echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
+        over_http(&format!("{base}/mcp"), "echo").await
     };
     let (proxy, proxy_base) = roster_tests::bench::fixture_listening(fixture, &["rmcp-proxy-http", &url]);
     let (before, proxy_before) = (fixture_cpu(), cpu_time(proxy.id()));
-    let bare = {
-        let client = http_client(&format!("{proxy_base}/mcp")).await;
-        let l = latencies(&client, "echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
+    let bare = over_http(&format!("{proxy_base}/mcp"), "echo").await;
     let (fixture_bare, proxy_cpu) = (fixture_cpu() - before, cpu_time(proxy.id()) - proxy_before);
     drop(proxy);
     let config = dir.join("http.toml");
     std::fs::write(&config, format!("[servers.fx]\nurl = {url:?}\nauto_start = true\n")).unwrap();
     let (roster, roster_url) = roster_serve_http(&config);
     let (before, roster_before) = (fixture_cpu(), cpu_time(roster.id()));
-    let through = {
-        let client = http_client(&roster_url).await;
-        wait_for_tool(&client, "fx__echo").await;
-        let l = latencies(&client, "fx__echo", CALLS).await;
-        client.cancel().await.unwrap();
-        l
-    };
+    let through = over_http(&roster_url, "fx__echo").await;
     let (fixture_through, roster_through) = (fixture_cpu() - before, cpu_time(roster.id()) - roster_before);
     report("tools/call over Streamable HTTP", &direct, &relay, &through);
+    report_bare(&direct, &bare, &through);
     let per_call = |d: Duration| us(d / CALLS as u32);
-    let p50 = |l: &[Duration]| percentile(l, 0.5);
-    println!(
-        "  through a bare rmcp relay (rmcp's server and client, nothing else): p50 {} p99 {}, added {}; \
-         roster serve against it {:.2}x",
-        us(p50(&bare)),
-        us(percentile(&bare, 0.99)),
-        us(p50(&bare).saturating_sub(p50(&direct))),
-        p50(&through).as_secs_f64() / p50(&bare).as_secs_f64(),
-    );
     println!(
         "  CPU per call: the fixture {} called directly, {} through the bare rmcp relay, {} through roster serve; \
          the bare rmcp relay {}, roster serve {}",
