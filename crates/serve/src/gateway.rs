@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock, ErrorCode,
-    ErrorData, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
+    ErrorData, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig, ServerResult,
+    SetLevelRequestParams, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{RoleClient, RoleServer, ServerHandler};
@@ -667,6 +668,18 @@ impl ServerHandler for Gateway {
         std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        // The instructions name each server with its state and tools, and are
+        // read once: written after the first attempts, as the first lists are.
+        self.settled().await;
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         self.inner.hub.add_client(context.peer);
     }
@@ -721,12 +734,7 @@ impl ServerHandler for Gateway {
             };
         };
         let started = std::time::Instant::now();
-        let result = self.forward(&route, request, context).await;
-        let outcome = match &result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => CallOutcome::ToolError,
-            Ok(_) => CallOutcome::Ok,
-            Err(_) => CallOutcome::Failed,
-        };
+        let (result, outcome) = self.forward(&route, request, context).await;
         self.observe(&route.server, outcome, started);
         result
     }
@@ -847,15 +855,17 @@ impl Gateway {
         }
     }
 
-    /// Forwards a call to the server that owns the tool.
+    /// Forwards a call to the server that owns the tool: the answer for the
+    /// client, and how the call ended. A call roster fails itself (timed out, the
+    /// session ended) is a tool error to the client but `Failed` here.
     async fn forward(
         &self,
         route: &Route,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
+    ) -> (Result<CallToolResponse, ErrorData>, CallOutcome) {
         let Some(peer) = self.peer_or_start(&route.server).await else {
-            return Ok(self.unavailable(&route.server).into());
+            return (Ok(self.unavailable(&route.server).into()), CallOutcome::Unavailable);
         };
         let timeout = self.tool_timeout(&route.server);
         let mut params = request;
@@ -873,7 +883,7 @@ impl Gateway {
             .await;
         let handle = match sent {
             Ok(handle) => handle,
-            Err(e) => return Ok(failed(&route.server, &e, timeout).into()),
+            Err(e) => return (Ok(failed(&route.server, &e, timeout).into()), CallOutcome::Failed),
         };
         let upstream_id = handle.id.clone();
         let (_call, mut progress) = self.inner.hub.register(
@@ -900,7 +910,7 @@ impl Gateway {
                         Some("cancelled by the client".to_owned()),
                     );
                     let _ = cancel_peer.notify_cancelled(cancel).await;
-                    return Err(ErrorData::internal_error("cancelled", None));
+                    return (Err(ErrorData::internal_error("cancelled", None)), CallOutcome::Failed);
                 }
             }
         };
@@ -913,14 +923,17 @@ impl Gateway {
             let _ = context.peer.notify_progress(p).await;
         }
         match answer {
-            Ok(ServerResult::CallToolResult(result)) => Ok(result.into()),
-            Ok(_) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "roster: {} answered tools/call with something other than a tool result",
-                route.server
-            ))])
-            .into()),
-            Err(ServiceError::McpError(e)) => Err(e),
-            Err(e) => Ok(failed(&route.server, &e, timeout).into()),
+            Ok(ServerResult::CallToolResult(result)) => {
+                let outcome = if result.is_error == Some(true) { CallOutcome::ToolError } else { CallOutcome::Ok };
+                (Ok(result.into()), outcome)
+            }
+            Ok(_) => {
+                let text =
+                    format!("roster: {} answered tools/call with something other than a tool result", route.server);
+                (Ok(CallToolResult::error(vec![ContentBlock::text(text)]).into()), CallOutcome::Failed)
+            }
+            Err(ServiceError::McpError(e)) => (Err(e), CallOutcome::Failed),
+            Err(e) => (Ok(failed(&route.server, &e, timeout).into()), CallOutcome::Failed),
         }
     }
 }
