@@ -342,3 +342,236 @@ pub(crate) async fn forward(hub: &Hub, mut rx: mpsc::Receiver<Outgoing>) {
     }
     warn!("the hub's queue closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::{ClientConfig, Implementation, LoggingLevel, NumberOrString};
+    use rmcp::service::RunningService;
+    use rmcp::{RoleClient, ServerHandler, ServiceExt};
+
+    use super::*;
+
+    struct Quiet;
+    impl ServerHandler for Quiet {}
+
+    /// A downstream client named `name` declaring `capabilities`, connected to a
+    /// server that does nothing: the server side's peer, as the hub holds it.
+    struct Downstream {
+        peer: Peer<RoleServer>,
+        _client: RunningService<RoleClient, ClientConfig>,
+        _server: RunningService<RoleServer, Quiet>,
+    }
+
+    async fn downstream(name: &str, capabilities: ClientCapabilities) -> Downstream {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { Quiet.serve(tokio::io::split(b)).await });
+        let config = ClientConfig::new(capabilities, Implementation::new(name, "0"));
+        let client = config.serve(tokio::io::split(a)).await.expect("initialize");
+        let server = server.await.unwrap().expect("initialized");
+        Downstream { peer: server.peer().clone(), _client: client, _server: server }
+    }
+
+    fn sampling() -> ClientCapabilities {
+        let mut c = ClientCapabilities::default();
+        c.sampling = Some(Default::default());
+        c
+    }
+
+    fn name_of(peer: &Peer<RoleServer>) -> String {
+        peer.peer_info().map(|i| i.client_info.name.clone()).unwrap_or_default()
+    }
+
+    fn token(n: i64) -> ProgressToken {
+        ProgressToken(NumberOrString::Number(n))
+    }
+
+    fn id(n: i64) -> RequestId {
+        NumberOrString::Number(n)
+    }
+
+    fn progress(t: i64, value: f64) -> Notice {
+        Notice::Progress(ProgressNotificationParam::new(token(t), value))
+    }
+
+    fn received(rx: &mut mpsc::Receiver<ProgressNotificationParam>) -> Vec<(ProgressToken, f64)> {
+        std::iter::from_fn(|| rx.try_recv().ok()).map(|p| (p.progress_token, p.progress)).collect()
+    }
+
+    #[tokio::test]
+    async fn progress_goes_to_its_call_under_the_clients_token_and_only_forward() {
+        let hub = Hub::new();
+        let d = downstream("one", ClientCapabilities::default()).await;
+        // Upstream tokens are counters per session: two servers use the same one.
+        let (_a, mut a) = hub.register("a", id(1), token(1), d.peer.clone(), id(10), Some(token(100)));
+        let (_b, mut b) = hub.register("b", id(1), token(1), d.peer.clone(), id(11), Some(token(200)));
+        hub.notify("a", progress(1, 1.0));
+        hub.notify("b", progress(1, 5.0));
+        hub.notify("a", progress(1, 2.0));
+        hub.notify("a", progress(1, 2.0));
+        hub.notify("a", progress(1, 1.5));
+        hub.notify("a", progress(1, 3.0));
+        assert_eq!(received(&mut a), [(token(100), 1.0), (token(100), 2.0), (token(100), 3.0)]);
+        assert_eq!(received(&mut b), [(token(200), 5.0)]);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_client_token_gets_no_progress() {
+        let hub = Hub::new();
+        let d = downstream("one", ClientCapabilities::default()).await;
+        let (_call, mut rx) = hub.register("a", id(1), token(1), d.peer.clone(), id(10), None);
+        hub.notify("a", progress(1, 1.0));
+        assert_eq!(received(&mut rx), []);
+        assert!(lock(&hub.early).is_empty(), "not held for later either");
+    }
+
+    #[tokio::test]
+    async fn progress_before_the_call_is_registered_is_held_for_it_alone_and_bounded() {
+        let hub = Hub::new();
+        let d = downstream("one", ClientCapabilities::default()).await;
+        hub.notify("b", progress(1, 0.5));
+        hub.notify("a", progress(2, 0.5));
+        for i in 0..EARLY_PROGRESS + 10 {
+            hub.notify("a", progress(1, i as f64));
+        }
+        assert_eq!(lock(&hub.early).len(), EARLY_PROGRESS, "the oldest were dropped");
+        let (_call, mut rx) = hub.register("a", id(1), token(1), d.peer.clone(), id(10), Some(token(7)));
+        let got = received(&mut rx);
+        // The newest EARLY_PROGRESS: b's, a's token 2 and the first ten fell out.
+        assert_eq!(got.len(), EARLY_PROGRESS);
+        assert_eq!(got.first(), Some(&(token(7), 10.0)));
+        assert_eq!(got.last(), Some(&(token(7), (EARLY_PROGRESS + 9) as f64)));
+        assert!(lock(&hub.early).is_empty());
+    }
+
+    #[tokio::test]
+    async fn held_progress_of_other_calls_stays_held() {
+        let hub = Hub::new();
+        let d = downstream("one", ClientCapabilities::default()).await;
+        hub.notify("b", progress(1, 1.0));
+        hub.notify("a", progress(2, 1.0));
+        hub.notify("a", progress(1, 1.0));
+        let (_call, mut rx) = hub.register("a", id(1), token(1), d.peer.clone(), id(10), Some(token(7)));
+        assert_eq!(received(&mut rx), [(token(7), 1.0)]);
+        let left: Vec<(String, ProgressToken)> =
+            lock(&hub.early).iter().map(|(s, p)| (s.clone(), p.progress_token.clone())).collect();
+        assert_eq!(left, [("b".to_owned(), token(1)), ("a".to_owned(), token(2))]);
+    }
+
+    #[tokio::test]
+    async fn a_call_ends_when_its_guard_drops_and_only_that_call() {
+        let hub = Hub::new();
+        let d = downstream("one", ClientCapabilities::default()).await;
+        let (first, _rx1) = hub.register("a", id(1), token(1), d.peer.clone(), id(10), Some(token(7)));
+        let (_second, mut rx2) = hub.register("a", id(2), token(2), d.peer.clone(), id(11), Some(token(8)));
+        assert_eq!(lock(&hub.calls).len(), 2);
+        drop(first);
+        let left: Vec<RequestId> = lock(&hub.calls).iter().map(|c| c.upstream_id.clone()).collect();
+        assert_eq!(left, [id(2)]);
+        hub.notify("a", progress(2, 1.0));
+        assert_eq!(received(&mut rx2), [(token(8), 1.0)]);
+        // The ended call's progress now waits for a call that may yet come.
+        hub.notify("a", progress(1, 1.0));
+        assert_eq!(lock(&hub.early).len(), 1);
+        assert_eq!(format!("{hub:?}"), "Hub { calls: 1, .. }");
+    }
+
+    #[tokio::test]
+    async fn a_request_from_a_server_goes_to_the_client_of_its_call_if_that_client_can_answer() {
+        let hub = Hub::new();
+        let able = downstream("able", sampling()).await;
+        let unable = downstream("unable", ClientCapabilities::default()).await;
+        let _x = hub.register("a", id(1), token(1), able.peer.clone(), id(10), None);
+        let _y = hub.register("a", id(2), token(2), unable.peer.clone(), id(20), None);
+        let _z = hub.register("b", id(3), token(3), able.peer.clone(), id(30), None);
+        let can = |c: &ClientCapabilities| c.sampling.is_some();
+        let who = |found: Option<(Peer<RoleServer>, RequestId)>| found.map(|(p, r)| (name_of(&p), r));
+
+        // Over Streamable HTTP the server says which request it serves.
+        assert_eq!(who(hub.caller("a", Some(&id(1)), can)), Some(("able".to_owned(), id(10))));
+        assert_eq!(who(hub.caller("a", Some(&id(2)), can)), None, "that call's client cannot sample");
+        assert_eq!(who(hub.caller("a", Some(&id(3)), can)), None, "request 3 is b's, not a's");
+        assert_eq!(who(hub.caller("b", Some(&id(3)), can)), Some(("able".to_owned(), id(30))));
+        // Without: the latest call to that server whose client can.
+        assert_eq!(who(hub.caller("a", None, can)), Some(("able".to_owned(), id(10))));
+        let _w = hub.register("a", id(4), token(4), able.peer.clone(), id(40), None);
+        assert_eq!(who(hub.caller("a", None, can)), Some(("able".to_owned(), id(40))));
+        assert_eq!(who(hub.caller("c", None, can)), None);
+        assert_eq!(who(hub.caller("a", None, |c: &ClientCapabilities| c.roots.is_some())), None);
+    }
+
+    #[tokio::test]
+    async fn a_server_asking_with_no_call_that_can_answer_gets_an_error_or_no_roots() {
+        let hub = Hub::new();
+        let unable = downstream("unable", ClientCapabilities::default()).await;
+        let _x = hub.register("a", id(1), token(1), unable.peer.clone(), id(10), None);
+        let params = CreateMessageRequestParams::new(vec![], 16);
+        let error = hub.create_message("a", None, params).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::METHOD_NOT_FOUND);
+        assert_eq!(error.message, "no client connected through roster can answer sampling for a now");
+        let ask = ElicitRequestParams::UrlElicitationParams {
+            meta: None,
+            message: "why".into(),
+            url: "https://example.com".into(),
+            elicitation_id: "e1".into(),
+        };
+        let error = hub.create_elicitation("a", None, ask).await;
+        assert!(error.unwrap_err().message.contains("answer elicitation for a"));
+        assert_eq!(hub.list_roots("a", None).await.unwrap(), ListRootsResult::default());
+    }
+
+    #[tokio::test]
+    async fn every_server_is_offered_what_a_client_may_answer() {
+        let c = Hub::new().capabilities();
+        assert!(c.sampling.is_some() && c.elicitation.is_some() && c.roots.is_some(), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn clients_that_left_are_forgotten() {
+        let hub = Hub::new();
+        let one = downstream("one", ClientCapabilities::default()).await;
+        let two = downstream("two", ClientCapabilities::default()).await;
+        hub.add_client(one.peer.clone());
+        hub.add_client(two.peer.clone());
+        assert_eq!(hub.clients().iter().map(name_of).collect::<Vec<_>>(), ["one", "two"]);
+        drop(one);
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while hub.clients().len() > 1 {
+            assert!(tokio::time::Instant::now() < until, "one never went");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(hub.clients().iter().map(name_of).collect::<Vec<_>>(), ["two"]);
+        let three = downstream("three", ClientCapabilities::default()).await;
+        hub.add_client(three.peer.clone());
+        assert_eq!(lock(&hub.clients).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn log_lines_are_queued_under_the_servers_name_and_list_changes_mark_it() {
+        let hub = Hub::new();
+        let mut rx = lock(&hub.outgoing_rx).take().unwrap();
+        hub.notify("a", Notice::Log(LoggingMessageNotificationParam::new(LoggingLevel::Info, "x".into())));
+        let mut named = LoggingMessageNotificationParam::new(LoggingLevel::Info, "y".into());
+        named.logger = Some("db".into());
+        hub.notify("b", Notice::Log(named));
+        let loggers: Vec<Option<String>> =
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|Outgoing::Log(l)| l.logger).collect();
+        assert_eq!(loggers, [Some("a".to_owned()), Some("b/db".to_owned())]);
+
+        hub.notify("a", Notice::ToolsChanged);
+        hub.notify("b", Notice::PromptsChanged);
+        hub.notify("c", Notice::ResourcesChanged);
+        hub.notify("d", progress(1, 1.0));
+        assert_eq!(hub.take_dirty().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(hub.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn what_a_client_answered_wrongly_is_told_as_such() {
+        assert_eq!(unexpected("roots/list").message, "the client answered roots/list with something else");
+        let mcp = ErrorData::new(ErrorCode::INVALID_PARAMS, "bad", None);
+        assert_eq!(relayed(rmcp::service::ServiceError::McpError(mcp.clone())), mcp);
+        let gone = relayed(rmcp::service::ServiceError::TransportClosed);
+        assert_eq!(gone.code, ErrorCode::INTERNAL_ERROR);
+        assert!(gone.message.starts_with("the client did not answer: "), "{}", gone.message);
+    }
+}

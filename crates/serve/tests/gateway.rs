@@ -13,12 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    ClientRequest, ContentBlock, CreateMessageRequestParams, CreateMessageResult, ErrorCode, GetPromptRequestParams,
+    ClientRequest, ClientResult, ContentBlock, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
+    ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema, ErrorCode, GetPromptRequestParams,
     GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, Prompt, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, SamplingMessage, ServerCapabilities,
-    ServerConfig, ServerResult, SetLevelRequestParams, Tool,
+    ListResourcesResult, ListRootsResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, Root,
+    SamplingMessage, ServerCapabilities, ServerConfig, ServerRequest, ServerResult, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, RunningService, ServiceError};
 use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
@@ -97,7 +98,7 @@ impl ServerHandler for Upstream {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let mut names = vec!["echo", "fail", "wait", "progress", "sample", "grow", "churn", "log"];
+        let mut names = vec!["echo", "fail", "wait", "progress", "sample", "grow", "churn", "log", "roots", "elicit"];
         if self.world.grown.lock().unwrap().contains(&self.name) {
             names.push("extra");
         }
@@ -160,6 +161,24 @@ impl ServerHandler for Upstream {
                     .filter_map(|c| c.as_text().map(|t| t.text.clone()))
                     .collect();
                 CallToolResult::success(vec![ContentBlock::text(reply)])
+            }
+            "roots" => {
+                let roots = ctx.peer.list_roots().await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let uris: Vec<String> = roots.roots.into_iter().map(|r| r.uri).collect();
+                CallToolResult::success(vec![ContentBlock::text(format!("roots: {}", uris.join(" ")))])
+            }
+            "elicit" => {
+                let ask = ElicitRequestParams::FormElicitationParams {
+                    meta: None,
+                    message: text,
+                    requested_schema: ElicitationSchema::new(BTreeMap::new()),
+                };
+                let asked = ctx.peer.send_request(ServerRequest::ElicitRequest(ElicitRequest::new(ask))).await;
+                let answer = match asked.map_err(|e| ErrorData::internal_error(e.to_string(), None))? {
+                    ClientResult::ElicitResult(answer) => answer,
+                    other => return Err(ErrorData::internal_error(format!("{other:?}"), None)),
+                };
+                CallToolResult::success(vec![ContentBlock::text(format!("{:?}", answer.action))])
             }
             "grow" => {
                 self.world.grown.lock().unwrap().insert(me.clone());
@@ -335,6 +354,8 @@ impl ClientHandler for Downstream {
         let mut capabilities = ClientCapabilities::default();
         if self.can_sample {
             capabilities.sampling = Some(Default::default());
+            capabilities.roots = Some(Default::default());
+            capabilities.elicitation = Some(Default::default());
         }
         ClientConfig::new(capabilities, Implementation::new("gateway-test", "0"))
     }
@@ -352,6 +373,22 @@ impl ClientHandler for Downstream {
             .collect();
         self.sampled.lock().unwrap().push(asked.clone());
         Ok(CreateMessageResult::new(SamplingMessage::assistant_text(format!("sampled: {asked}")), "model".into()))
+    }
+
+    async fn list_roots(&self, _: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new("file:///work")]))
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let ElicitRequestParams::FormElicitationParams { message, .. } = request else {
+            return Err(ErrorData::invalid_params("a form was expected", None));
+        };
+        self.sampled.lock().unwrap().push(format!("elicited: {message}"));
+        Ok(ElicitResult::new(ElicitationAction::Decline))
     }
 
     async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
@@ -565,8 +602,8 @@ async fn every_servers_items_are_listed_under_its_prefix_and_reach_their_owner()
     let info = s.client.peer_info().expect("server info");
     assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("roster"));
     let instructions = info.instructions.clone().unwrap_or_default();
-    assert!(instructions.contains("- alpha: running, 8 tools"), "{instructions}");
-    assert!(instructions.contains("- beta: running, 8 tools"), "{instructions}");
+    assert!(instructions.contains("- alpha: running, 10 tools"), "{instructions}");
+    assert!(instructions.contains("- beta: running, 10 tools"), "{instructions}");
 
     assert_eq!(s.outcomes(), [("beta".to_owned(), CallOutcome::Ok), ("alpha".to_owned(), CallOutcome::ToolError)]);
     s.end().await;
@@ -789,6 +826,13 @@ async fn a_sampling_request_reaches_the_calling_client_and_its_answer_goes_back(
     let sampled = s.call("alpha__sample", json!({"text": "a haiku"})).await;
     assert_eq!((sampled.is_error, text_of(&sampled)), (Some(false), "sampled: a haiku".to_owned()));
     assert_eq!(s.sampled.lock().unwrap().as_slice(), ["a haiku"]);
+
+    // Roots and elicitation go the same way.
+    let roots = s.call("alpha__roots", json!({})).await;
+    assert_eq!((roots.is_error, text_of(&roots)), (Some(false), "roots: file:///work".to_owned()));
+    let elicited = s.call("alpha__elicit", json!({"text": "your name?"})).await;
+    assert_eq!((elicited.is_error, text_of(&elicited)), (Some(false), "Decline".to_owned()));
+    assert_eq!(s.sampled.lock().unwrap().last().map(String::as_str), Some("elicited: your name?"));
     s.end().await;
 }
 
@@ -799,8 +843,19 @@ async fn a_client_that_cannot_sample_is_not_asked_and_the_server_hears_so() {
     let error = s.client.call_tool(call("alpha__sample", json!({"text": "x"}))).await.unwrap_err();
     // The server's request was refused, so the server failed the call.
     assert!(error.to_string().contains("sampling"), "{error}");
+    let error = s.client.call_tool(call("alpha__elicit", json!({"text": "x"}))).await.unwrap_err();
+    assert!(error.to_string().contains("elicitation"), "{error}");
     assert!(s.sampled.lock().unwrap().is_empty());
-    assert_eq!(s.outcomes(), [("alpha".to_owned(), CallOutcome::Failed)]);
+    // No roots from a client without them: the server is told there are none.
+    assert_eq!(text_of(&s.call("alpha__roots", json!({})).await), "roots: ");
+    assert_eq!(
+        s.outcomes(),
+        [
+            ("alpha".to_owned(), CallOutcome::Failed),
+            ("alpha".to_owned(), CallOutcome::Failed),
+            ("alpha".to_owned(), CallOutcome::Ok)
+        ]
+    );
     s.end().await;
 }
 
