@@ -991,3 +991,71 @@ async fn send(peer: &Peer<RoleClient>, request: ClientRequest, timeout: Duration
         other => ErrorData::internal_error(other.to_string(), None),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(json: serde_json::Value) -> ServerStatus {
+        let mut base = serde_json::json!({
+            "name": "fs", "type": "stdio", "state": "running", "health": "healthy", "auto_start": true,
+            "timeout_secs": 10, "client_ready": true, "consecutive_failures": 0, "restart_count": 0,
+            "crash_count": 0,
+        });
+        for (k, v) in json.as_object().cloned().unwrap_or_default() {
+            base[k] = v;
+        }
+        serde_json::from_value(base).expect("a status")
+    }
+
+    #[test]
+    fn a_state_in_words_carries_the_error_only_while_not_running_and_the_retry_and_the_login() {
+        assert_eq!(describe(&status(serde_json::json!({"last_error": "old news"}))), "running");
+        let failed = status(serde_json::json!({"state": "failed", "last_error": "connection refused"}));
+        assert_eq!(describe(&failed), "failed (connection refused)");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let retried = status(serde_json::json!({"state": "failed", "next_retry_after": now + 11_500}));
+        assert_eq!(describe(&retried), "failed; next attempt in 12s");
+        let passed = status(serde_json::json!({"state": "failed", "next_retry_after": now - 5_000}));
+        assert_eq!(describe(&passed), "failed; next attempt in 0s");
+        let locked = status(serde_json::json!({"name": "gh", "state": "auth_required"}));
+        assert_eq!(describe(&locked), "auth_required; it waits for a login: run `roster login gh`");
+    }
+
+    #[test]
+    fn every_call_outcome_has_its_label() {
+        let labels = [CallOutcome::Ok, CallOutcome::ToolError, CallOutcome::Unavailable, CallOutcome::Failed]
+            .map(CallOutcome::as_str);
+        assert_eq!(labels, ["ok", "tool_error", "unavailable", "failed"]);
+    }
+
+    #[test]
+    fn a_call_roster_ended_says_why_in_the_servers_name() {
+        let text = |e: ServiceError| {
+            let r = failed("fs", &e, Duration::from_secs(5));
+            assert_eq!(r.is_error, Some(true));
+            r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<String>()
+        };
+        assert_eq!(
+            text(ServiceError::Timeout { timeout: Duration::from_secs(5) }),
+            "roster: fs did not answer within 5s (its tool_timeout)"
+        );
+        assert_eq!(
+            text(ServiceError::TransportClosed),
+            "roster: the session with fs ended during the call; roster restarts it"
+        );
+        assert!(text(ServiceError::Cancelled { reason: None }).starts_with("roster: the call to fs failed: "));
+    }
+
+    #[tokio::test]
+    async fn a_gateway_shows_its_servers_when_debugged() {
+        let supervisor = Arc::new(Supervisor::new(
+            Arc::new(roster_supervisor::Unsupported),
+            roster_supervisor::SupervisorConfig::default(),
+        ));
+        supervisor.apply(vec![roster_core::ServerSpec::stdio("fs", "x").validated().unwrap()]).await.unwrap();
+        let gateway = Gateway::new(supervisor.clone(), Hub::new(), GatewayOptions::default());
+        assert_eq!(format!("{gateway:?}"), r#"Gateway { servers: ["fs"], .. }"#);
+        supervisor.shutdown().await;
+    }
+}

@@ -23,8 +23,12 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, RunningService, ServiceError};
 use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
-use roster_core::{Failure, ServerSpec};
-use roster_serve::{CallObserver, CallOutcome, Gateway, GatewayOptions, Hub, STATUS_TOOL, STATUS_URI, ServerSettings};
+use roster_core::{Challenge, Failure, ServerSpec, ServerType};
+use roster_serve::cache::ListingCache;
+use roster_serve::{
+    CallObserver, CallOutcome, Gateway, GatewayOptions, Hub, LOGIN_TOOL, Logins, STATUS_TOOL, STATUS_URI,
+    ServerSettings,
+};
 use roster_supervisor::{BoxFuture, CloseError, Connector, Session, Supervisor, SupervisorConfig};
 use roster_transport::mcp::{self, McpClient, Relay};
 use serde_json::{Value, json};
@@ -45,6 +49,10 @@ struct World {
     grown: Mutex<BTreeSet<String>>,
     /// The version each server's `churn` tool has reached: its tool list names it.
     churned: Mutex<BTreeMap<String, u32>>,
+    /// How long connecting to a server takes (none: at once).
+    slow: Mutex<BTreeMap<String, Duration>>,
+    /// How connecting to a server fails (none: it does not).
+    refuse: Mutex<BTreeMap<String, Failure>>,
 }
 
 impl World {
@@ -279,6 +287,15 @@ impl Connector for InProcess {
                 () = cut.cancelled() => {}
             }
         });
+        self.world.record(format!("{}: connect", spec.name));
+        let slow = self.world.slow.lock().unwrap().get(&spec.name).copied();
+        if let Some(slow) = slow {
+            tokio::time::sleep(slow).await;
+        }
+        let refused = self.world.refuse.lock().unwrap().get(&spec.name).cloned();
+        if let Some(failure) = refused {
+            return Err(failure);
+        }
         self.world.sessions.lock().unwrap().insert(spec.name.clone(), stop.clone());
         let upstream = Upstream { name: spec.name.clone(), world: self.world.clone() };
         let server_stop = stop.clone();
@@ -435,16 +452,33 @@ struct Setup {
 
 /// `servers` as (name, tool_prefix, auto_start); `settings` per server.
 async fn setup(servers: &[(&str, &str, bool)], settings: &[(&str, ServerSettings)]) -> Setup {
-    setup_with(servers, settings, true).await
+    setup_full(servers, settings, Opts::default()).await
 }
 
-async fn setup_with(servers: &[(&str, &str, bool)], settings: &[(&str, ServerSettings)], can_sample: bool) -> Setup {
-    let world = Arc::new(World::default());
+/// What a test sets beyond the servers.
+#[derive(Default)]
+struct Opts<'a> {
+    /// The client declares neither sampling nor roots nor elicitation.
+    cannot_sample: bool,
+    /// Made beforehand, to set what the servers do.
+    world: Arc<World>,
+    /// Where on-demand listings are kept.
+    cache: Option<&'a std::path::Path>,
+    logins: Option<Arc<dyn Logins>>,
+}
+
+async fn setup_full(servers: &[(&str, &str, bool)], settings: &[(&str, ServerSettings)], opts: Opts<'_>) -> Setup {
+    let world = opts.world;
     let hub = Hub::new();
     let connector = Arc::new(InProcess { world: world.clone(), relay: hub.clone() });
     let supervisor = Arc::new(Supervisor::new(connector, SupervisorConfig::default()));
     let outcomes = Arc::new(Outcomes::default());
-    let options = GatewayOptions { calls: Some(outcomes.clone()), ..GatewayOptions::default() };
+    let options = GatewayOptions {
+        calls: Some(outcomes.clone()),
+        cache: opts.cache.map(ListingCache::new),
+        logins: opts.logins,
+        ..GatewayOptions::default()
+    };
     let gateway = Gateway::new(supervisor.clone(), hub, options);
     gateway.configure(settings.iter().map(|(name, s)| ((*name).to_owned(), *s)).collect());
     let sync = gateway.clone();
@@ -452,7 +486,12 @@ async fn setup_with(servers: &[(&str, &str, bool)], settings: &[(&str, ServerSet
     let specs = servers
         .iter()
         .map(|(name, prefix, auto_start)| {
-            let mut spec = ServerSpec::stdio(*name, "in-process");
+            // A server named remote-… is a remote one (auth_required is for those).
+            let mut spec = if name.starts_with("remote-") {
+                ServerSpec::remote(*name, ServerType::StreamableHttp, "http://127.0.0.1:9/mcp")
+            } else {
+                ServerSpec::stdio(*name, "in-process")
+            };
             spec.tool_prefix = (*prefix).to_owned();
             spec.auto_start = *auto_start;
             spec.validated().unwrap()
@@ -468,7 +507,7 @@ async fn setup_with(servers: &[(&str, &str, bool)], settings: &[(&str, ServerSet
     });
     let (tx, seen) = mpsc::unbounded_channel();
     let sampled = Arc::new(Mutex::new(Vec::new()));
-    let downstream = Downstream { seen: tx, sampled: sampled.clone(), can_sample };
+    let downstream = Downstream { seen: tx, sampled: sampled.clone(), can_sample: !opts.cannot_sample };
     let client = downstream.serve(tokio::io::split(down)).await.expect("initialize");
     Setup { world, supervisor, gateway, client, seen, sampled, outcomes }
 }
@@ -838,7 +877,7 @@ async fn a_sampling_request_reaches_the_calling_client_and_its_answer_goes_back(
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_cannot_sample_is_not_asked_and_the_server_hears_so() {
-    let s = setup_with(&[("alpha", "", true)], &[], false).await;
+    let s = setup_full(&[("alpha", "", true)], &[], Opts { cannot_sample: true, ..Opts::default() }).await;
     s.tools_until(WAIT, |n| n.contains(&"alpha__sample".to_owned())).await;
     let error = s.client.call_tool(call("alpha__sample", json!({"text": "x"}))).await.unwrap_err();
     // The server's request was refused, so the server failed the call.
@@ -878,5 +917,201 @@ async fn log_levels_go_upstream_and_log_messages_come_back_named_after_their_ser
         assert!(Instant::now() < until, "{:?}", s.world.log.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    s.end().await;
+}
+
+// ----- the first lists, and servers started on demand --------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_first_answers_wait_for_servers_that_are_still_connecting() {
+    let world = Arc::new(World::default());
+    world.slow.lock().unwrap().insert("slow".into(), Duration::from_secs(3));
+    let started = Instant::now();
+    let s = setup_full(&[("quick", "", true), ("slow", "", true)], &[], Opts { world, ..Opts::default() }).await;
+    // initialize waited for the first attempts: its instructions count both.
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(instructions.contains("- slow: running, 10 tools"), "{instructions}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let names = s.tool_names().await;
+    assert!(names.contains(&"slow__echo".to_owned()) && names.contains(&"quick__echo".to_owned()), "{names:?}");
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_answers_wait_at_most_the_settle_time() {
+    let world = Arc::new(World::default());
+    world.slow.lock().unwrap().insert("stuck".into(), Duration::from_secs(3600));
+    let started = Instant::now();
+    let s = setup_full(&[("quick", "", true), ("stuck", "", true)], &[], Opts { world, ..Opts::default() }).await;
+    assert_eq!(started.elapsed(), GatewayOptions::default().settle);
+    let names = s.tool_names().await;
+    assert!(names.contains(&"quick__echo".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("stuck__")), "{names:?}");
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_not_started_by_itself_is_not_waited_for() {
+    let started = Instant::now();
+    let s = setup(&[("quick", "", true), ("idle", "", false)], &[]).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(!s.world.saw("idle: connect"));
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_on_demand_server_is_run_once_to_be_listed_then_listed_from_the_cache_and_started_by_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
+
+    // Never listed: started once to learn what it offers, and kept running.
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
+        .await;
+    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
+    assert!(s.world.saw("lazy: connect"));
+    assert!(dir.path().join("lazy.json").exists());
+    s.end().await;
+
+    // The next run lists it from the cache without starting it.
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
+        .await;
+    let names = s.tool_names().await;
+    assert!(names.contains(&"lazy__echo".to_owned()), "{names:?}");
+    let prompts: Vec<String> = s.client.list_all_prompts().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(prompts, ["lazy__greet"]);
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(instructions.contains("10 tools (it starts at the first call)"), "{instructions}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!s.world.saw("lazy: connect"), "{:?}", s.world.log.lock().unwrap());
+
+    // The first call starts it and is answered by it.
+    let answer = s.call("lazy__echo", json!({"text": "wake"})).await;
+    assert_eq!(text_of(&answer), "lazy: wake");
+    assert!(s.world.saw("lazy: connect"));
+    // A prompt goes to it as well.
+    let prompt = s.client.get_prompt(GetPromptRequestParams::new("lazy__greet")).await.unwrap();
+    assert!(serde_json::to_value(&prompt.messages).unwrap().to_string().contains("greet from lazy"));
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_neither_on_demand_nor_running_is_not_started_by_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
+        .await;
+    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
+    s.end().await;
+    // The same server, no longer on demand: the cache is not used, nothing starts it.
+    let s = setup_full(&[("lazy", "", false)], &[], Opts { cache: Some(dir.path()), ..Opts::default() }).await;
+    let names = s.tool_names().await;
+    assert!(!names.iter().any(|n| n.starts_with("lazy__")), "{names:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!s.world.saw("lazy: connect"));
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_on_demand_server_that_cannot_start_is_named_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
+        .await;
+    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
+    s.end().await;
+
+    let world = Arc::new(World::default());
+    world.refuse.lock().unwrap().insert("lazy".into(), Failure::permanent("no such program"));
+    let opts = Opts { cache: Some(dir.path()), world, ..Opts::default() };
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], opts).await;
+    let answer = s.call("lazy__echo", json!({})).await;
+    assert_eq!(answer.is_error, Some(true));
+    let why = text_of(&answer);
+    assert!(why.starts_with("roster: the server \"lazy\" is failed (no such program)"), "{why}");
+    let error = s.client.get_prompt(GetPromptRequestParams::new("lazy__greet")).await.unwrap_err();
+    let ServiceError::McpError(error) = error else { panic!("{error:?}") };
+    assert!(error.message.starts_with("roster: the server \"lazy\" is failed (no such program)"), "{}", error.message);
+    let error = s.client.read_resource(ReadResourceRequestParams::new("lazy://info")).await.unwrap_err();
+    assert!(error.to_string().contains("the server \"lazy\" is failed"), "{error}");
+    assert_eq!(s.outcomes(), [("lazy".to_owned(), CallOutcome::Unavailable)]);
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_not_running_is_named_without_tools_in_the_instructions() {
+    let s = setup(&[("alpha", "", true), ("idle", "", false)], &[]).await;
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(instructions.contains("\n- alpha: running, 10 tools\n"), "{instructions}");
+    assert!(instructions.ends_with("\n- idle: unknown\n"), "{instructions}");
+    s.end().await;
+}
+
+#[derive(Debug, Default)]
+struct FakeLogins(Mutex<Vec<String>>);
+
+impl Logins for FakeLogins {
+    fn start(&self, server: &str) -> roster_transport::BoxFuture<Result<String, String>> {
+        self.0.lock().unwrap().push(server.to_owned());
+        let answer = if server == "remote-locked" {
+            Ok(format!("open https://login.example/{server}"))
+        } else {
+            Err("it has no login".to_owned())
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_waiting_for_a_login_says_how_and_roster_login_starts_one() {
+    let world = Arc::new(World::default());
+    world
+        .refuse
+        .lock()
+        .unwrap()
+        .insert("remote-locked".into(), Failure::needs_credentials(Challenge::parse("Bearer"), "401 from the server"));
+    let logins = Arc::new(FakeLogins::default());
+    let opts = Opts { world, logins: Some(logins.clone()), ..Opts::default() };
+    let s = setup_full(&[("alpha", "", true), ("remote-locked", "", true)], &[], opts).await;
+    let names = s.tool_names().await;
+    assert!(names.contains(&LOGIN_TOOL.to_owned()) && names.contains(&"alpha__echo".to_owned()), "{names:?}");
+
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(instructions.contains("- remote-locked: auth_required"), "{instructions}");
+    assert!(instructions.contains("it waits for a login: run `roster login remote-locked`"), "{instructions}");
+    let status: Value = serde_json::from_str(&text_of(&s.call(STATUS_TOOL, json!({})).await)).unwrap();
+    let logins_shown: Vec<(&str, Option<&str>)> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e.get("login").and_then(Value::as_str)))
+        .collect();
+    assert_eq!(logins_shown, [("alpha", None), ("remote-locked", Some("roster login remote-locked"))]);
+
+    // roster_login: a configured server is needed, and its answer is the host's.
+    let none = s.call(LOGIN_TOOL, json!({})).await;
+    assert_eq!(none.is_error, Some(true));
+    assert_eq!(text_of(&none), "roster: name a configured server: {\"server\": \"NAME\"} (alpha, remote-locked)");
+    let unknown = s.call(LOGIN_TOOL, json!({"server": "nope"})).await;
+    assert_eq!(text_of(&unknown), text_of(&none));
+    let started = s.call(LOGIN_TOOL, json!({"server": "remote-locked"})).await;
+    assert_eq!(
+        (started.is_error, text_of(&started)),
+        (Some(false), "open https://login.example/remote-locked".to_owned())
+    );
+    let refused = s.call(LOGIN_TOOL, json!({"server": "alpha"})).await;
+    assert_eq!((refused.is_error, text_of(&refused)), (Some(true), "roster: it has no login".to_owned()));
+    assert_eq!(logins.0.lock().unwrap().as_slice(), ["remote-locked", "alpha"]);
+    // Other calls still go where they go.
+    assert_eq!(text_of(&s.call("alpha__echo", json!({"text": "x"})).await), "alpha: x");
+    assert_eq!(s.outcomes(), [("alpha".to_owned(), CallOutcome::Ok)]);
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_login_host_there_is_no_login_tool() {
+    let s = setup(&[("alpha", "", true)], &[]).await;
+    assert!(!s.tool_names().await.contains(&LOGIN_TOOL.to_owned()));
+    let error = s.client.call_tool(call(LOGIN_TOOL, json!({"server": "alpha"}))).await.unwrap_err();
+    assert!(error.to_string().contains("no tool named \"roster_login\""), "{error}");
     s.end().await;
 }
