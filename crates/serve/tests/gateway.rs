@@ -1115,3 +1115,24 @@ async fn without_a_login_host_there_is_no_login_tool() {
     assert!(error.to_string().contains("no tool named \"roster_login\""), "{error}");
     s.end().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn servers_that_go_down_at_nearly_the_same_time_are_announced_once() {
+    let mut s = setup(&[("alpha", "", true), ("beta", "", true), ("gamma", "", true)], &[]).await;
+    s.tools_until(WAIT, |n| n.contains(&"gamma__echo".to_owned())).await;
+    s.seen_during(Duration::from_secs(2)).await;
+    // Changes less than 20 ms apart go out together.
+    s.world.crash("alpha");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.world.crash("beta");
+    let second = Instant::now();
+    // Before they are back (a first crash is restarted after restart_grace, 200 ms).
+    let seen = s.seen_during(Duration::from_millis(150)).await;
+    let at: Vec<Instant> =
+        seen.iter().filter_map(|x| if let Seen::ToolsChanged(at) = x { Some(*at) } else { None }).collect();
+    assert_eq!(at.len(), 1, "{seen:?}");
+    assert!(at[0] >= second, "the one notice comes after both changes");
+    let names = s.tool_names().await;
+    assert!(!names.iter().any(|n| n.starts_with("alpha__") || n.starts_with("beta__")), "{names:?}");
+    s.end().await;
+}
