@@ -261,13 +261,13 @@ impl Gateway {
                 pending = pending.union(self.rebuild());
             }
             if !*inner.ready.borrow() {
-                // An auto-start server still `unknown` has not begun its first
-                // attempt yet (the supervisor's actor has not taken the start).
-                let starting = inner
-                    .supervisor
-                    .status()
-                    .iter()
-                    .any(|s| s.state == State::Starting || (s.state == State::Unknown && s.auto_start));
+                // A server still `unknown` that is to start (auto-start, or an
+                // on-demand one started to be listed) has not begun its first
+                // attempt yet: the supervisor's actor has not taken the start.
+                let starting = inner.supervisor.status().iter().any(|s| {
+                    s.state == State::Starting
+                        || (s.state == State::Unknown && (s.auto_start || sync.primed.contains(&s.name)))
+                });
                 if (sync.fetching.is_empty() && !starting) || Instant::now() >= settle_at {
                     debug!("the first lists are ready");
                     inner.ready.send_replace(true);

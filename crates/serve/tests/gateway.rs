@@ -1136,3 +1136,18 @@ async fn servers_that_go_down_at_nearly_the_same_time_are_announced_once() {
     assert!(!names.iter().any(|n| n.starts_with("alpha__") || n.starts_with("beta__")), "{names:?}");
     s.end().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_on_demand_server_with_nothing_listed_promises_no_tools() {
+    let world = Arc::new(World::default());
+    world.refuse.lock().unwrap().insert("lazy".into(), Failure::permanent("no such program"));
+    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { world, ..Opts::default() }).await;
+    // Started once to be listed (and failed): nothing to offer, nothing promised.
+    assert!(s.world.saw("lazy: connect"));
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    let line = instructions.lines().find(|l| l.starts_with("- lazy: ")).unwrap_or_default();
+    assert!(line.starts_with("- lazy: failed (no such program)"), "{instructions}");
+    assert!(!line.contains("tools"), "{instructions}");
+    s.end().await;
+}
