@@ -75,8 +75,16 @@ fn a_collision_is_resolved_by_server_name_whatever_the_order_and_reported() {
     assert_eq!(loser, &route("zeta", "get.item"));
     assert!(renamed.starts_with("p__get_item_") && names::is_valid(renamed), "{renamed}");
     assert_eq!(one.tool(renamed), Some(&route("zeta", "get.item")));
-    let text = collision.to_string();
-    assert!(text.contains("alpha:get_item (kept)") && text.contains("zeta:get.item (served as"), "{text}");
+    assert_eq!(
+        collision.to_string(),
+        format!("tool name \"p__get_item\" is wanted by alpha:get_item (kept), zeta:get.item (served as {renamed:?})")
+    );
+}
+
+#[test]
+fn every_kind_is_named_in_words() {
+    let words = [Kind::Tool, Kind::Prompt, Kind::Resource, Kind::Template].map(Kind::as_str);
+    assert_eq!(words, ["tool", "prompt", "resource", "resource template"]);
 }
 
 #[test]
@@ -183,6 +191,14 @@ fn changes_name_the_kinds_that_differ() {
         Changes { tools: true, ..Changes::default() }.union(Changes { resources: true, ..Changes::default() }),
         Changes { tools: true, prompts: false, resources: true }
     );
+    // Each kind alone is a change, and survives a union with nothing.
+    let none = Changes::default();
+    for one in [Changes { tools: true, ..none }, Changes { prompts: true, ..none }, Changes { resources: true, ..none }]
+    {
+        assert!(one.any(), "{one:?}");
+        assert_eq!(one.union(none), one);
+        assert_eq!(none.union(one), one);
+    }
 }
 
 #[test]
