@@ -959,21 +959,27 @@ async fn a_server_not_started_by_itself_is_not_waited_for() {
     s.end().await;
 }
 
+/// An on-demand server, listed from the cache while it is not running.
+const LAZY: ServerSettings = ServerSettings { tool_timeout: None, on_demand: true };
+
+/// A first run with the on-demand server `lazy`, never listed before: it is
+/// started once to learn what it offers (and kept running), and its listing is
+/// kept in `cache`.
+async fn listed_once(cache: &std::path::Path) {
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", LAZY)], Opts { cache: Some(cache), ..Opts::default() }).await;
+    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
+    assert!(s.world.saw("lazy: connect"));
+    assert!(cache.join("lazy.json").exists());
+    s.end().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_on_demand_server_is_run_once_to_be_listed_then_listed_from_the_cache_and_started_by_a_call() {
     let dir = tempfile::tempdir().unwrap();
-    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
-
-    // Never listed: started once to learn what it offers, and kept running.
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
-        .await;
-    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
-    assert!(s.world.saw("lazy: connect"));
-    assert!(dir.path().join("lazy.json").exists());
-    s.end().await;
+    listed_once(dir.path()).await;
 
     // The next run lists it from the cache without starting it.
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", LAZY)], Opts { cache: Some(dir.path()), ..Opts::default() })
         .await;
     let names = s.tool_names().await;
     assert!(names.contains(&"lazy__echo".to_owned()), "{names:?}");
@@ -997,11 +1003,7 @@ async fn an_on_demand_server_is_run_once_to_be_listed_then_listed_from_the_cache
 #[tokio::test(start_paused = true)]
 async fn a_server_neither_on_demand_nor_running_is_not_started_by_a_call() {
     let dir = tempfile::tempdir().unwrap();
-    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
-        .await;
-    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
-    s.end().await;
+    listed_once(dir.path()).await;
     // The same server, no longer on demand: the cache is not used, nothing starts it.
     let s = setup_full(&[("lazy", "", false)], &[], Opts { cache: Some(dir.path()), ..Opts::default() }).await;
     let names = s.tool_names().await;
@@ -1014,16 +1016,12 @@ async fn a_server_neither_on_demand_nor_running_is_not_started_by_a_call() {
 #[tokio::test(start_paused = true)]
 async fn an_on_demand_server_that_cannot_start_is_named_with_its_state() {
     let dir = tempfile::tempdir().unwrap();
-    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { cache: Some(dir.path()), ..Opts::default() })
-        .await;
-    s.tools_until(WAIT, |n| n.contains(&"lazy__echo".to_owned())).await;
-    s.end().await;
+    listed_once(dir.path()).await;
 
     let world = Arc::new(World::default());
     world.refuse.lock().unwrap().insert("lazy".into(), Failure::permanent("no such program"));
     let opts = Opts { cache: Some(dir.path()), world, ..Opts::default() };
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], opts).await;
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", LAZY)], opts).await;
     let answer = s.call("lazy__echo", json!({})).await;
     assert_eq!(answer.is_error, Some(true));
     let why = text_of(&answer);
@@ -1141,8 +1139,7 @@ async fn servers_that_go_down_at_nearly_the_same_time_are_announced_once() {
 async fn an_on_demand_server_with_nothing_listed_promises_no_tools() {
     let world = Arc::new(World::default());
     world.refuse.lock().unwrap().insert("lazy".into(), Failure::permanent("no such program"));
-    let lazy = ServerSettings { tool_timeout: None, on_demand: true };
-    let s = setup_full(&[("lazy", "", false)], &[("lazy", lazy)], Opts { world, ..Opts::default() }).await;
+    let s = setup_full(&[("lazy", "", false)], &[("lazy", LAZY)], Opts { world, ..Opts::default() }).await;
     // Started once to be listed (and failed): nothing to offer, nothing promised.
     assert!(s.world.saw("lazy: connect"));
     let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
