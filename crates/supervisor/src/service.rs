@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rmcp::RoleClient;
 use rmcp::service::Peer;
-use roster_core::lifecycle::NO_CLIENT;
+use roster_core::lifecycle::{NO_CLIENT, format_duration};
 use roster_core::{
     Challenge, Change, Effect, Event, Failure, Generation, Health, Lifecycle, Reply, ServerSpec, ServerStatus,
     Settings, SpecChange, StartError, State, ToolListing, ValidSpec, ValidationError,
@@ -766,7 +766,7 @@ impl Actor {
             let result = tokio::select! {
                 result = session.ping(timeout) => result,
                 () = clock.sleep_until(backstop) => {
-                    Err(Failure::transient(format!("no answer within {}s", timeout.as_secs_f32())))
+                    Err(Failure::transient(format!("no answer to ping within {}", format_duration(timeout))))
                 }
             };
             // The driver only measures; the core decides what a slow answer means.
@@ -783,8 +783,8 @@ impl Actor {
             let listing = tokio::select! {
                 listing = session.list_tools(timeout) => listing,
                 () = clock.sleep_until(backstop) => ToolListing::Failed(Failure::transient(format!(
-                    "no answer to tools/list within {}s",
-                    timeout.as_secs_f32()
+                    "no answer to tools/list within {}",
+                    format_duration(timeout)
                 ))),
             };
             let _ = reports.send(Report::ToolsListed(generation, listing));

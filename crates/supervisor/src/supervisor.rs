@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use roster_core::lifecycle::{MAX_DELAY, format_duration};
+use roster_core::lifecycle::format_duration;
 use roster_core::{
     Challenge, ChangeAction, Field, ServerSpec, ServerStatus, Settings, SettingsError, SpecChange, ValidSpec,
     ValidationError,
@@ -202,7 +202,9 @@ impl Supervisor {
                 .max_concurrent_connects
                 .clamp(*CONCURRENT_CONNECTS_RANGE.start(), *CONCURRENT_CONNECTS_RANGE.end()),
             event_capacity: config.event_capacity.clamp(*EVENT_BUFFER_RANGE.start(), *EVENT_BUFFER_RANGE.end()),
-            shutdown_timeout: config.shutdown_timeout.min(MAX_DELAY),
+            shutdown_timeout: config
+                .shutdown_timeout
+                .clamp(*SHUTDOWN_TIMEOUT_RANGE.start(), *SHUTDOWN_TIMEOUT_RANGE.end()),
             settings: config.settings,
         };
         let shared = Arc::new(Shared::new(
@@ -442,4 +444,84 @@ fn unique_names(specs: &[ValidSpec]) -> Result<(), Vec<ValidationError>> {
         .map(|spec| ValidationError::new(spec.name.clone(), Field::Name, "defined more than once"))
         .collect();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(config: &SupervisorConfig) -> Vec<String> {
+        config.check().err().unwrap_or_default().iter().map(|e| format!("{}: {}", e.setting, e.message)).collect()
+    }
+
+    #[test]
+    fn the_defaults_are_in_range_and_each_bound_is_inclusive() {
+        assert!(SupervisorConfig::default().check().is_ok());
+        let edges = [
+            SupervisorConfig {
+                max_concurrent_connects: 1,
+                event_capacity: 16,
+                shutdown_timeout: Duration::from_secs(1),
+                ..SupervisorConfig::default()
+            },
+            SupervisorConfig {
+                max_concurrent_connects: 1000,
+                event_capacity: 100_000,
+                shutdown_timeout: Duration::from_secs(3600),
+                ..SupervisorConfig::default()
+            },
+        ];
+        for config in edges {
+            assert_eq!(errors(&config), Vec::<String>::new(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn every_value_out_of_range_is_named_as_the_file_names_it() {
+        let config = SupervisorConfig {
+            max_concurrent_connects: 0,
+            event_capacity: 100_001,
+            shutdown_timeout: Duration::from_millis(999),
+            ..SupervisorConfig::default()
+        };
+        assert_eq!(
+            errors(&config),
+            [
+                "max_concurrent_connects: must be between 1 and 1000, got 0",
+                "event_buffer: must be between 16 and 100000, got 100001",
+                "shutdown_timeout: must be between 1s and 1h, got 999ms",
+            ]
+        );
+        let settings = Settings { restart_grace: Duration::from_secs(100_000), ..Settings::default() };
+        let config = SupervisorConfig { settings, max_concurrent_connects: 1001, ..SupervisorConfig::default() };
+        let text = errors(&config);
+        assert_eq!(text.len(), 2, "the lifecycle's own errors come first, then this config's: {text:?}");
+        assert!(text[0].starts_with("restart_grace: "), "{text:?}");
+        assert_eq!(text[1], "max_concurrent_connects: must be between 1 and 1000, got 1001");
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_brings_its_numbers_into_their_ranges() {
+        let config = SupervisorConfig {
+            max_concurrent_connects: 0,
+            event_capacity: 1,
+            shutdown_timeout: Duration::ZERO,
+            ..SupervisorConfig::default()
+        };
+        let sup = Supervisor::new(Arc::new(crate::Unsupported), config);
+        let used = sup.config();
+        assert_eq!((used.max_concurrent_connects, used.event_capacity), (1, 16));
+        assert_eq!(used.shutdown_timeout, Duration::from_secs(1));
+        assert!(used.check().is_ok());
+        let config = SupervisorConfig {
+            max_concurrent_connects: 5000,
+            event_capacity: usize::MAX,
+            shutdown_timeout: Duration::MAX,
+            ..SupervisorConfig::default()
+        };
+        let sup = Supervisor::new(Arc::new(crate::Unsupported), config);
+        let used = sup.config();
+        assert_eq!((used.max_concurrent_connects, used.event_capacity), (1000, 100_000));
+        assert_eq!(used.shutdown_timeout, Duration::from_secs(3600));
+    }
 }

@@ -72,6 +72,15 @@ fn all_valid(specs: Vec<ServerSpec>) -> Vec<ValidSpec> {
     specs.into_iter().map(valid).collect()
 }
 
+/// Awaits `f` for at most an hour of the paused clock: a driver that never gets
+/// there fails the test at once (the clock jumps to the bound) instead of hanging it.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(S(3600), f).await {
+        Ok(value) => value,
+        Err(_) => panic!("not done within an hour (of the paused clock)"),
+    }
+}
+
 /// Every event buffered for `sub` now.
 fn drain(sub: &mut Subscription) -> Vec<Arc<ServerEvent>> {
     std::iter::from_fn(|| match sub.try_recv() {
@@ -176,7 +185,7 @@ async fn a_remote_server_is_unreachable_after_3_failures() {
     let svc = service(remote("api"), connector);
     let mut sub = svc.subscribe();
     let _ = svc.start().await;
-    let status = svc.wait_for(|s| s.state == State::Unreachable).await;
+    let status = bounded(svc.wait_for(|s| s.state == State::Unreachable)).await;
     assert_eq!(status.consecutive_failures, 3);
     assert_eq!(
         status.last_error.as_deref(),
@@ -229,7 +238,7 @@ async fn a_stop_during_a_connect_that_hangs_wins_and_the_attempt_is_released() {
         let svc = svc.clone();
         async move { svc.start().await }
     });
-    let _ = svc.wait_for(|s| s.state == State::Starting).await;
+    let _ = bounded(svc.wait_for(|s| s.state == State::Starting)).await;
     tokio::task::yield_now().await;
     assert_eq!(gate.started.load(Ordering::SeqCst), 1);
     svc.stop().await;
@@ -252,7 +261,7 @@ async fn a_start_during_starting_joins_the_attempt() {
         let svc = svc.clone();
         async move { svc.start().await }
     });
-    let _ = svc.wait_for(|s| s.state == State::Starting).await;
+    let _ = bounded(svc.wait_for(|s| s.state == State::Starting)).await;
     let second = tokio::spawn({
         let svc = svc.clone();
         async move { svc.start().await }
@@ -400,7 +409,7 @@ async fn status_answers_while_a_connect_hangs_forever() {
     spec.timeout = Some(60);
     sup.apply(vec![valid(spec)]).await.unwrap();
     let svc = sup.get("api").unwrap();
-    let _ = svc.wait_for(|s| s.state == State::Starting).await;
+    let _ = bounded(svc.wait_for(|s| s.state == State::Starting)).await;
     for _ in 0..3 {
         let t = Instant::now();
         assert_eq!(sup.status()[0].state, State::Starting);
@@ -409,7 +418,7 @@ async fn status_answers_while_a_connect_hangs_forever() {
         tokio::time::sleep(S(10)).await;
     }
     // A connect never hangs the server forever: the timeout ends it.
-    let status = svc.wait_for(|s| s.state == State::Failed).await;
+    let status = bounded(svc.wait_for(|s| s.state == State::Failed)).await;
     assert!(status.last_error.unwrap().contains("timed out"));
     sup.shutdown().await;
 }
@@ -560,7 +569,7 @@ async fn a_slow_ping_degrades_the_server_once_and_a_fast_one_heals_it() {
     spec.auto_start = true;
     sup.apply(all_valid(vec![spec])).await.unwrap();
     let svc = sup.get("api").unwrap();
-    svc.wait_for(|s| s.state == State::Connected).await;
+    bounded(svc.wait_for(|s| s.state == State::Connected)).await;
 
     // The first probe is due after 30 s and answers after 6 s.
     tokio::time::sleep(S(36) + ms(1)).await;
@@ -595,7 +604,7 @@ async fn a_server_that_offers_tools_but_lists_none_is_reported_once_per_session(
     let svc = service(stdio("fs"), slow_connector(vec![], ToolListing::Listed { count: 0 }));
     let mut sub = svc.subscribe();
     svc.start().await.unwrap();
-    let status = svc.wait_for(|s| s.warning.is_some()).await;
+    let status = bounded(svc.wait_for(|s| s.warning.is_some())).await;
     assert_eq!(status.warning.as_deref(), Some("offers tools but listed none: it may have started only half-way"));
     assert_eq!((status.state, status.health), (State::Running, Health::Healthy));
     let r = reasons(&drain(&mut sub));
@@ -635,7 +644,7 @@ async fn apply_restarts_only_changed_servers_and_updates_metadata_in_place() {
     let plan = sup.apply(all_valid(first.clone())).await.unwrap();
     assert!(plan.steps.iter().all(|s| matches!(s.action, Action::Add { .. })));
     for name in ["a", "b", "c", "e"] {
-        let _ = sup.get(name).unwrap().wait_for(|s| s.state.is_running()).await;
+        let _ = bounded(sup.get(name).unwrap().wait_for(|s| s.state.is_running())).await;
     }
     assert_eq!(sup.get("idle").unwrap().state(), State::Unknown, "auto_start = false: registered, not started");
 
@@ -660,10 +669,15 @@ async fn apply_restarts_only_changed_servers_and_updates_metadata_in_place() {
         ]
     );
     assert_eq!(plan.steps[1].fields, [roster_core::Field::Args]);
+    let changed: Vec<&str> = plan.changes().map(|s| s.server.as_str()).collect();
+    assert_eq!(changed, ["b", "c", "d", "e"], "changes() leaves out what stays as it is");
+    let inspected = sup.inspect_all(|lifecycle, _| lifecycle.spec().name.clone());
+    assert_eq!(inspected, ["a", "b", "c", "d", "idle"], "every server, in name order");
+    assert_eq!(format!("{sup:?}"), r#"Supervisor { servers: ["a", "b", "c", "d", "idle"] }"#);
     let b = sup.get("b").unwrap();
     tokio::time::sleep(S(1)).await;
-    let _ = b.wait_for(|s| s.state.is_running()).await;
-    let _ = sup.get("d").unwrap().wait_for(|s| s.state.is_running()).await;
+    let _ = bounded(b.wait_for(|s| s.state.is_running())).await;
+    let _ = bounded(sup.get("d").unwrap().wait_for(|s| s.state.is_running())).await;
     let counts = counts.lock().unwrap().clone();
     assert_eq!(counts.get("a"), Some(&1));
     assert_eq!(counts.get("b"), Some(&2), "restarted");
@@ -744,7 +758,7 @@ async fn shutdown_stops_every_server_in_parallel() {
         .collect();
     sup.apply(all_valid(specs)).await.unwrap();
     for name in sup.names() {
-        let _ = sup.get(&name).unwrap().wait_for(|s| s.state == State::Running).await;
+        let _ = bounded(sup.get(&name).unwrap().wait_for(|s| s.state == State::Running)).await;
     }
     let report = sup.shutdown().await;
     assert_eq!(report.stopped.len(), 20);
@@ -886,7 +900,7 @@ async fn shutdown_names_and_kills_the_servers_that_outlive_its_timeout() {
     });
     sup.apply(all_valid(specs.to_vec())).await.unwrap();
     for name in ["ok", "stuck"] {
-        let _ = sup.get(name).unwrap().wait_for(|s| s.state == State::Running).await;
+        let _ = bounded(sup.get(name).unwrap().wait_for(|s| s.state == State::Running)).await;
     }
     let t = Instant::now();
     let report = sup.shutdown().await;
@@ -915,16 +929,18 @@ async fn kill_all_reaches_servers_that_are_being_stopped() {
     let mut spec = stdio("stuck");
     spec.auto_start = true;
     sup.apply(vec![valid(spec)]).await.unwrap();
-    let _ = sup.get("stuck").unwrap().wait_for(|s| s.state == State::Running).await;
+    let _ = bounded(sup.get("stuck").unwrap().wait_for(|s| s.state == State::Running)).await;
     let removal = tokio::spawn({
         let sup = sup.clone();
         async move { sup.apply(Vec::new()).await }
     });
     tokio::time::sleep(S(1)).await;
     assert!(!removal.is_finished(), "its close hangs");
+    let killed_at = Instant::now();
     sup.kill_all();
     removal.await.unwrap().unwrap();
     assert_eq!(probe.kills.load(Ordering::SeqCst), 1);
+    assert!(Instant::now() - killed_at < S(1), "by the kill, not by the close's own backstop");
 }
 
 // ----- the auth hook: before anyone sees it, and isolated ------------------------------
@@ -1042,7 +1058,7 @@ async fn a_supervisor_with_another_clock_waits_on_that_clock_only() {
     spec.auto_start = true;
     sup.apply(vec![valid(spec)]).await.unwrap();
     let svc = sup.get("fs").unwrap();
-    let _ = svc.wait_for(|s| s.state == State::Failed).await;
+    let _ = bounded(svc.wait_for(|s| s.state == State::Failed)).await;
     tokio::time::sleep(S(3600)).await;
     assert_eq!(calls.count(), 1, "tokio's time passing does not fire the retry");
     clock.advance(S(29));
@@ -1053,4 +1069,223 @@ async fn a_supervisor_with_another_clock_waits_on_that_clock_only() {
     assert_eq!(calls.count(), 2, "the clock's 30 s fire it");
     assert_eq!(svc.status().next_retry_after, Some(60_000 + 30_000), "status reads the clock too");
     sup.shutdown().await;
+}
+
+// ----- the reference's accessors -------------------------------------------------------
+
+/// A real rmcp client peer, connected over an in-memory pipe to a server that
+/// offers nothing: what a session's `peer()` hands out. The two services are
+/// returned to be kept alive.
+async fn in_memory_peer() -> (
+    rmcp::service::Peer<rmcp::RoleClient>,
+    rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rmcp::ServiceExt;
+
+    #[derive(Clone)]
+    struct Nothing;
+    impl rmcp::ServerHandler for Nothing {}
+
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        if let Ok(running) = Nothing.serve(tokio::io::split(server_end)).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let client = ().serve(tokio::io::split(client_end)).await.expect("the in-memory handshake");
+    (client.peer().clone(), client, server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_accessors_read_the_server_as_it_is_at_each_step() {
+    let (peer, _client, _server) = in_memory_peer().await;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let mut connector = MockConnector::new();
+    let count = connects.clone();
+    connector.expect_connect().returning(move |_, _| {
+        if count.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Err(Failure::transient("connection refused"));
+        }
+        // The first session is up for 40 s, then lost; every reconnect fails.
+        let dies: BoxFuture<Failure> = Box::pin(async {
+            tokio::time::sleep(S(40)).await;
+            Failure::transient("stream ended")
+        });
+        let mut session = MockSession::new();
+        let peer = peer.clone();
+        session.expect_closed().return_once(move || dies);
+        session.expect_ping().returning(|_| Ok(()));
+        session.expect_close().returning(|| Ok(()));
+        session.expect_peer().returning(move || Some(peer.clone()));
+        session.expect_list_tools().returning(|_| ToolListing::NotOffered);
+        session.expect_pid().returning(|| None);
+        session.expect_stderr_tail().returning(Vec::new);
+        Ok(Box::new(session))
+    });
+    let settings =
+        Settings { health_check_interval: roster_core::NonZeroDuration::new(S(20)).unwrap(), ..Settings::default() };
+    let options = ServiceOptions { settings, ..ServiceOptions::default() };
+    let svc = Service::new(valid(remote("api")), Arc::new(connector), options);
+
+    // Never started.
+    assert_eq!(svc.service_type(), "MCPServer");
+    assert_eq!(svc.health_check_interval(), S(20));
+    assert_eq!(format!("{svc:?}"), r#"Service { name: "api", state: Unknown }"#);
+    assert!(!svc.is_running() && !svc.is_healthy() && !svc.is_unreachable() && !svc.is_client_ready());
+    assert!(svc.client().is_none() && svc.live().is_none());
+    assert_eq!((svc.last_attempt(), svc.next_retry_after()), (None, None));
+
+    // Up, and pinged once (at 20 s).
+    svc.start().await.unwrap();
+    tokio::time::sleep(S(21)).await;
+    assert!(svc.is_running() && svc.is_healthy() && svc.is_client_ready() && !svc.is_unreachable());
+    let client = svc.client().expect("the live session's peer");
+    assert!(client.peer_info().is_some(), "it is the session's own, initialized peer");
+    let live = svc.live().expect("a live session");
+    assert_eq!(svc.live().map(|l| l.id), Some(live.id), "the same session reads as the same one");
+    assert!(format!("{live:?}").starts_with("Live { id: SessionId {"), "{live:?}");
+    // 21 s ago on the paused clock, told as wall-clock time.
+    let attempt = svc.last_attempt().expect("it was started");
+    let ago = std::time::SystemTime::now().duration_since(attempt).expect("the attempt is in the past");
+    assert!((S(21)..S(23)).contains(&ago), "the attempt was {ago:?} ago");
+    assert_eq!(svc.next_retry_after(), None);
+
+    // Lost at 40 s; its reconnects fail until it is unreachable.
+    let status = bounded(svc.wait_for(|s| s.state == State::Unreachable)).await;
+    assert!(svc.is_unreachable() && !svc.is_running() && !svc.is_healthy() && !svc.is_client_ready());
+    assert!(svc.client().is_none() && svc.live().is_none());
+    let next = svc.next_retry_after().expect("an unreachable server is still retried");
+    assert_eq!(next, std::time::UNIX_EPOCH + Duration::from_millis(status.next_retry_after.unwrap()));
+    assert!(next > svc.last_attempt().unwrap());
+    svc.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_server_then_ends_its_task() {
+    let probe = SlowCloses::default();
+    let connector: Arc<dyn Connector> = Arc::new(probe.connector(Some(S(5)), None));
+    let svc = Service::new(valid(stdio("fs")), connector.clone(), ServiceOptions::default());
+    svc.start().await.unwrap();
+    let t0 = Instant::now();
+    drop(svc);
+    // The close takes 5 s: the task stays until it is done, then lets go of all it held.
+    tokio::time::sleep(S(4)).await;
+    assert_eq!(probe.closes.count(), 0);
+    assert!(Arc::strong_count(&connector) > 1, "the task waits for the close");
+    tokio::time::sleep(S(2)).await;
+    assert_eq!(probe.closes.offsets(t0), [S(5)], "dropping the handle stopped the server");
+    assert_eq!(Arc::strong_count(&connector), 1, "and then the task ended");
+    assert_eq!(probe.kills.load(Ordering::SeqCst), 0, "gracefully");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_or_listing_that_ignores_its_timeout_fails_one_second_after_it() {
+    // The session's own calls should end at their timeout (ping_timeout, 10 s);
+    // the driver's backstop ends them a second later, and not before.
+    struct Deaf {
+        ping_takes: Duration,
+        listing_takes: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Session for Deaf {
+        async fn ping(&self, _timeout: Duration) -> Result<(), Failure> {
+            tokio::time::sleep(self.ping_takes).await;
+            Ok(())
+        }
+
+        fn closed(&self) -> BoxFuture<Failure> {
+            never()
+        }
+
+        async fn close(&self) -> Result<(), CloseError> {
+            Ok(())
+        }
+
+        fn peer(&self) -> Option<rmcp::service::Peer<rmcp::RoleClient>> {
+            None
+        }
+
+        async fn list_tools(&self, _timeout: Duration) -> ToolListing {
+            tokio::time::sleep(self.listing_takes).await;
+            ToolListing::Listed { count: 0 }
+        }
+    }
+
+    let ms = Duration::from_millis;
+    let connector = |ping_takes, listing_takes| {
+        let mut connector = MockConnector::new();
+        connector.expect_connect().returning(move |_, _| Ok(Box::new(Deaf { ping_takes, listing_takes })));
+        connector
+    };
+    // Late but within the backstop (10.5 s): they count.
+    let svc = service(stdio("late"), connector(ms(10_500), ms(10_500)));
+    svc.start().await.unwrap();
+    tokio::time::sleep(S(11)).await;
+    assert_eq!(
+        svc.status().warning.as_deref(),
+        Some("offers tools but listed none: it may have started only half-way"),
+        "the listing that answered at 10.5 s was taken"
+    );
+    let report = bounded(svc.check_health()).await;
+    assert_eq!(
+        (report.health, report.error),
+        (Health::Degraded, Some("MCP ping took 10.5s, more than degraded_after (5s)".to_owned()))
+    );
+    svc.stop().await;
+
+    // Never answering: failed at 11 s.
+    let svc = service(stdio("deaf"), connector(S(3600), S(3600)));
+    svc.start().await.unwrap();
+    let asked = Instant::now();
+    let report = bounded(svc.check_health()).await;
+    assert_eq!(Instant::now() - asked, S(11));
+    assert_eq!(report.health, Health::Unhealthy);
+    assert_eq!(report.error.as_deref(), Some("MCP ping failed: no answer to ping within 10s"));
+    svc.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_waits_for_the_next_event_and_ends_with_the_supervisor() {
+    let counts: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+    let config = SupervisorConfig { event_capacity: 16, ..SupervisorConfig::default() };
+    let sup = Supervisor::new(Arc::new(counting_connector(counts)), config);
+    let mut waiting = sup.subscribe();
+    let mut lagging = sup.subscribe();
+    let next = tokio::spawn(async move {
+        let first = waiting.recv().await;
+        (first, waiting)
+    });
+    let mut spec = stdio("fs");
+    spec.auto_start = true;
+    sup.apply(all_valid(vec![spec])).await.unwrap();
+    let (first, mut waiting) = bounded(next).await.unwrap();
+    match first {
+        Some(Received::Event(e)) => assert_eq!((e.server.as_str(), e.event.state), ("fs", State::Starting)),
+        other => panic!("expected the first event, got {other:?}"),
+    }
+    // 20 restarts publish more than the 16 the lagging subscriber can hold.
+    assert_eq!(sup.events_dropped(), 0);
+    for _ in 0..20 {
+        sup.get("fs").unwrap().restart().await.unwrap();
+    }
+    let missed = match lagging.try_recv() {
+        Some(Received::Missed(n)) => n,
+        other => panic!("expected to be told of missed events, got {other:?}"),
+    };
+    assert!(missed > 0);
+    assert_eq!(sup.events_dropped(), missed, "its losses are counted once they are learnt");
+    sup.shutdown().await;
+    drop(sup);
+    let rest = bounded(async {
+        let mut rest = 0;
+        while let Some(received) = waiting.recv().await {
+            assert!(matches!(received, Received::Event(_) | Received::Missed(_)));
+            rest += 1;
+        }
+        rest
+    })
+    .await;
+    assert!(rest > 0, "the events after the first were delivered before the stream ended");
 }
