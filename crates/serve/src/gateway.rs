@@ -57,9 +57,11 @@ pub struct GatewayOptions {
     pub list_timeout: Duration,
     /// How long a call may take when its server has no `tool_timeout` of its own.
     pub tool_timeout: Duration,
-    /// How long the first lists wait for the servers' first attempts to end (and
-    /// their listings to arrive), so that a client that lists at once sees every
-    /// server that comes up, not the first few.
+    /// How long after the gateway starts the first answers wait for the servers'
+    /// first attempts to end (and their listings to arrive), so that a client that
+    /// lists at once sees every server that comes up, not the first few. One answer
+    /// waits at most half of it, so that neither `initialize` nor the first list
+    /// comes near a client's own request timeout (MCP Inspector's is 10 s).
     pub settle: Duration,
     /// Where on-demand servers' listings are kept between runs; without one they
     /// contribute nothing until started.
@@ -462,10 +464,11 @@ impl Gateway {
         }
     }
 
-    /// Waits (at most `settle`) for the first lists.
+    /// Waits for the first lists: until the first attempts have ended, `settle`
+    /// after the start at the latest, and never more than half of it.
     async fn settled(&self) {
         let mut ready = self.inner.ready.subscribe();
-        let _ = tokio::time::timeout(self.inner.options.settle, ready.wait_for(|r| *r)).await;
+        let _ = tokio::time::timeout(self.inner.options.settle / 2, ready.wait_for(|r| *r)).await;
     }
 
     fn cached(&self, spec: &roster_core::ServerSpec) -> Option<Listing> {

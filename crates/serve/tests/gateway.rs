@@ -943,8 +943,12 @@ async fn the_first_answers_wait_at_most_the_settle_time() {
     world.slow.lock().unwrap().insert("stuck".into(), Duration::from_secs(3600));
     let started = Instant::now();
     let s = setup_full(&[("quick", "", true), ("stuck", "", true)], &[], Opts { world, ..Opts::default() }).await;
-    assert_eq!(started.elapsed(), GatewayOptions::default().settle);
+    let settle = GatewayOptions::default().settle;
+    assert_eq!(started.elapsed(), settle / 2, "one answer waits at most half the settle time");
+    let instructions = s.client.peer_info().and_then(|i| i.instructions.clone()).unwrap_or_default();
+    assert!(instructions.contains("- stuck: starting"), "{instructions}");
     let names = s.tool_names().await;
+    assert_eq!(started.elapsed(), settle, "the first list, the rest of it");
     assert!(names.contains(&"quick__echo".to_owned()), "{names:?}");
     assert!(!names.iter().any(|n| n.starts_with("stuck__")), "{names:?}");
     s.end().await;
