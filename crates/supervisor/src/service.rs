@@ -837,6 +837,7 @@ mod tests {
         });
         actor.on_report(Report::Connected(attempt, Arc::new(session)));
         assert_eq!(actor.lifecycle.state(), State::Stopped, "the late success does not bring the server up");
+        assert!(!actor.is_quiet(), "the task may not end while the late session closes");
         match reports.recv().await {
             Some(Report::SessionClosed(g)) => assert_eq!(g, attempt),
             Some(_) | None => panic!("expected the late session to be closed"),
@@ -844,5 +845,6 @@ mod tests {
         actor.on_report(Report::SessionClosed(attempt));
         assert!(closed.load(Ordering::SeqCst));
         assert!(actor.sessions.is_empty(), "nothing left open");
+        assert!(actor.is_quiet(), "and now it may");
     }
 }
