@@ -238,4 +238,78 @@ mod tests {
         assert!(is_tls(&outer));
         assert!(!is_tls(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
     }
+
+    /// An error whose text is `0` and whose source is `1`.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn StdError + 'static))
+        }
+    }
+
+    #[test]
+    fn a_chain_skips_a_cause_its_outer_error_already_quotes_and_the_root_is_the_innermost() {
+        let error = Layer(
+            "error sending request",
+            Some(Box::new(Layer("connect: Connection refused", Some(Box::new(Layer("Connection refused", None)))))),
+        );
+        assert_eq!(chain(&error), "error sending request: connect: Connection refused");
+        assert_eq!(root_cause(&error), "Connection refused");
+        let flat = Layer("alone", None);
+        assert_eq!((chain(&flat), root_cause(&flat)), ("alone".to_owned(), "alone".to_owned()));
+    }
+
+    fn client() -> reqwest::Client {
+        crate::HttpClients::new(crate::HttpOptions::default()).unwrap().for_url("http://127.0.0.1/").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient_and_its_text_has_the_cause_and_no_secret() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://ann:hunter2@127.0.0.1:{port}/mcp?token=s3cret");
+        let error = client().get(&url).send().await.unwrap_err();
+        let f = classify_reqwest(&error);
+        assert_eq!(f.kind(), FailureKind::Transient);
+        // reqwest moves the URL's credentials into an Authorization header.
+        let prefix = format!("cannot connect to http://127.0.0.1:{port}/mcp?token=<redacted>: ");
+        assert!(f.message.starts_with(&prefix), "{}", f.message);
+        assert!(f.message.len() > prefix.len(), "the causes follow: {}", f.message);
+        assert!(!f.message.contains("hunter2") && !f.message.contains("s3cret"), "{}", f.message);
+        assert_eq!(reqwest_text(&error.without_url()), format!("cannot connect: {}", &f.message[prefix.len()..]));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_permanent() {
+        let error = client().get("no scheme here").send().await.unwrap_err();
+        let f = classify_reqwest(&error);
+        assert_eq!(f.kind(), FailureKind::Permanent);
+        assert!(f.message.starts_with("invalid request"), "{}", f.message);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_a_failed_read_and_transient() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort").await.unwrap();
+        });
+        let response = client().get(&url).send().await.unwrap();
+        let error = response.bytes().await.unwrap_err();
+        server.await.unwrap();
+        let f = classify_reqwest(&error);
+        assert_eq!(f.kind(), FailureKind::Transient);
+        assert!(f.message.starts_with("reading the response failed"), "{}", f.message);
+    }
 }

@@ -292,4 +292,34 @@ mod tests {
         clients.for_url("HTTPS://example.com/mcp").unwrap();
         assert!(clients.has_tls());
     }
+
+    #[test]
+    fn the_clients_keep_their_options_and_a_message_may_be_16_mib() {
+        assert_eq!(DEFAULT_MAX_MESSAGE_SIZE, 16_777_216);
+        assert_eq!(HttpOptions::default().max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        let options = HttpOptions {
+            connect_timeout: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(7),
+            max_message_size: 1024,
+        };
+        assert_eq!(HttpClients::new(options).unwrap().options(), &options);
+    }
+
+    #[test]
+    fn the_stream_passes_chunks_as_they_are_and_ends_after_the_one_too_large() {
+        let chunks: Vec<Result<Bytes, reqwest::Error>> = vec![
+            Ok(Bytes::from_static(b"data: a\n\n")),
+            Ok(Bytes::from_static(b"data: 0123456789")),
+            Ok(Bytes::from_static(b"\n\n")),
+        ];
+        let mut stream = limit_events(futures::stream::iter(chunks), 12);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut next = || Pin::new(&mut stream).poll_next(&mut cx);
+        let Poll::Ready(Some(Ok(first))) = next() else { panic!("the first event passes") };
+        assert_eq!(&first[..], b"data: a\n\n");
+        let Poll::Ready(Some(Err(EventStreamError::TooLarge { max: 12 }))) = next() else {
+            panic!("16 bytes without an end")
+        };
+        assert!(matches!(next(), Poll::Ready(None)), "nothing after the failure, though the body goes on");
+    }
 }
