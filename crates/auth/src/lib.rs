@@ -50,10 +50,9 @@ pub fn classify(e: &AuthError) -> Failure {
         ),
         AuthError::CredentialStoreError(why) => Failure::permanent(format!("credentials: {why}")),
         AuthError::ClientCredentialsError(why) => Failure::permanent(format!("client credentials: {why}")),
-        AuthError::TokenRefreshFailed(_)
-        | AuthError::TokenExchangeFailed(_)
-        | AuthError::HttpError(_)
-        | AuthError::DiscoveryRequestFailed { .. } => Failure::transient(format!("token renewal failed: {e}")),
+        // The rest (`TokenRefreshFailed`, `TokenExchangeFailed`, `HttpError`,
+        // `DiscoveryRequestFailed`, and what rmcp may add: the type is
+        // non-exhaustive) is the authorization server down, slow or odd: retried.
         _ => Failure::transient(format!("token renewal failed: {e}")),
     }
 }

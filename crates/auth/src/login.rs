@@ -515,3 +515,91 @@ async fn revoke(record: &Record, http: &reqwest::Client) -> Revoked {
     }
     Revoked::Yes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_scopes_are_the_configured_ones_and_on_a_step_up_the_granted_and_the_required_too() {
+        let configured = strings(&["read"]);
+        let entry = Store::new("/nowhere").entry("docs", "https://mcp.example/mcp");
+        let token = serde_json::json!({"access_token": "t", "token_type": "Bearer"});
+        let credentials = rmcp::transport::auth::StoredCredentials::new(
+            "c".into(),
+            Some(serde_json::from_value(token).unwrap()),
+            strings(&["read", "files"]),
+            None,
+        );
+        let old = Record {
+            version: crate::FORMAT_VERSION,
+            server: entry.server().into(),
+            url: entry.url().into(),
+            metadata: None,
+            redirect_uri: None,
+            credentials,
+        };
+        let step_up = r#"Bearer error="insufficient_scope", scope="admin  files""#;
+        assert_eq!(wanted_scopes(&configured, Some(&old), Some(step_up)), strings(&["read", "files", "admin"]));
+        assert_eq!(wanted_scopes(&[], None, Some(step_up)), strings(&["admin", "files"]), "none granted before");
+        let plain = r#"Bearer scope="admin""#;
+        assert_eq!(wanted_scopes(&configured, Some(&old), Some(plain)), configured, "not a step-up: rmcp picks");
+        assert_eq!(wanted_scopes(&configured, Some(&old), None), configured);
+    }
+
+    #[test]
+    fn a_query_parameter_is_read_by_its_exact_name() {
+        let url = "https://as.example/authorize?client_id=c&state=a%20b&statex=no";
+        assert_eq!(query_param(url, "state").as_deref(), Some("a b"));
+        assert_eq!(query_param(url, "client_id").as_deref(), Some("c"));
+        assert_eq!(query_param(url, "scope"), None);
+        assert_eq!(query_param("not a url", "state"), None);
+    }
+
+    fn waiting() -> (Arc<Waiting>, oneshot::Receiver<Result<Callback, LoginError>>) {
+        let (tx, rx) = oneshot::channel();
+        let waiting =
+            Arc::new(Waiting { state: "s-1".into(), done: Mutex::new(Some(tx)), stray: Mutex::new(Vec::new()) });
+        (waiting, rx)
+    }
+
+    async fn call(waiting: &Arc<Waiting>, uri: &str) -> (StatusCode, String) {
+        let response = on_callback(State(waiting.clone()), uri.parse().unwrap()).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_callback_takes_one_code_with_the_right_state_and_reports_the_rest() {
+        let (waiting, mut rx) = waiting();
+        assert_eq!(call(&waiting, "/other?state=s-1&code=c").await.0, StatusCode::NOT_FOUND);
+        let (status, page) = call(&waiting, "/callback?state=s-2&code=c").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("<h1>This is not the login roster is waiting for.</h1>"), "{page}");
+        assert_eq!(call(&waiting, "/callback?state=s-1").await.0, StatusCode::BAD_REQUEST, "no code");
+        assert!(rx.try_recv().is_err(), "nothing taken yet");
+        let (status, page) = call(&waiting, "/callback?code=c-9&state=s-1&iss=https%3A%2F%2Fas.example").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("roster is logged in.") && page.contains("You can close this tab."), "{page}");
+        let callback = rx.try_recv().unwrap().unwrap();
+        assert_eq!((callback.code.as_str(), callback.iss.as_deref()), ("c-9", Some("https://as.example")));
+        assert_eq!(call(&waiting, "/callback?state=s-1&code=c").await.0, StatusCode::GONE, "answered once");
+        let stray = waiting.stray.lock().unwrap().clone();
+        assert_eq!(stray, ["a callback with another state (not from this login)", "a callback without a code"]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_in_the_callback_ends_the_wait_with_the_reason() {
+        let (waiting, mut rx) = waiting();
+        let (status, page) = call(&waiting, "/callback?state=s-1&error=access_denied&error_description=no").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("The login was refused."), "{page}");
+        let Err(LoginError::Denied { error, description }) = rx.try_recv().unwrap() else { panic!("a refusal") };
+        assert_eq!((error.as_str(), description.as_deref()), ("access_denied", Some("no")));
+    }
+}

@@ -235,9 +235,8 @@ impl Tokens {
             Grant::ClientCredentials => self.client_credentials(record.as_ref(), more_scope).await,
             Grant::AuthorizationCode => self.refresh(record).await,
         };
-        let token = tokio::time::timeout(TOKEN_REQUEST_TIMEOUT, async { renewed })
-            .await
-            .map_err(|_| AuthError::TokenRefreshFailed("the authorization server did not answer in time".into()))??;
+        // Each network step inside is bounded by `bounded`.
+        let token = renewed?;
         info!(server = inner.entry.server(), "access token renewed");
         Ok(token)
     }
@@ -350,6 +349,113 @@ mod tests {
             // Always renewed by the time it expires, never before its middle.
             prop_assert!(needs_renewal(Some(received), Some(life), received + life));
             prop_assert!(!needs_renewal(Some(received), Some(life), received + life / 2));
+        }
+    }
+
+    mod source {
+        use rmcp::transport::auth::{AuthError, StoredCredentials};
+        use roster_core::{AuthConfig, Grant};
+
+        use super::super::{MissingSecret, Tokens, now_secs};
+        use crate::store::{Entry, FORMAT_VERSION, Record, Store};
+
+        /// A kept token `access`, received `age` seconds ago, living an hour.
+        fn keep(entry: &Entry, access: &str, age: u64, refresh: bool) {
+            let mut token = serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
+            if refresh {
+                token["refresh_token"] = "r".into();
+            }
+            let token = serde_json::from_value(token).unwrap();
+            let credentials = StoredCredentials::new("c".into(), Some(token), vec![], Some(now_secs() - age));
+            let record = Record {
+                version: FORMAT_VERSION,
+                server: entry.server().into(),
+                url: entry.url().into(),
+                metadata: None,
+                redirect_uri: None,
+                credentials,
+            };
+            entry.write(&record).unwrap();
+        }
+
+        fn tokens(entry: &Entry, auth: &AuthConfig) -> Tokens {
+            let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap();
+            Tokens::new(entry.clone(), Some(auth), http.for_url("http://127.0.0.1/").unwrap()).unwrap()
+        }
+
+        fn code() -> AuthConfig {
+            AuthConfig::default()
+        }
+
+        /// Client credentials with no client id: a renewal fails before any request.
+        fn credentials_without_id() -> AuthConfig {
+            AuthConfig { grant: Grant::ClientCredentials, ..AuthConfig::default() }
+        }
+
+        #[tokio::test]
+        async fn a_fresh_kept_token_is_sent_as_it_is_and_no_login_sends_none() {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let source = tokens(&entry, &code());
+            assert_eq!(source.entry().path(), entry.path());
+            assert_eq!(source.current().await.unwrap(), None, "nobody logged in");
+            keep(&entry, "tok-A", 60, false);
+            assert_eq!(source.current().await.unwrap().as_deref(), Some("tok-A"));
+            // Fresh in the store: adopted rather than renewed (no request made).
+            assert_eq!(source.obtain().await.unwrap(), "tok-A");
+            assert_eq!(source.after_rejection("tok-OLD").await.unwrap(), "tok-A", "another process renewed it");
+            std::fs::remove_file(entry.path()).unwrap();
+            assert_eq!(source.current().await.unwrap().as_deref(), Some("tok-A"), "while fresh, no file is read");
+        }
+
+        #[tokio::test]
+        async fn a_stale_or_refused_token_with_nothing_to_renew_it_needs_a_login() {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            keep(&entry, "tok-A", 3590, false);
+            let source = tokens(&entry, &code());
+            assert!(matches!(source.current().await, Err(AuthError::AuthorizationRequired)), "10 s left of an hour");
+            keep(&entry, "tok-B", 0, false);
+            assert!(matches!(source.after_rejection("tok-B").await, Err(AuthError::AuthorizationRequired)));
+        }
+
+        #[tokio::test]
+        async fn client_credentials_get_a_first_token_unasked_and_step_up_at_most_three_times_in_a_row() {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let source = tokens(&entry, &credentials_without_id());
+            assert!(
+                matches!(source.current().await, Err(AuthError::ClientCredentialsError(_))),
+                "no token kept: one is requested at once"
+            );
+            for attempt in 1..=3 {
+                let upgrade = source.upgrade_scope("tok", "admin").await;
+                assert!(matches!(upgrade, Err(AuthError::ClientCredentialsError(_))), "attempt {attempt}");
+            }
+            assert_eq!(source.upgrade_scope("tok", "admin").await.unwrap(), None, "the attempts are spent");
+            source.accepted();
+            assert!(source.upgrade_scope("tok", "admin").await.is_err(), "a success resets the count");
+            let person = tokens(&entry, &code());
+            assert_eq!(person.upgrade_scope("tok", "admin").await.unwrap(), None, "a person must log in again");
+        }
+
+        #[test]
+        fn the_client_secret_comes_from_the_environment_and_debug_hides_it() {
+            let secret = std::env::var("PATH").expect("PATH is set");
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let auth = AuthConfig {
+                client_id: Some("roster-ci".into()),
+                client_secret_env: Some("PATH".into()),
+                ..credentials_without_id()
+            };
+            let text = format!("{:?}", tokens(&entry, &auth));
+            assert!(text.contains("roster-ci") && text.contains("<redacted>"), "{text}");
+            assert!(!text.contains(&secret), "{text}");
+            let unset = AuthConfig { client_secret_env: Some("ROSTER_TEST_NEVER_SET_9F2".into()), ..auth };
+            let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap();
+            let err = Tokens::new(entry, Some(&unset), http.for_url("http://127.0.0.1/").unwrap()).unwrap_err();
+            assert_eq!(err, MissingSecret("ROSTER_TEST_NEVER_SET_9F2".into()));
         }
     }
 }

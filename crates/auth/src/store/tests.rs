@@ -156,6 +156,42 @@ fn debug_shows_no_token() {
     let text = format!("{:?}", record(&entry, "tok-SECRET"));
     assert!(!text.contains("tok-SECRET"), "{text}");
     assert!(!text.contains("pw@"), "URL credentials are redacted: {text}");
+    assert!(text.contains("\"docs\"") && text.contains("mcp.example/mcp"), "what it is for is shown: {text}");
+}
+
+#[test]
+fn a_token_without_a_refresh_token_says_so() {
+    let entry = Store::new("/nowhere").entry("docs", "https://mcp.example/mcp");
+    let mut r = record(&entry, "tok");
+    let token = serde_json::json!({"access_token": "tok", "token_type": "Bearer"});
+    r.credentials.token_response = Some(serde_json::from_value(token).unwrap());
+    assert!(!r.has_refresh_token());
+    assert_eq!(r.expires_in(), None);
+}
+
+#[test]
+fn a_server_sends_tokens_when_configured_for_oauth_or_logged_in_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path().join("creds"));
+    let mut spec =
+        roster_core::ServerSpec::remote("docs", roster_core::ServerType::StreamableHttp, "https://mcp.example/mcp");
+    assert!(store.entry_for(&spec).unwrap().is_none(), "neither");
+    spec.auth = Some(roster_core::AuthConfig { kind: roster_core::AuthType::Oauth, ..Default::default() });
+    assert_eq!(store.entry_for(&spec).unwrap().unwrap().path(), store.entry("docs", "https://mcp.example/mcp").path());
+    spec.auth = Some(roster_core::AuthConfig { kind: roster_core::AuthType::None, ..Default::default() });
+    assert!(store.entry_for(&spec).unwrap().is_none(), "auth of another kind");
+    let entry = store.entry("docs", "https://mcp.example/mcp");
+    entry.write(&record(&entry, "tok")).unwrap();
+    assert!(store.entry_for(&spec).unwrap().is_some(), "logged in to");
+}
+
+#[test]
+fn a_record_that_cannot_be_removed_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = Store::new(dir.path().join("creds")).entry("docs", "https://mcp.example/mcp");
+    fs::create_dir_all(entry.path()).unwrap();
+    let err = entry.remove().unwrap_err();
+    assert!(err.to_string().starts_with(&format!("removing {}", entry.path().display())), "{err}");
 }
 
 #[tokio::test]
@@ -185,6 +221,7 @@ async fn the_credential_store_keeps_the_record_around_the_credentials() {
     let store = entry.credential_store(Some(metadata), Some("http://127.0.0.1:9/callback".into()));
     assert!(store.load().await.unwrap().is_none());
     store.save(credentials("one")).await.unwrap();
+    assert_eq!(store.load().await.unwrap().and_then(|c| c.token_received_at), Some(7), "loaded back");
     let kept = entry.read().unwrap().unwrap();
     assert_eq!(kept.metadata.as_ref().and_then(|m| m.issuer.as_deref()), Some("https://as.example"));
     assert_eq!(kept.redirect_uri.as_deref(), Some("http://127.0.0.1:9/callback"));
