@@ -19,8 +19,9 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{RoleClient, RoleServer, ServerHandler};
-use roster_core::{ServerStatus, State};
-use roster_supervisor::{Received, SessionId, Supervisor};
+use roster_core::lifecycle::format_duration;
+use roster_core::{Failure, ServerStatus, State, ToolListing};
+use roster_supervisor::{Received, Session, SessionId, Supervisor};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -184,8 +185,13 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// A gateway over `supervisor`, whose transports were built with `hub` as
-    /// their relay. Nothing is listed until [`Gateway::run`] runs.
+    /// their relay. Nothing is listed until [`Gateway::run`] runs; from now on
+    /// the supervisor leaves listing tools to the gateway
+    /// ([`Supervisor::delegate_tool_listing`]), so each session is listed once.
     pub fn new(supervisor: Arc<Supervisor>, hub: Arc<Hub>, options: GatewayOptions) -> Gateway {
+        // The gateway lists every session to aggregate it: the supervisor takes
+        // the tool count from that listing instead of making its own.
+        supervisor.delegate_tool_listing();
         Gateway {
             inner: Arc::new(Inner {
                 supervisor,
@@ -347,7 +353,12 @@ impl Gateway {
         if held == Some(live.id) && !stale.contains(name) {
             return false;
         }
-        let Some(peer) = live.session.peer() else { return false };
+        let Some(service) = service else { return false };
+        let Some(peer) = live.session.peer() else {
+            // Nothing to list through: it offers nothing.
+            service.tools_listed(live.id, ToolListing::NotOffered);
+            return false;
+        };
         stale.remove(name);
         fetching.insert(name.to_owned(), live.id);
         let timeout = inner.options.list_timeout;
@@ -357,11 +368,9 @@ impl Gateway {
             if let Some(level) = level {
                 let _ = tokio::time::timeout(timeout, peer.set_level(level)).await;
             }
-            let result = match tokio::time::timeout(timeout, list(&peer)).await {
-                Ok(Ok(listing)) => Ok(listing),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("listing took longer than {timeout:?}")),
-            };
+            let (tools, result) = list(&peer, &*live.session, timeout).await;
+            // The supervisor does not list on its own (`delegate_tool_listing`).
+            service.tools_listed(live.id, tools);
             (name, live.id, result)
         });
         false
@@ -572,21 +581,56 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Everything `peer` offers, every page, for the kinds it declared.
-async fn list(peer: &Peer<RoleClient>) -> Result<Listing, ServiceError> {
+/// Everything `peer` offers, every page, for the kinds it declared, all within
+/// `timeout`; and what the listing of its tools found, for the supervisor.
+async fn list(
+    peer: &Peer<RoleClient>,
+    session: &dyn Session,
+    timeout: Duration,
+) -> (ToolListing, Result<Listing, String>) {
+    let step = Step { deadline: Instant::now() + timeout, timeout, session };
     let capabilities = peer.peer_info().map(|info| info.capabilities.clone()).unwrap_or_default();
     let mut listing = Listing::default();
-    if capabilities.tools.is_some() {
-        listing.tools = peer.list_all_tools().await?;
+    let tools = if capabilities.tools.is_some() {
+        match step.run("tools/list", peer.list_all_tools()).await {
+            Ok(tools) => {
+                listing.tools = tools;
+                ToolListing::Listed { count: listing.tools.len() }
+            }
+            Err(failure) => return (ToolListing::Failed(failure.clone()), Err(failure.message)),
+        }
+    } else {
+        ToolListing::NotOffered
+    };
+    let rest = async {
+        if capabilities.prompts.is_some() {
+            listing.prompts = step.run("prompts/list", peer.list_all_prompts()).await?;
+        }
+        if capabilities.resources.is_some() {
+            listing.resources = step.run("resources/list", peer.list_all_resources()).await?;
+            listing.templates = step.run("resources/templates/list", peer.list_all_resource_templates()).await?;
+        }
+        Ok::<_, Failure>(listing)
+    };
+    (tools, rest.await.map_err(|failure| failure.message))
+}
+
+/// One request of a listing: within what is left of its time, its failure
+/// classified by the session's rules.
+struct Step<'a> {
+    deadline: Instant,
+    timeout: Duration,
+    session: &'a dyn Session,
+}
+
+impl Step<'_> {
+    async fn run<T>(&self, what: &str, request: impl Future<Output = Result<T, ServiceError>>) -> Result<T, Failure> {
+        match tokio::time::timeout_at(self.deadline, request).await {
+            Ok(Ok(items)) => Ok(items),
+            Ok(Err(e)) => Err(self.session.classify(&e)),
+            Err(_) => Err(Failure::transient(format!("no answer to {what} within {}", format_duration(self.timeout)))),
+        }
     }
-    if capabilities.prompts.is_some() {
-        listing.prompts = peer.list_all_prompts().await?;
-    }
-    if capabilities.resources.is_some() {
-        listing.resources = peer.list_all_resources().await?;
-        listing.templates = peer.list_all_resource_templates().await?;
-    }
-    Ok(listing)
 }
 
 /// What the sync loop keeps between its rounds.

@@ -53,6 +53,8 @@ struct World {
     slow: Mutex<BTreeMap<String, Duration>>,
     /// How connecting to a server fails (none: it does not).
     refuse: Mutex<BTreeMap<String, Failure>>,
+    /// Servers that offer tools but list none.
+    empty: Mutex<BTreeSet<String>>,
 }
 
 impl World {
@@ -61,7 +63,11 @@ impl World {
     }
 
     fn saw(&self, line: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l == line)
+        self.times(line) > 0
+    }
+
+    fn times(&self, line: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| *l == line).count()
     }
 
     /// Ends `server`'s session from the server's side.
@@ -106,6 +112,10 @@ impl ServerHandler for Upstream {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.world.record(format!("{}: list tools", self.name));
+        if self.world.empty.lock().unwrap().contains(&self.name) {
+            return Ok(ListToolsResult::with_all_items(Vec::new()));
+        }
         let mut names = vec!["echo", "fail", "wait", "progress", "sample", "grow", "churn", "log", "roots", "elicit"];
         if self.world.grown.lock().unwrap().contains(&self.name) {
             names.push("extra");
@@ -719,6 +729,22 @@ async fn a_server_that_dies_takes_its_items_away_and_brings_them_back_and_client
     s.tools_until(Duration::from_secs(1), |n| n.contains(&"alpha__echo".to_owned())).await;
     assert_eq!(text_of(&s.call("alpha__echo", json!({"text": "back"})).await), "alpha: back");
     assert_eq!(s.outcomes(), [("alpha".to_owned(), CallOutcome::Unavailable), ("alpha".to_owned(), CallOutcome::Ok)]);
+    // Each session was listed once: by the gateway, which told the supervisor.
+    assert_eq!((s.world.times("alpha: list tools"), s.world.times("beta: list tools")), (2, 1));
+    s.end().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_lists_no_tools_carries_the_warning_from_the_gateways_listing() {
+    let world = Arc::new(World::default());
+    world.empty.lock().unwrap().insert("bare".to_owned());
+    let s = setup_full(&[("bare", "", true), ("alpha", "", true)], &[], Opts { world, ..Opts::default() }).await;
+    s.tools_until(WAIT, |n| n.contains(&"alpha__echo".to_owned())).await;
+    let bare = s.supervisor.get("bare").unwrap();
+    let status = timeout(WAIT, bare.wait_for(|s| s.warning.is_some())).await.expect("the warning");
+    assert_eq!(status.warning.as_deref(), Some("offers tools but listed none: it may have started only half-way"));
+    assert_eq!(s.supervisor.get("alpha").unwrap().status().warning, None);
+    assert_eq!(s.world.times("bare: list tools"), 1);
     s.end().await;
 }
 

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     pub(crate) bus: EventBus,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// The host lists every session's tools and reports them
+    /// ([`Service::tools_listed`]); the driver does not list.
+    pub(crate) listing_delegated: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             bus: EventBus::new(event_capacity),
             clock,
             observer: std::sync::OnceLock::new(),
+            listing_delegated: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -115,6 +119,7 @@ enum Command {
     CheckHealth(oneshot::Sender<HealthReport>),
     Update(Box<ValidSpec>, oneshot::Sender<SpecChange>),
     Kill,
+    ToolsListed(Generation, ToolListing),
 }
 
 enum Report {
@@ -436,6 +441,16 @@ impl Service {
         }
     }
 
+    /// Reports what a listing of session `session`'s tools found, made by the
+    /// host (see [`crate::Supervisor::delegate_tool_listing`]; also after the
+    /// server said its tools changed: the last report counts). A report for a
+    /// session of another service, or one that has ended, changes nothing.
+    pub fn tools_listed(&self, session: SessionId, listing: ToolListing) {
+        if session.instance == self.instance {
+            self.send(Command::ToolsListed(session.generation, listing));
+        }
+    }
+
     fn send(&self, command: Command) {
         // A closed channel means the task ended; every reply channel then reads as gone.
         let _ = self.commands.send(command);
@@ -568,6 +583,7 @@ impl Actor {
                     slot.session.kill();
                 }
             }
+            Command::ToolsListed(generation, listing) => self.feed(Event::ToolsListed { generation, listing }),
         }
     }
 
@@ -776,6 +792,9 @@ impl Actor {
     }
 
     fn list_tools(&mut self, generation: Generation, timeout: Duration) {
+        if self.shared.listing_delegated.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Some(session) = self.sessions.get(&generation).map(|slot| slot.session.clone()) else { return };
         let (reports, clock) = (self.reports.clone(), self.shared.clock.clone());
         let backstop = clock.now() + timeout + BACKSTOP;

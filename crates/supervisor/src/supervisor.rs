@@ -256,6 +256,15 @@ impl Supervisor {
         self.shared.observer.set(observer)
     }
 
+    /// Hands the listing of tools after every start to the host, which lists
+    /// each session itself anyway (as `roster serve` does to aggregate) and
+    /// reports what it found with [`Service::tools_listed`]: every session is
+    /// then listed once, not twice. Until a report comes, a server shows no
+    /// "tools missing" warning. Takes effect for sessions that start afterwards.
+    pub fn delegate_tool_listing(&self) {
+        self.shared.listing_delegated.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The server named `name`.
     pub fn get(&self, name: &str) -> Option<Service> {
         lock(&self.services).get(name).cloned()

@@ -600,6 +600,42 @@ async fn a_slow_ping_degrades_the_server_once_and_a_fast_one_heals_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_host_that_lists_tools_itself_reports_them_and_the_driver_does_not_list() {
+    // Every session lists none: a listing by the driver would raise the warning.
+    let connector = slow_connector(vec![], ToolListing::Listed { count: 0 });
+    let sup = Supervisor::new(Arc::new(connector), SupervisorConfig::default());
+    sup.delegate_tool_listing();
+    let mut sub = sup.subscribe();
+    let (mut a, mut b) = (remote("a"), remote("b"));
+    (a.auto_start, b.auto_start) = (true, true);
+    sup.apply(all_valid(vec![a, b])).await.unwrap();
+    let (a, b) = (sup.get("a").unwrap(), sup.get("b").unwrap());
+    bounded(a.wait_for(|s| s.state == State::Connected)).await;
+    bounded(b.wait_for(|s| s.state == State::Connected)).await;
+    tokio::time::sleep(S(1)).await;
+    assert_eq!((a.status().warning, b.status().warning), (None, None), "the driver did not list");
+
+    // A report names its session: one of `a` says nothing of `b`.
+    let session = a.live().expect("a live session").id;
+    b.tools_listed(session, ToolListing::Listed { count: 0 });
+    a.tools_listed(session, ToolListing::Listed { count: 0 });
+    let status = bounded(a.wait_for(|s| s.warning.is_some())).await;
+    assert_eq!(status.warning.as_deref(), Some("offers tools but listed none: it may have started only half-way"));
+    assert_eq!(b.status().warning, None);
+    let missing: Vec<String> = drain(&mut sub)
+        .into_iter()
+        .filter(|e| e.event.reason == Some(Reason::ToolsMissing))
+        .map(|e| e.server.clone())
+        .collect();
+    assert_eq!(missing, ["a"]);
+
+    // The last report counts.
+    a.tools_listed(session, ToolListing::Listed { count: 2 });
+    bounded(a.wait_for(|s| s.warning.is_none())).await;
+    sup.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_server_that_offers_tools_but_lists_none_is_reported_once_per_session() {
     let svc = service(stdio("fs"), slow_connector(vec![], ToolListing::Listed { count: 0 }));
     let mut sub = svc.subscribe();
