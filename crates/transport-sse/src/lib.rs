@@ -602,6 +602,90 @@ mod tests {
         }
     }
 
+    fn in_transport(e: SseError) -> rmcp::transport::DynamicTransportError {
+        rmcp::transport::DynamicTransportError::new::<SseTransport, RoleClient>(e)
+    }
+
+    #[test]
+    fn texts_name_the_transport_error_inside_rmcps() {
+        assert_eq!(SseError::StreamEnded(None).to_string(), "the event stream ended before the endpoint event");
+        assert_eq!(
+            SseError::StreamEnded(Some("reset".into())).to_string(),
+            "the event stream ended before the endpoint event: reset"
+        );
+        let status = || SseError::Status(StatusInfo { status: 503, ..StatusInfo::default() });
+        let init = ClientInitializeError::transport::<SseTransport>(status(), "send initialize request");
+        assert_eq!(SseError::Initialize(Box::new(init)).to_string(), "initialize failed: HTTP 503");
+        let closed = ClientInitializeError::ConnectionClosed("eof".into());
+        let text = closed.to_string();
+        assert_eq!(SseError::Initialize(Box::new(closed)).to_string(), format!("initialize failed: {text}"));
+        let send = ServiceError::TransportSend(in_transport(SseError::EventTooLarge(10)));
+        assert_eq!(SseError::Request(Box::new(send)).to_string(), "the server sent an event larger than 10 bytes");
+        assert_eq!(
+            SseError::Request(Box::new(ServiceError::TransportClosed)).to_string(),
+            ServiceError::TransportClosed.to_string()
+        );
+    }
+
+    #[test]
+    fn a_request_is_classified_by_the_transport_error_inside_it() {
+        let send = |e| ServiceError::TransportSend(in_transport(e));
+        let f = classify_request(&send(SseError::Status(StatusInfo { status: 401, ..StatusInfo::default() })));
+        assert_eq!(f.kind(), FailureKind::NeedsCredentials);
+        assert_eq!(f.message, "HTTP 401 Unauthorized");
+        let f = classify_request(&send(SseError::BadEndpoint("x".into())));
+        assert_eq!(f.kind(), FailureKind::Permanent, "{}", f.message);
+        let foreign = rmcp::transport::DynamicTransportError::from_parts(
+            "other",
+            std::any::TypeId::of::<()>(),
+            Box::new(std::io::Error::other("boom")),
+        );
+        let f = classify_request(&ServiceError::TransportSend(foreign));
+        assert_eq!(f.kind(), FailureKind::Transient);
+        assert!(f.message.contains("boom"), "{}", f.message);
+        let refused = ServiceError::McpError(rmcp::ErrorData::invalid_params("no such tool", None));
+        assert_eq!(classify_request(&refused).kind(), FailureKind::Permanent, "the server's own rejection");
+        assert_eq!(classify_request(&ServiceError::TransportClosed).kind(), FailureKind::Transient);
+    }
+
+    #[test]
+    fn only_a_body_error_over_the_limit_counts_as_too_large() {
+        let over = sse_stream::Error::Body(Box::new(EventStreamError::TooLarge { max: 7 }));
+        assert_eq!(too_large(&over), Some(7));
+        let other = sse_stream::Error::Body(Box::new(std::io::Error::other("reset")));
+        assert_eq!(too_large(&other), None);
+        assert_eq!(too_large(&sse_stream::Error::InvalidLine), None);
+    }
+
+    #[test]
+    fn stream_ends_say_why() {
+        assert_eq!(StreamEnd::Closed.to_string(), "the server ended the event stream");
+        assert_eq!(StreamEnd::Broke("reset".into()).to_string(), "the event stream broke: reset");
+        assert_eq!(StreamEnd::TooLarge(9).to_string(), "the server sent an event larger than 9 bytes");
+        assert_eq!(StreamEnd::ClientClosed.to_string(), "the client closed");
+    }
+
+    #[test]
+    fn configured_headers_become_sensitive_header_values_and_a_bad_one_is_named() {
+        let mut spec = ServerSpec::remote("s", roster_core::ServerType::Sse, "http://127.0.0.1/sse");
+        spec.headers.insert("X-Api-Key".into(), "k".into());
+        let map = to_header_map(&spec).unwrap();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["x-api-key"], "k");
+        assert!(map["x-api-key"].is_sensitive());
+        spec.headers.insert("bad name".into(), "v".into());
+        match to_header_map(&spec) {
+            Err(SseError::InvalidHeader(e)) => assert_eq!(e.name, "bad name"),
+            other => panic!("expected InvalidHeader, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_internals() {
+        let connector = SseConnector::new(HttpClients::new(HttpOptions::default()).unwrap());
+        assert!(format!("{connector:?}").starts_with("SseConnector { clients: "));
+    }
+
     #[test]
     fn a_transport_error_inside_initialize_is_classified_by_its_own_type() {
         let inner =
