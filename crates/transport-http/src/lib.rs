@@ -96,13 +96,6 @@ fn service_text(e: &ServiceError) -> String {
             Some(inner) => streamable_text(inner),
             None => e.to_string(),
         },
-        ServiceError::McpError(_)
-        | ServiceError::TransportClosed
-        | ServiceError::UnexpectedResponse
-        | ServiceError::SubscriptionLagged { .. }
-        | ServiceError::Cancelled { .. }
-        | ServiceError::Timeout { .. }
-        | ServiceError::InputRequiredRoundsExceeded { .. } => e.to_string(),
         _ => e.to_string(),
     }
 }
@@ -170,14 +163,6 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
         StreamableHttpError::SessionExpired
         | StreamableHttpError::SessionRecoveryTimeout
         | StreamableHttpError::ReinitializationFailed(_) => Failure::transient(format!("session lost: {text}")),
-        StreamableHttpError::TransportChannelClosed
-        | StreamableHttpError::Io(_)
-        | StreamableHttpError::UnexpectedEndOfStream
-        | StreamableHttpError::Sse(_)
-        | StreamableHttpError::ControlRequestTimeout
-        | StreamableHttpError::TokioJoinError(_)
-        | StreamableHttpError::ServerDoesNotSupportSse
-        | StreamableHttpError::ServerDoesNotSupportDeleteSession => Failure::transient(text),
         // The endpoint answers, but not as an MCP server.
         StreamableHttpError::UnexpectedContentType(_)
         | StreamableHttpError::UnexpectedServerResponse(_)
@@ -185,6 +170,11 @@ pub fn classify_streamable(e: &StreamableHttpError<reqwest::Error>, phase: Phase
         | StreamableHttpError::ResponseBodyTooLarge { .. }
         | StreamableHttpError::MissingSessionIdInResponse
         | StreamableHttpError::ReservedHeaderConflict(_) => Failure::permanent(text),
+        // The connection or the stream failed (`TransportChannelClosed`, `Io`,
+        // `UnexpectedEndOfStream`, `Sse`, `ControlRequestTimeout`,
+        // `TokioJoinError`, `ServerDoesNotSupportSse`,
+        // `ServerDoesNotSupportDeleteSession`), and whatever rmcp adds to this
+        // non-exhaustive type: a retry may help.
         _ => Failure::transient(text),
     }
 }
@@ -334,5 +324,175 @@ impl Session for HttpSession {
 
     fn classify(&self, error: &ServiceError) -> Failure {
         classify_request(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::transport::DynamicTransportError;
+    use rmcp::transport::streamable_http_client::{AuthRequiredError, HttpStatusError, InsufficientScopeError};
+    use roster_core::{FailureClass, FailureKind};
+
+    use super::*;
+
+    type E = StreamableHttpError<reqwest::Error>;
+
+    fn boxed(e: E) -> DynamicTransportError {
+        DynamicTransportError::from_parts("streamable-http", std::any::TypeId::of::<E>(), Box::new(e))
+    }
+
+    fn initialize(e: E) -> HttpError {
+        let e = ClientInitializeError::TransportError { error: boxed(e), context: "send initialize request".into() };
+        HttpError::Initialize(Box::new(e))
+    }
+
+    fn request(e: E) -> ServiceError {
+        ServiceError::TransportSend(boxed(e))
+    }
+
+    /// A real reqwest error: a connection to `port`, which nothing listens on.
+    async fn refused(port: u16) -> reqwest::Error {
+        let client =
+            HttpClients::new(roster_http::HttpOptions::default()).unwrap().for_url("http://127.0.0.1/").unwrap();
+        client.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap_err()
+    }
+
+    fn challenge(f: &Failure) -> roster_core::Challenge {
+        match &f.class {
+            FailureClass::NeedsCredentials(challenge) => (**challenge).clone(),
+            other => panic!("expected auth required, got {other:?}"),
+        }
+    }
+
+    fn status(code: u16, retry_after: Option<&str>) -> E {
+        E::HttpStatus(HttpStatusError::new(code, retry_after.map(str::to_owned)))
+    }
+
+    #[test]
+    fn statuses_and_challenges_are_classified_by_roster_http() {
+        let f =
+            classify_streamable(&E::AuthRequired(AuthRequiredError::new("Bearer realm=\"r\"".into())), Phase::Other);
+        assert_eq!(challenge(&f).realm.as_deref(), Some("r"));
+        let scope = InsufficientScopeError::new("Bearer error=\"insufficient_scope\", scope=\"admin\"".into(), None);
+        let f = classify_streamable(&E::InsufficientScope(scope), Phase::Other);
+        assert_eq!(challenge(&f).scope.as_deref(), Some("admin"));
+        let f = classify_streamable(&status(503, Some("9")), Phase::Other);
+        assert_eq!(f.class, FailureClass::Transient { retry_after: Some(Duration::from_secs(9)) });
+        let f = classify_streamable(&status(404, None), Phase::StreamableInitialize);
+        assert_eq!(f.kind(), FailureKind::Permanent);
+        assert!(
+            f.message.contains("type = \"sse\""),
+            "a 404 on initialize suggests the legacy transport: {}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn rmcps_own_errors_are_transient_when_the_session_may_come_back_and_permanent_when_it_is_not_mcp() {
+        for (e, kind) in [
+            (E::SessionExpired, FailureKind::Transient),
+            (E::SessionRecoveryTimeout, FailureKind::Transient),
+            (E::TransportChannelClosed, FailureKind::Transient),
+            (E::UnexpectedEndOfStream, FailureKind::Transient),
+            (E::ControlRequestTimeout, FailureKind::Transient),
+            (E::ServerDoesNotSupportSse, FailureKind::Transient),
+            (E::Io(std::io::Error::other("reset")), FailureKind::Transient),
+            (E::UnexpectedContentType(Some("text/html".into())), FailureKind::Permanent),
+            (E::UnexpectedServerResponse("<html>".into()), FailureKind::Permanent),
+            (E::ResponseBodyTooLarge { max_size: 10 }, FailureKind::Permanent),
+            (E::MissingSessionIdInResponse, FailureKind::Permanent),
+            (E::ReservedHeaderConflict("accept".into()), FailureKind::Permanent),
+        ] {
+            let text = e.to_string();
+            let f = classify_streamable(&e, Phase::Other);
+            assert_eq!(f.kind(), kind, "{text}");
+            assert!(f.message.contains(&text), "{} names {text}", f.message);
+        }
+        assert_eq!(
+            classify_streamable(&E::SessionExpired, Phase::Other).message,
+            "session lost: Session expired (HTTP 404)"
+        );
+    }
+
+    #[test]
+    fn a_token_source_failure_is_classified_by_roster_auth() {
+        let f = classify_streamable(&E::Auth(AuthError::AuthorizationRequired), Phase::Other);
+        assert_eq!(f.kind(), FailureKind::NeedsCredentials);
+        assert_eq!(f, classify_auth(&AuthError::AuthorizationRequired));
+    }
+
+    #[test]
+    fn sessions_carry_tokens_only_for_servers_set_up_for_oauth_or_logged_in_to() {
+        let store = Store::new(std::env::temp_dir().join(format!("roster-transport-http-{}", std::process::id())));
+        let clients = HttpClients::new(roster_http::HttpOptions::default()).unwrap();
+        let mut spec = ServerSpec::remote("s", roster_core::ServerType::StreamableHttp, "http://127.0.0.1:1/mcp");
+        assert!(tokens_for(&store, &spec, &clients).unwrap().is_none(), "no auth, no login: no tokens");
+        spec.auth = Some(roster_core::AuthConfig { kind: roster_core::AuthType::Oauth, ..Default::default() });
+        assert!(tokens_for(&store, &spec, &clients).unwrap().is_some());
+        assert!(!store.dir().exists(), "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn a_client_error_is_classified_and_told_as_reqwests() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = || refused(port);
+        let re = refused().await;
+        let expected = reqwest_text(&re);
+        assert!(expected.starts_with("cannot connect"), "{expected}");
+        let f = classify_streamable(&E::Client(refused().await), Phase::Other);
+        assert_eq!(f.kind(), FailureKind::Transient);
+        assert_eq!(f.message, expected);
+
+        let init = initialize(E::Client(refused().await));
+        assert_eq!(init.to_string(), format!("initialize failed: {expected}"));
+        assert_eq!(classify(&init).kind(), FailureKind::Transient);
+        assert_eq!(HttpError::Request(Box::new(request(E::Client(refused().await)))).to_string(), expected);
+    }
+
+    #[test]
+    fn a_transport_error_inside_initialize_is_classified_by_its_own_type() {
+        let f = classify(&initialize(status(429, Some("3"))));
+        assert_eq!(f.class, FailureClass::Transient { retry_after: Some(Duration::from_secs(3)) });
+        let f = classify(&initialize(status(404, None)));
+        assert!(f.message.contains("type = \"sse\""), "initialize's phase is kept: {}", f.message);
+        let other = ClientInitializeError::ConnectionClosed("eof".into());
+        let text = format!("initialize failed: {other}");
+        let e = HttpError::Initialize(Box::new(other));
+        assert_eq!(e.to_string(), text);
+        assert_eq!(classify(&e).kind(), FailureKind::Transient);
+        let e = HttpError::Initialize(Box::new(ClientInitializeError::Cancelled));
+        assert_eq!(classify(&e).kind(), FailureKind::Cancelled);
+    }
+
+    #[test]
+    fn a_request_is_classified_by_the_transport_error_inside_it() {
+        let f = classify_request(&request(E::AuthRequired(AuthRequiredError::new(String::new()))));
+        assert_eq!(f.kind(), FailureKind::NeedsCredentials, "a 401 mid-session is auth required");
+        let foreign = DynamicTransportError::from_parts(
+            "x",
+            std::any::TypeId::of::<()>(),
+            Box::new(std::io::Error::other("boom")),
+        );
+        let f = classify_request(&ServiceError::TransportSend(foreign));
+        assert_eq!(f.kind(), FailureKind::Transient);
+        assert!(f.message.contains("boom"), "{}", f.message);
+        let refused = ServiceError::McpError(rmcp::ErrorData::invalid_params("no such tool", None));
+        assert_eq!(classify_request(&refused).kind(), FailureKind::Permanent, "the server's own rejection");
+        let f = classify_request(&ServiceError::TransportClosed);
+        assert_eq!((f.kind(), f.message), (FailureKind::Transient, ServiceError::TransportClosed.to_string()));
+    }
+
+    #[test]
+    fn configuration_errors_are_permanent_and_a_slow_handshake_transient() {
+        let e = HttpError::InvalidHeader(InvalidHeader { name: "bad name".into() });
+        assert_eq!(classify(&e).kind(), FailureKind::Permanent);
+        let f = classify(&HttpError::Timeout(Duration::from_secs(2)));
+        assert_eq!((f.kind(), f.message.as_str()), (FailureKind::Transient, "no answer to initialize within 2s"));
+    }
+
+    #[test]
+    fn debug_output_shows_no_internals() {
+        let connector = HttpConnector::new(HttpClients::new(roster_http::HttpOptions::default()).unwrap());
+        assert!(format!("{connector:?}").starts_with("HttpConnector { clients: "));
     }
 }
