@@ -17,7 +17,7 @@ use rmcp::RoleClient;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::Transport;
 use roster_http::{HttpClients, HttpOptions};
-use roster_transport_sse::{SseError, SseTransport, StreamEnd};
+use roster_transport_sse::{SseConnector, SseError, SseTransport, StreamEnd};
 use tokio::sync::mpsc;
 
 /// How the server answers the `GET` of its event stream.
@@ -46,6 +46,9 @@ struct Shared {
     chunks: Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>,
     posts: mpsc::UnboundedSender<Post>,
     post_status: u16,
+    /// When set, `initialize` is answered on the stream (`Some(true)`: with a
+    /// result, `Some(false)`: with an error); nothing else is.
+    handshake: Option<(bool, mpsc::UnboundedSender<Bytes>)>,
 }
 
 /// An HTTP server on 127.0.0.1: `GET /sse` answers as told, with a body the test
@@ -78,16 +81,40 @@ async fn stream(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn post(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let target = uri.path_and_query().map(ToString::to_string).unwrap_or_default();
-    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if let Some((accept, stream)) = &shared.handshake
+        && body["method"] == "initialize"
+    {
+        let outcome = if *accept {
+            serde_json::json!({"result": {"protocolVersion": "2024-11-05", "capabilities": {}, "serverInfo": {"name": "t", "version": "1"}}})
+        } else {
+            serde_json::json!({"error": {"code": -32600, "message": "refused"}})
+        };
+        let mut answer = serde_json::json!({"jsonrpc": "2.0", "id": body["id"]});
+        answer.as_object_mut().unwrap().extend(outcome.as_object().unwrap().clone());
+        let _ = stream.send(Bytes::from(format!("event: message\ndata: {answer}\n\n")));
+    }
     let _ = shared.posts.send(Post { target, headers, body });
     StatusCode::from_u16(shared.post_status).unwrap()
 }
 
 impl Server {
     async fn start(answer: Answer, post_status: u16) -> Server {
+        Server::serve(answer, post_status, None).await
+    }
+
+    /// A server that answers `initialize` on its stream (with a result if
+    /// `accept`, else with an error) and nothing else, not even `ping`.
+    async fn handshaking(accept: bool) -> Server {
+        Server::serve(Answer::stream(), 202, Some(accept)).await
+    }
+
+    async fn serve(answer: Answer, post_status: u16, handshake: Option<bool>) -> Server {
         let (chunks, chunks_rx) = mpsc::unbounded_channel();
         let (posts_tx, posts) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { answer, chunks: Mutex::new(Some(chunks_rx)), posts: posts_tx, post_status });
+        let handshake = handshake.map(|accept| (accept, chunks.clone()));
+        let shared =
+            Arc::new(Shared { answer, chunks: Mutex::new(Some(chunks_rx)), posts: posts_tx, post_status, handshake });
         let app = Router::new().route("/sse", get(stream)).fallback(post).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/sse", listener.local_addr().unwrap());
@@ -333,4 +360,57 @@ async fn closing_or_dropping_the_transport_lets_go_of_the_stream() {
 async fn gone(server: &Server) {
     let closed = tokio::time::timeout(Duration::from_secs(5), server.chunks.closed()).await;
     assert!(closed.is_ok(), "the client let go of the stream");
+}
+
+/// Keeps `access` for `entry`, received now, living an hour.
+fn keep(entry: &roster_auth::Entry, access: &str) {
+    let token = serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let credentials = rmcp::transport::auth::StoredCredentials::new(
+        "c".into(),
+        Some(serde_json::from_value(token).unwrap()),
+        vec![],
+        Some(now),
+    );
+    let record = roster_auth::Record {
+        version: roster_auth::FORMAT_VERSION,
+        server: entry.server().into(),
+        url: entry.url().into(),
+        metadata: None,
+        redirect_uri: None,
+        credentials,
+    };
+    entry.write(&record).unwrap();
+}
+
+#[tokio::test]
+async fn a_session_sends_the_kept_token_and_fails_its_ping_when_the_server_stops_answering() {
+    use roster_transport::Session as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::handshaking(true).await;
+    server.write("event: endpoint\ndata: /messages\n\n");
+    let store = roster_auth::Store::new(dir.path().join("creds"));
+    keep(&store.entry("docs", &server.url), "tok-1");
+    let spec = roster_core::ServerSpec::remote("docs", roster_core::ServerType::Sse, server.url.clone());
+    let connector = SseConnector::new(HttpClients::new(options(64 * 1024)).unwrap()).with_credentials(store);
+    let session = connector.open(&spec, Instant::now() + Duration::from_secs(5)).await.unwrap();
+    let initialize = server.next_post().await;
+    assert_eq!(initialize.body["method"], "initialize");
+    assert_eq!(initialize.headers["authorization"], "Bearer tok-1");
+    let failure = session.ping(Duration::from_millis(200)).await.unwrap_err();
+    assert_eq!(failure.kind(), roster_core::FailureKind::Transient, "{failure}");
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_told_as_such_while_the_stream_lives() {
+    let server = Server::handshaking(false).await;
+    server.write("event: endpoint\ndata: /messages\n\n");
+    let spec = roster_core::ServerSpec::remote("docs", roster_core::ServerType::Sse, server.url.clone());
+    let connector = SseConnector::new(HttpClients::new(options(64 * 1024)).unwrap());
+    match connector.open(&spec, Instant::now() + Duration::from_secs(5)).await {
+        Err(e @ SseError::Initialize(_)) => {
+            assert_eq!(roster_transport_sse::classify(&e).kind(), roster_core::FailureKind::Permanent, "{e}");
+        }
+        other => panic!("expected an initialize error, got {other:?}"),
+    }
 }
