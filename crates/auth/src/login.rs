@@ -535,14 +535,7 @@ mod tests {
             strings(&["read", "files"]),
             None,
         );
-        let old = Record {
-            version: crate::FORMAT_VERSION,
-            server: entry.server().into(),
-            url: entry.url().into(),
-            metadata: None,
-            redirect_uri: None,
-            credentials,
-        };
+        let old = entry.record(credentials);
         let step_up = r#"Bearer error="insufficient_scope", scope="admin  files""#;
         assert_eq!(wanted_scopes(&configured, Some(&old), Some(step_up)), strings(&["read", "files", "admin"]));
         assert_eq!(wanted_scopes(&[], None, Some(step_up)), strings(&["admin", "files"]), "none granted before");

@@ -243,6 +243,19 @@ impl Entry {
         &self.url
     }
 
+    /// A record of `credentials` for this entry, with no discovery metadata
+    /// and no redirect URI (not written until [`Entry::write`]).
+    pub fn record(&self, credentials: StoredCredentials) -> Record {
+        Record {
+            version: FORMAT_VERSION,
+            server: self.server.clone(),
+            url: self.url.clone(),
+            metadata: None,
+            redirect_uri: None,
+            credentials,
+        }
+    }
+
     /// The record, if one is kept.
     ///
     /// # Errors
@@ -414,12 +427,9 @@ impl CredentialStore for FileCredentials {
                 record
             }
             None => Record {
-                version: FORMAT_VERSION,
-                server: self.entry.server.clone(),
-                url: self.entry.url.clone(),
                 metadata: self.metadata.clone(),
                 redirect_uri: self.redirect_uri.clone(),
-                credentials,
+                ..self.entry.record(credentials)
             },
         };
         Ok(self.entry.write(&record)?)

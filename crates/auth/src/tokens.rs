@@ -357,7 +357,7 @@ mod tests {
         use roster_core::{AuthConfig, Grant};
 
         use super::super::{MissingSecret, Tokens, now_secs};
-        use crate::store::{Entry, FORMAT_VERSION, Record, Store};
+        use crate::store::{Entry, Store};
 
         /// A kept token `access`, received `age` seconds ago, living an hour.
         fn keep(entry: &Entry, access: &str, age: u64, refresh: bool) {
@@ -367,15 +367,7 @@ mod tests {
             }
             let token = serde_json::from_value(token).unwrap();
             let credentials = StoredCredentials::new("c".into(), Some(token), vec![], Some(now_secs() - age));
-            let record = Record {
-                version: FORMAT_VERSION,
-                server: entry.server().into(),
-                url: entry.url().into(),
-                metadata: None,
-                redirect_uri: None,
-                credentials,
-            };
-            entry.write(&record).unwrap();
+            entry.write(&entry.record(credentials)).unwrap();
         }
 
         fn tokens(entry: &Entry, auth: &AuthConfig) -> Tokens {

@@ -17,7 +17,7 @@ use http::{HeaderName, HeaderValue};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::auth::StoredCredentials;
 use rmcp::transport::streamable_http_client::{StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse};
-use roster_auth::{Entry, FORMAT_VERSION, Record, Store, Tokens};
+use roster_auth::{Entry, Store, Tokens};
 use roster_http::{HttpClients, HttpOptions};
 use roster_transport_http::{Authed, Backend};
 use tokio::sync::watch;
@@ -370,15 +370,7 @@ fn keep(entry: &Entry, access: &str) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let credentials =
         StoredCredentials::new("c".into(), Some(serde_json::from_value(token).unwrap()), vec![], Some(now));
-    let record = Record {
-        version: FORMAT_VERSION,
-        server: entry.server().into(),
-        url: entry.url().into(),
-        metadata: None,
-        redirect_uri: None,
-        credentials,
-    };
-    entry.write(&record).unwrap();
+    entry.write(&entry.record(credentials)).unwrap();
 }
 
 fn authorizations(server: &Server) -> Vec<String> {

@@ -372,15 +372,7 @@ fn keep(entry: &roster_auth::Entry, access: &str) {
         vec![],
         Some(now),
     );
-    let record = roster_auth::Record {
-        version: roster_auth::FORMAT_VERSION,
-        server: entry.server().into(),
-        url: entry.url().into(),
-        metadata: None,
-        redirect_uri: None,
-        credentials,
-    };
-    entry.write(&record).unwrap();
+    entry.write(&entry.record(credentials)).unwrap();
 }
 
 #[tokio::test]
