@@ -173,6 +173,10 @@ mod tests {
                 FailureKind::Permanent,
             ),
             (StdioError::Request(ServiceError::TransportClosed), FailureKind::Transient),
+            (
+                StdioError::Request(ServiceError::McpError(ErrorData::invalid_params("no such tool", None))),
+                FailureKind::Permanent,
+            ),
             (StdioError::MissingPipe("stdout"), FailureKind::Transient),
         ];
         for (error, expected) in table {
@@ -183,6 +187,8 @@ mod tests {
     #[test]
     fn messages_name_the_command_and_quote_stderr() {
         assert_eq!(spawn(io::ErrorKind::NotFound).to_string(), "command not found: mcp-x");
+        assert_eq!(spawn(io::ErrorKind::PermissionDenied).to_string(), "permission denied running mcp-x");
+        assert_eq!(spawn(io::ErrorKind::WouldBlock).to_string(), "cannot start mcp-x: operation would block");
         let e =
             StdioError::ExitedDuringInit { status: Some(exit(3)), stderr: (0..15).map(|i| format!("l{i}")).collect() };
         assert_eq!(

@@ -284,3 +284,23 @@ impl Drop for StdioSession {
         self.group.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connector_shows_its_timings() {
+        let shown = format!(
+            "{:?}",
+            StdioConnector::with_options(StdioOptions {
+                stdin_grace: Duration::from_millis(7),
+                ..StdioOptions::default()
+            })
+        );
+        assert!(shown.starts_with("StdioConnector {"), "{shown}");
+        assert!(shown.contains("stdin_grace: 7ms"), "{shown}");
+        assert_eq!(StdioConnector::new().options, StdioOptions::default());
+        assert_eq!(StdioOptions::default().term_grace, Duration::from_secs(3));
+    }
+}

@@ -280,6 +280,8 @@ fn emit(log: &StderrLog, line: &mut Vec<u8>, cut: &mut bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -297,5 +299,114 @@ mod tests {
         }
         let total: usize = log.lines().iter().map(String::len).sum();
         assert!(total <= STDERR_BYTES, "{total}");
+        // 64 KiB hold exactly 16 lines of 4 KiB: the byte limit is reached, not passed.
+        assert_eq!(log.lines().len(), 16);
+        log.push("y".into());
+        assert_eq!(log.lines().len(), 16);
+        assert_eq!(log.tail(1), ["y"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_waits_for_the_end_of_stderr_but_no_longer_than_its_limit() {
+        let log = StderrLog::new();
+        let started = tokio::time::Instant::now();
+        log.drained(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "no end yet: the whole limit");
+        log.eof.send_replace(true);
+        let started = tokio::time::Instant::now();
+        log.drained(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "ended: at once");
+    }
+
+    /// What `drain_stderr` keeps of what `script` writes to stderr.
+    async fn drained(script: &str) -> Vec<String> {
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(StderrLog::new());
+        drain_stderr(child.stderr.take().unwrap(), log.clone()).await;
+        child.wait().await.unwrap();
+        assert!(*log.eof.borrow(), "the end is marked");
+        log.lines()
+    }
+
+    #[tokio::test]
+    async fn stderr_is_split_into_lines_and_a_last_line_without_newline_is_kept() {
+        assert_eq!(drained(r"printf 'one\ntwo\r\n\nthree' >&2").await, ["one", "two", "", "three"]);
+        assert_eq!(drained(r"printf 'four\n' >&2").await, ["four"]);
+        assert!(drained("true").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_4_kib_is_cut_and_marked_and_one_of_4_kib_is_not() {
+        let script = "head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; \
+                      head -c 4096 /dev/zero | tr '\\0' y >&2; echo >&2; echo short >&2";
+        let lines = drained(script).await;
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], format!("{}…", "x".repeat(MAX_LINE)));
+        assert_eq!(lines[1], "y".repeat(MAX_LINE));
+        assert_eq!(lines[2], "short");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_written_in_pieces_is_cut_once() {
+        // Pieces of 1,000 bytes, flushed apart: the line grows across reads.
+        let script = "for i in 1 2 3 4 5 6; do head -c 1000 /dev/zero | tr '\\0' z >&2; sleep 0.02; done; echo >&2";
+        let lines = drained(script).await;
+        assert_eq!(lines, [format!("{}…", "z".repeat(MAX_LINE))]);
+    }
+
+    /// A `sleep` leading a process group of its own, as a server's keeper does.
+    fn sleeper() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap()
+    }
+
+    fn died_of(mut child: std::process::Child) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        child.wait().unwrap().signal()
+    }
+
+    #[test]
+    fn signal_reaches_the_group_and_kill_keeper_is_sigkill() {
+        let child = sleeper();
+        Group::new(child.id()).signal(rustix::process::Signal::TERM);
+        assert_eq!(died_of(child), Some(rustix::process::Signal::TERM.as_raw()));
+        let child = sleeper();
+        Group::new(child.id()).kill_keeper();
+        assert_eq!(died_of(child), Some(rustix::process::Signal::KILL.as_raw()));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn kill_asks_the_keeper_and_an_armed_guard_kills_when_dropped() {
+        let child = sleeper();
+        Group::new(child.id()).kill();
+        assert_eq!(died_of(child), Some(crate::keeper::KILL_ALL));
+        let child = sleeper();
+        drop(KillGuard(Some(Arc::new(Group::new(child.id())))));
+        assert_eq!(died_of(child), Some(crate::keeper::KILL_ALL));
+    }
+
+    // Elsewhere `finish` kills what is left of the group, by design.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn nothing_is_signalled_once_the_process_is_reaped_or_the_guard_disarmed() {
+        let mut child = sleeper();
+        let group = Arc::new(Group::new(child.id()));
+        let mut guard = KillGuard(Some(group.clone()));
+        guard.disarm();
+        drop(guard);
+        group.finish();
+        group.signal(rustix::process::Signal::TERM);
+        group.kill();
+        group.kill_keeper();
+        // A signal sent above would have decided the exit already; this one does.
+        child.kill().unwrap();
+        assert_eq!(died_of(child), Some(rustix::process::Signal::KILL.as_raw()));
     }
 }

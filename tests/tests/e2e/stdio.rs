@@ -1,12 +1,22 @@
 //! The stdio transport through the supervisor, against the fixture in real processes.
 
+// Sampling and roots are deprecated by SEP-2577 (protocol 2026-07-28); roster
+// speaks 2025-11-25 and older, where they are current, and relays them.
+#![allow(deprecated)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::CallToolRequestParams;
+use rmcp::model::{
+    ClientCapabilities, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult, ErrorData,
+    ListRootsResult, RequestId, SamplingMessage,
+};
 use roster_core::{FailureKind, Health, Reason, ServerSpec, StartError, State};
 use roster_supervisor::{Received, Service, ServiceOptions, Supervisor};
-use roster_transport_stdio::{StdioConnector, StdioOptions};
+use roster_transport::Session;
+use roster_transport::mcp::{Notice, Relay};
+use roster_transport_stdio::{Exit, StdioConnector, StdioOptions, StdioSession};
 
 use crate::common::{Tag, TagExt, eventually, fast_config, fast_settings, stdio_transports, valid};
 
@@ -362,5 +372,157 @@ async fn shutting_down_a_supervisor_with_20_running_servers_leaves_no_process() 
     assert_eq!(tag.processes().len(), 25);
     let report = sup.shutdown().await;
     assert_eq!(report.stopped.len(), 20);
+    tag.assert_gone().await;
+}
+
+// The adapter on its own: each way a session ends, and what it keeps.
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+async fn open(connector: &StdioConnector, spec: &ServerSpec) -> StdioSession {
+    connector.open(spec, soon()).await.expect("the fixture starts")
+}
+
+/// The parent of `pid`, from /proc: a stdio server's keeper.
+fn parent_of(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn died_of(exit: Option<Exit>) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    match exit {
+        Some(Exit::Status(status)) => status.signal(),
+        other => panic!("no exit status: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_dropped_without_a_close_leaves_no_process() {
+    let tag = Tag::new();
+    let session = open(&quick_close(), &tag.stdio("dropped", &["--linger", "--ignore-sigterm"])).await;
+    assert_eq!(tag.processes().len(), 1);
+    drop(session);
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn a_kill_ends_the_session_at_once_with_its_exit_status() {
+    let tag = Tag::new();
+    let session = open(&quick_close(), &tag.stdio("killed", &["--linger", "--ignore-sigterm"])).await;
+    assert_eq!(session.exit_status(), None, "running");
+    session.kill();
+    let failure = tokio::time::timeout(Duration::from_secs(2), session.closed()).await.expect("ends after a kill");
+    assert_eq!(failure.kind(), FailureKind::Transient);
+    assert!(failure.message.starts_with("server process exited ("), "{failure}");
+    // The keeper reports the server's own end: killed by SIGKILL.
+    assert_eq!(died_of(session.exit_status()), Some(rustix::process::Signal::KILL.as_raw()));
+    tag.assert_gone().await;
+    drop(session);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_stdin_eof_is_stopped_by_sigterm() {
+    let tag = Tag::new();
+    let session = open(&quick_close(), &tag.stdio("lingering", &["--linger"])).await;
+    let err = session.close().await.expect_err("stdin EOF was not enough");
+    assert_eq!(err.to_string(), "server ignored stdin EOF for 300ms; stopped by SIGTERM");
+    assert_eq!(died_of(session.exit_status()), Some(rustix::process::Signal::TERM.as_raw()));
+    assert!(
+        session.stderr_tail().contains(&"fixture: stdin closed; lingering".to_owned()),
+        "{:?}",
+        session.stderr_tail()
+    );
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn a_keeper_that_does_not_answer_a_kill_is_killed_and_the_server_with_it() {
+    let tag = Tag::new();
+    let connector = StdioConnector::with_options(StdioOptions {
+        stdin_grace: Duration::from_millis(200),
+        term_grace: Duration::from_millis(200),
+        kill_grace: Duration::from_millis(500),
+    });
+    let session = open(&connector, &tag.stdio("stuck", &["--linger", "--ignore-sigterm"])).await;
+    let keeper = parent_of(session.pid().unwrap()).and_then(rustix::process::Pid::from_raw).unwrap();
+    // A stopped keeper holds every signal but SIGKILL.
+    rustix::process::kill_process(keeper, rustix::process::Signal::STOP).unwrap();
+    let err = session.close().await.expect_err("the keeper had to be killed");
+    assert_eq!(err.to_string(), "server ignored SIGTERM and its keeper a kill; both killed with SIGKILL");
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn a_connect_abandoned_half_way_leaves_no_process() {
+    let tag = Tag::new();
+    let spec = tag.stdio("mute", &["--never-initialize", "--linger"]);
+    let connector = quick_close();
+    let opening = tokio::time::timeout(Duration::from_millis(500), connector.open(&spec, soon()));
+    assert!(opening.await.is_err(), "the fixture never answers initialize");
+    tag.assert_gone().await;
+}
+
+#[tokio::test]
+async fn stderr_is_kept_line_by_line() {
+    let tag = Tag::new();
+    let session = open(&quick_close(), &tag.stdio("talkative", &["--stderr", "first words"])).await;
+    assert!(
+        eventually(Duration::from_secs(2), || session.stderr_tail() == ["first words"]).await,
+        "{:?}",
+        session.stderr_tail()
+    );
+    assert!(format!("{session:?}").contains(&format!("pid: {}", session.pid().unwrap())));
+    session.close().await.expect("exits on stdin EOF");
+    assert_eq!(session.exit_status().map(|e| e.to_string()), Some("exit status: 0".to_owned()));
+    tag.assert_gone().await;
+}
+
+/// A client that answers every sampling request with the same text.
+struct Sampler;
+
+#[async_trait::async_trait]
+impl Relay for Sampler {
+    fn capabilities(&self) -> ClientCapabilities {
+        ClientCapabilities::builder().enable_sampling().build()
+    }
+
+    fn notify(&self, _: &str, _: Notice) {}
+
+    async fn create_message(
+        &self,
+        server: &str,
+        _: Option<RequestId>,
+        _: CreateMessageRequestParams,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        Ok(CreateMessageResult::new(SamplingMessage::assistant_text(format!("sampled for {server}")), "model".into()))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _: &str,
+        _: Option<RequestId>,
+        _: ElicitRequestParams,
+    ) -> Result<ElicitResult, ErrorData> {
+        Err(ErrorData::invalid_request("no elicitation here", None))
+    }
+
+    async fn list_roots(&self, _: &str, _: Option<RequestId>) -> Result<ListRootsResult, ErrorData> {
+        Err(ErrorData::invalid_request("no roots here", None))
+    }
+}
+
+#[tokio::test]
+async fn requests_from_the_server_reach_the_relay() {
+    let tag = Tag::new();
+    let connector = quick_close().with_relay(Arc::new(Sampler));
+    let session = open(&connector, &tag.stdio("asker", &[])).await;
+    let peer = session.peer().unwrap();
+    let args = serde_json::json!({"text": "hi"}).as_object().cloned().unwrap();
+    let result = peer.call_tool(CallToolRequestParams::new("sample").with_arguments(args)).await.unwrap();
+    assert_eq!(serde_json::to_value(&result.content).unwrap()[0]["text"], "sampled for asker");
+    session.close().await.unwrap();
     tag.assert_gone().await;
 }
