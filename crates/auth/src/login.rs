@@ -224,6 +224,13 @@ pub async fn login(
     bounded(session.handle_callback_with_issuer(&callback.code, &state, callback.iss.as_deref()))
         .await
         .map_err(|e| LoginError::Token(Box::new(e)))?;
+    if let Some(mut record) = entry.read()?
+        && !record.required_scopes.is_empty()
+    {
+        // Asked for: what the server grants now is its answer.
+        record.required_scopes.clear();
+        entry.write(&record)?;
+    }
     logged_in(&entry)
 }
 
@@ -248,14 +255,17 @@ async fn bounded<T>(f: impl Future<Output = Result<T, AuthError>>) -> Result<T, 
 }
 
 /// The scopes to ask for: the configured ones; on a step-up (the server said
-/// `insufficient_scope`), those granted before and those the challenge names.
+/// `insufficient_scope`, to the probe or, kept in the record, to an earlier
+/// request), those granted before and those it named.
 /// Empty: let rmcp choose (the challenge's, then the metadata's).
 fn wanted_scopes(configured: &[String], old: Option<&Record>, challenge: Option<&str>) -> Vec<String> {
     let mut scopes: Vec<String> = configured.to_vec();
     let challenge = challenge.map(Challenge::parse).unwrap_or_default();
-    if challenge.is_insufficient_scope() {
+    let kept = old.map(|r| r.required_scopes.as_slice()).unwrap_or_default();
+    if challenge.is_insufficient_scope() || !kept.is_empty() {
         let granted = old.map(|r| r.credentials.granted_scopes.clone()).unwrap_or_default();
-        let required = challenge.scope.as_deref().unwrap_or_default().split(' ').map(str::to_owned);
+        let named = challenge.scope.as_deref().unwrap_or_default().split(' ').map(str::to_owned);
+        let required = kept.iter().cloned().chain(named);
         for scope in granted.into_iter().chain(required) {
             if !scope.is_empty() && !scopes.contains(&scope) {
                 scopes.push(scope);
@@ -542,6 +552,13 @@ mod tests {
         let plain = r#"Bearer scope="admin""#;
         assert_eq!(wanted_scopes(&configured, Some(&old), Some(plain)), configured, "not a step-up: rmcp picks");
         assert_eq!(wanted_scopes(&configured, Some(&old), None), configured);
+        // A 403 to an earlier request, kept with the tokens: a step-up too,
+        // with what the probe's challenge names on top.
+        let kept = Record { required_scopes: strings(&["admin"]), ..old };
+        assert_eq!(wanted_scopes(&configured, Some(&kept), None), strings(&["read", "files", "admin"]));
+        assert_eq!(wanted_scopes(&[], Some(&kept), Some(plain)), strings(&["read", "files", "admin"]));
+        let more = r#"Bearer error="insufficient_scope", scope="audit""#;
+        assert_eq!(wanted_scopes(&[], Some(&kept), Some(more)), strings(&["read", "files", "admin", "audit"]));
     }
 
     #[test]

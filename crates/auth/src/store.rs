@@ -103,6 +103,11 @@ pub struct Record {
     pub redirect_uri: Option<String>,
     /// The client id and the tokens, in rmcp's form.
     pub credentials: StoredCredentials,
+    /// Scopes the server asked for (a `403 insufficient_scope` to a request
+    /// made with the kept token) that a person must log in again to get: the
+    /// next login asks for them, with those granted before, and clears them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
 }
 
 impl fmt::Debug for Record {
@@ -253,6 +258,7 @@ impl Entry {
             metadata: None,
             redirect_uri: None,
             credentials,
+            required_scopes: Vec::new(),
         }
     }
 

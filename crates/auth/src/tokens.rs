@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rmcp::transport::auth::{AuthError, AuthorizationManager, ClientCredentialsConfig, OAuthClientConfig};
 use roster_core::{AuthConfig, Grant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::store::{Entry, Record};
+use crate::store::{Entry, Record, StoreError};
 
 /// How long one token request may take.
 pub const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
@@ -179,21 +179,45 @@ impl Tokens {
         self.renew(Some(rejected.to_owned()), None).await
     }
 
-    /// A client-credentials server answered 403 `insufficient_scope`: a token
-    /// for the scopes it has and `required`, at most [`MAX_SCOPE_UPGRADES`]
-    /// times in a row (a successful request resets the count). `None` when
-    /// the grant is not client credentials (a person must log in again) or the
-    /// attempts are spent.
+    /// The server answered 403 `insufficient_scope`, naming the `required`
+    /// scopes (space-separated). Client credentials: a token for the scopes it
+    /// has and `required`, at most [`MAX_SCOPE_UPGRADES`] times in a row (a
+    /// successful request resets the count); `None` once the attempts are
+    /// spent. A person's grant: `None`, as a person must log in again; the
+    /// scopes are kept with the tokens ([`Record::required_scopes`]) so that
+    /// the next login asks for them.
     ///
     /// # Errors
     /// As for [`Tokens::current`].
     pub async fn upgrade_scope(&self, rejected: &str, required: &str) -> Result<Option<String>, AuthError> {
-        if self.inner.grant != Grant::ClientCredentials
-            || self.inner.upgrades.fetch_add(1, Ordering::Relaxed) >= MAX_SCOPE_UPGRADES
-        {
+        if self.inner.grant != Grant::ClientCredentials {
+            if let Err(e) = self.keep_required(required).await {
+                warn!(server = self.inner.entry.server(), error = %e, "could not keep the scopes the server asked for");
+            }
+            return Ok(None);
+        }
+        if self.inner.upgrades.fetch_add(1, Ordering::Relaxed) >= MAX_SCOPE_UPGRADES {
             return Ok(None);
         }
         self.renew(Some(rejected.to_owned()), Some(required.to_owned())).await.map(Some)
+    }
+
+    /// Adds `required` to the kept record's scopes for the next login.
+    async fn keep_required(&self, required: &str) -> Result<(), StoreError> {
+        let entry = &self.inner.entry;
+        let _lock = entry.lock().await?;
+        let Some(mut record) = entry.read()? else { return Ok(()) };
+        let before = record.required_scopes.len();
+        for scope in required.split(' ').filter(|s| !s.is_empty()) {
+            if !record.required_scopes.iter().any(|kept| kept == scope) {
+                record.required_scopes.push(scope.to_owned());
+            }
+        }
+        if record.required_scopes.len() == before {
+            return Ok(());
+        }
+        info!(server = entry.server(), scopes = required, "the server wants more scopes: the next login asks for them");
+        entry.write(&record)
     }
 
     /// A request with the current token succeeded.
@@ -429,6 +453,23 @@ mod tests {
             assert!(source.upgrade_scope("tok", "admin").await.is_err(), "a success resets the count");
             let person = tokens(&entry, &code());
             assert_eq!(person.upgrade_scope("tok", "admin").await.unwrap(), None, "a person must log in again");
+            assert!(!entry.path().exists(), "nothing kept, nothing to add the scopes to");
+        }
+
+        #[tokio::test]
+        async fn a_person_s_grant_keeps_the_scopes_a_server_wants_for_the_next_login() {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            keep(&entry, "tok-A", 60, true);
+            let source = tokens(&entry, &code());
+            for _ in 0..5 {
+                assert_eq!(source.upgrade_scope("tok-A", "mcp:tools  mcp:admin").await.unwrap(), None);
+            }
+            assert_eq!(source.upgrade_scope("tok-A", "mcp:audit").await.unwrap(), None);
+            let record = entry.read().unwrap().unwrap();
+            assert_eq!(record.required_scopes, ["mcp:tools", "mcp:admin", "mcp:audit"], "each once, in order");
+            assert_eq!(record.access_token(), Some("tok-A"), "the tokens stay as they were");
+            assert_eq!(source.current().await.unwrap().as_deref(), Some("tok-A"), "and are still sent");
         }
 
         #[test]

@@ -26,6 +26,7 @@ fn record(entry: &Entry, access: &str) -> Record {
         metadata: None,
         redirect_uri: Some("http://127.0.0.1:1/callback".into()),
         credentials: credentials(access),
+        required_scopes: Vec::new(),
     }
 }
 

@@ -210,6 +210,37 @@ fn a_refused_refresh_is_auth_required_with_a_login_again() {
 }
 
 #[test]
+fn a_call_refused_for_its_scope_makes_the_next_login_ask_for_it() {
+    let tag = Tag::new();
+    let remote = Remote::start(&tag, "http", &["--oauth"]);
+    let home = Home::new();
+    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
+    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let login = home.run(&config, &["login", "docs"]);
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    assert!(stdout(&login).contains("(scopes: mcp:tools)"), "the configured scope: {}", stdout(&login));
+
+    // `add` needs mcp:admin. The session's initialize passes with mcp:tools, so
+    // only the call itself is refused, and a probe at login time would not see it.
+    let add = ["call", "add", "docs", "--args", r#"{"a":2,"b":3}"#];
+    let refused = home.run(&config, &add);
+    assert_eq!(code(&refused), 3, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("insufficient scope"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("roster login docs"), "{}", stderr(&refused));
+
+    let again = home.run(&config, &["login", "docs"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stdout(&again).contains("(scopes: mcp:tools mcp:admin)"), "stepped up: {}", stdout(&again));
+    let record: Value = serde_json::from_slice(&std::fs::read(&home.files()[0]).unwrap()).unwrap();
+    assert!(record.get("required_scopes").is_none(), "asked for, so no longer kept: {record}");
+
+    let added = home.run(&config, &add);
+    assert_eq!(code(&added), 0, "{}", stderr(&added));
+    assert_eq!(stdout(&added).lines().next(), Some("5"));
+    assert_no_secret(&remote, &[&login, &refused, &again, &added]);
+}
+
+#[test]
 fn a_changed_url_does_not_reuse_the_old_token() {
     let tag = Tag::new();
     let remote = Remote::start(&tag, "http", &["--oauth"]);
