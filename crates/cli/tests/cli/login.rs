@@ -241,6 +241,20 @@ fn a_call_refused_for_its_scope_makes_the_next_login_ask_for_it() {
 }
 
 #[test]
+fn a_scope_given_to_login_is_asked_for_with_the_configured_ones() {
+    let tag = Tag::new();
+    let remote = Remote::start(&tag, "http", &["--oauth"]);
+    let home = Home::new();
+    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
+    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let login = home.run(&config, &["login", "docs", "--scope", "mcp:admin", "--scope", "mcp:tools"]);
+    assert_eq!(code(&login), 0, "{}", stderr(&login));
+    assert!(stdout(&login).contains("(scopes: mcp:tools mcp:admin)"), "each once: {}", stdout(&login));
+    let added = home.run(&config, &["call", "add", "docs", "--args", r#"{"a":2,"b":3}"#]);
+    assert_eq!(stdout(&added).lines().next(), Some("5"), "{}", stderr(&added));
+}
+
+#[test]
 fn a_changed_url_does_not_reuse_the_old_token() {
     let tag = Tag::new();
     let remote = Remote::start(&tag, "http", &["--oauth"]);
