@@ -241,6 +241,24 @@ fn a_call_refused_for_its_scope_makes_the_next_login_ask_for_it() {
 }
 
 #[test]
+fn a_server_that_refuses_every_request_for_its_scope_gets_it_at_the_next_login() {
+    let tag = Tag::new();
+    let remote = Remote::start(&tag, "http", &["--oauth", "--oauth-admin-only"]);
+    let home = Home::new();
+    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
+    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let login = home.run(&config, &["login", "docs"]);
+    assert!(stdout(&login).contains("(scopes: mcp:tools)"), "{}{}", stdout(&login), stderr(&login));
+    // No request has been refused yet: what login's own probe, made with the
+    // kept token, is told decides the step-up.
+    let again = home.run(&config, &["login", "docs"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stdout(&again).contains("(scopes: mcp:tools mcp:admin)"), "stepped up: {}", stdout(&again));
+    let ping = home.run(&config, &["ping", "docs"]);
+    assert_eq!(code(&ping), 0, "{}", stderr(&ping));
+}
+
+#[test]
 fn a_scope_given_to_login_is_asked_for_with_the_configured_ones() {
     let tag = Tag::new();
     let remote = Remote::start(&tag, "http", &["--oauth"]);

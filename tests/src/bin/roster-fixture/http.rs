@@ -70,6 +70,7 @@ pub(crate) async fn serve(
             if sse { "/sse" } else { "/mcp" },
             Duration::from_secs(faults.token_ttl.unwrap_or(3600)),
             faults.oauth_client.clone(),
+            faults.oauth_admin_only,
         )
     });
     let shared = Arc::new(Shared {

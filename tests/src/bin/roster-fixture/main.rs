@@ -50,6 +50,12 @@
 //!   --endless-event WHERE   send one server-sent event that never ends: on the
 //!                           GET stream (get), as the reply to a ping (post), or
 //!                           after the endpoint event (sse: stream)
+//!   --oauth                 be an OAuth authorization server too, and require
+//!                           its tokens (see oauth.rs); the tool `add` needs the
+//!                           scope mcp:admin
+//!   --oauth-admin-only      (with --oauth) every request needs mcp:admin
+//!   --oauth-client ID:SECRET  a pre-registered client (client credentials)
+//!   --token-ttl S           access tokens live S seconds (default 3600)
 //! POST /control/forget-sessions forgets every session, as a restarted server does.
 //! ```
 //!
@@ -121,6 +127,7 @@ struct Faults {
     endless_event: Option<String>,
     record: Option<String>,
     oauth: bool,
+    oauth_admin_only: bool,
     token_ttl: Option<u64>,
     oauth_client: Option<(String, String)>,
 }
@@ -166,6 +173,7 @@ fn parse(args: &[String]) -> Result<Faults, String> {
             "--endless-event" => f.endless_event = Some(value()?),
             "--record" => f.record = Some(value()?),
             "--oauth" => f.oauth = true,
+            "--oauth-admin-only" => f.oauth_admin_only = true,
             "--token-ttl" => f.token_ttl = Some(value()?.parse().map_err(|e| format!("{arg}: {e}"))?),
             "--oauth-client" => {
                 let v = value()?;

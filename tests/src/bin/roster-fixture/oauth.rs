@@ -4,7 +4,8 @@
 //! the redirect URI with `code`, `state`, `iss`), a token endpoint (PKCE S256
 //! checked; authorization code, rotating refresh tokens, client credentials),
 //! revocation; and `/mcp` answering 401 without a valid token and 403
-//! `insufficient_scope` for the tool `add` without `mcp:admin`.
+//! `insufficient_scope` for the tool `add` without `mcp:admin` (for every
+//! request with `--oauth-admin-only`).
 //!
 //! Test controls: `GET /control/oauth` (counters and every secret issued, so a
 //! test can look for them in roster's output), `POST /control/oauth/expire`
@@ -31,6 +32,8 @@ pub(crate) struct Oauth {
     ttl: Duration,
     /// A pre-registered confidential client (client credentials), `id:secret`.
     client: Option<(String, String)>,
+    /// Every request needs `mcp:admin`, `initialize` too.
+    admin_only: bool,
     state: Mutex<State>,
     seq: AtomicU64,
     salt: RandomState,
@@ -84,7 +87,13 @@ fn query(request: &Request) -> HashMap<String, String> {
 }
 
 impl Oauth {
-    pub(crate) fn new(port: u16, resource: &str, ttl: Duration, client: Option<(String, String)>) -> Oauth {
+    pub(crate) fn new(
+        port: u16,
+        resource: &str,
+        ttl: Duration,
+        client: Option<(String, String)>,
+        admin_only: bool,
+    ) -> Oauth {
         let mut state = State::default();
         if let Some((id, _)) = &client {
             state.clients.insert(id.clone(), Vec::new());
@@ -94,6 +103,7 @@ impl Oauth {
             resource: format!("http://127.0.0.1:{port}{resource}"),
             ttl,
             client,
+            admin_only,
             state: Mutex::new(state),
             seq: AtomicU64::new(1),
             salt: RandomState::new(),
@@ -144,10 +154,8 @@ impl Oauth {
             }
         };
         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-        if call["method"] == "tools/call"
-            && call["params"]["name"] == "add"
-            && !scope.split(' ').any(|s| s == "mcp:admin")
-        {
+        let needs_admin = self.admin_only || (call["method"] == "tools/call" && call["params"]["name"] == "add");
+        if needs_admin && !scope.split(' ').any(|s| s == "mcp:admin") {
             let challenge = format!(
                 r#"Bearer error="insufficient_scope", scope="mcp:tools mcp:admin", resource_metadata="{}/.well-known/oauth-protected-resource""#,
                 self.base
