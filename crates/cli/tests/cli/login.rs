@@ -67,6 +67,16 @@ fn oauth_toml(name: &str, url: &str, auth: &str) -> String {
     format!("[servers.{name}]\ntype = \"streamable-http\"\nurl = \"{url}\"\nauth = {{ {auth} }}\n")
 }
 
+/// The fixture with `flags`, and a configuration of it as `docs` that asks for
+/// the scope `mcp:tools` alone (the tool `add` also needs `mcp:admin`).
+fn tools_scope_only(tag: &Tag, flags: &[&str]) -> (Remote, Home, PathBuf) {
+    let remote = Remote::start(tag, "http", flags);
+    let home = Home::new();
+    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
+    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    (remote, home, config)
+}
+
 /// The fixture's counters and every secret it issued.
 fn stats(remote: &Remote) -> Value {
     http(remote, "GET", "/control/oauth")
@@ -212,10 +222,7 @@ fn a_refused_refresh_is_auth_required_with_a_login_again() {
 #[test]
 fn a_call_refused_for_its_scope_makes_the_next_login_ask_for_it() {
     let tag = Tag::new();
-    let remote = Remote::start(&tag, "http", &["--oauth"]);
-    let home = Home::new();
-    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
-    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let (remote, home, config) = tools_scope_only(&tag, &["--oauth"]);
     let login = home.run(&config, &["login", "docs"]);
     assert_eq!(code(&login), 0, "{}", stderr(&login));
     assert!(stdout(&login).contains("(scopes: mcp:tools)"), "the configured scope: {}", stdout(&login));
@@ -243,10 +250,7 @@ fn a_call_refused_for_its_scope_makes_the_next_login_ask_for_it() {
 #[test]
 fn a_server_that_refuses_every_request_for_its_scope_gets_it_at_the_next_login() {
     let tag = Tag::new();
-    let remote = Remote::start(&tag, "http", &["--oauth", "--oauth-admin-only"]);
-    let home = Home::new();
-    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
-    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let (_remote, home, config) = tools_scope_only(&tag, &["--oauth", "--oauth-admin-only"]);
     let login = home.run(&config, &["login", "docs"]);
     assert!(stdout(&login).contains("(scopes: mcp:tools)"), "{}{}", stdout(&login), stderr(&login));
     // No request has been refused yet: what login's own probe, made with the
@@ -261,10 +265,7 @@ fn a_server_that_refuses_every_request_for_its_scope_gets_it_at_the_next_login()
 #[test]
 fn a_scope_given_to_login_is_asked_for_with_the_configured_ones() {
     let tag = Tag::new();
-    let remote = Remote::start(&tag, "http", &["--oauth"]);
-    let home = Home::new();
-    let auth = r#"type = "oauth", scopes = ["mcp:tools"]"#;
-    let config = home.config(&oauth_toml("docs", &format!("{}/mcp", remote.base), auth));
+    let (_remote, home, config) = tools_scope_only(&tag, &["--oauth"]);
     let login = home.run(&config, &["login", "docs", "--scope", "mcp:admin", "--scope", "mcp:tools"]);
     assert_eq!(code(&login), 0, "{}", stderr(&login));
     assert!(stdout(&login).contains("(scopes: mcp:tools mcp:admin)"), "each once: {}", stdout(&login));
