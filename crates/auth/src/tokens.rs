@@ -394,6 +394,13 @@ mod tests {
             entry.write(&entry.record(credentials)).unwrap();
         }
 
+        /// An entry in a store of its own, which lives as long as the directory.
+        fn scratch() -> (tempfile::TempDir, Entry) {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            (dir, entry)
+        }
+
         fn tokens(entry: &Entry, auth: &AuthConfig) -> Tokens {
             let http = roster_http::HttpClients::new(roster_http::HttpOptions::default()).unwrap();
             Tokens::new(entry.clone(), Some(auth), http.for_url("http://127.0.0.1/").unwrap()).unwrap()
@@ -410,8 +417,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_fresh_kept_token_is_sent_as_it_is_and_no_login_sends_none() {
-            let dir = tempfile::tempdir().unwrap();
-            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let (_dir, entry) = scratch();
             let source = tokens(&entry, &code());
             assert_eq!(source.entry().path(), entry.path());
             assert_eq!(source.current().await.unwrap(), None, "nobody logged in");
@@ -426,8 +432,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_stale_or_refused_token_with_nothing_to_renew_it_needs_a_login() {
-            let dir = tempfile::tempdir().unwrap();
-            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let (_dir, entry) = scratch();
             keep(&entry, "tok-A", 3590, false);
             let source = tokens(&entry, &code());
             assert!(matches!(source.current().await, Err(AuthError::AuthorizationRequired)), "10 s left of an hour");
@@ -437,8 +442,7 @@ mod tests {
 
         #[tokio::test]
         async fn client_credentials_get_a_first_token_unasked_and_step_up_at_most_three_times_in_a_row() {
-            let dir = tempfile::tempdir().unwrap();
-            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let (_dir, entry) = scratch();
             let source = tokens(&entry, &credentials_without_id());
             assert!(
                 matches!(source.current().await, Err(AuthError::ClientCredentialsError(_))),
@@ -458,8 +462,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_person_s_grant_keeps_the_scopes_a_server_wants_for_the_next_login() {
-            let dir = tempfile::tempdir().unwrap();
-            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let (_dir, entry) = scratch();
             keep(&entry, "tok-A", 60, true);
             let source = tokens(&entry, &code());
             for _ in 0..5 {
@@ -475,8 +478,7 @@ mod tests {
         #[test]
         fn the_client_secret_comes_from_the_environment_and_debug_hides_it() {
             let secret = std::env::var("PATH").expect("PATH is set");
-            let dir = tempfile::tempdir().unwrap();
-            let entry = Store::new(dir.path().join("creds")).entry("docs", "http://127.0.0.1:1/mcp");
+            let (_dir, entry) = scratch();
             let auth = AuthConfig {
                 client_id: Some("roster-ci".into()),
                 client_secret_env: Some("PATH".into()),
